@@ -1,0 +1,92 @@
+"""Declarative checks for the public boundary.
+
+One helper, :func:`check_tensor`, validates a tensor against a shape spec such as ``"B,C,H,W"`` or ``"*,2"``:
+letters bind a dimension (the same letter must match across calls that share ``dims``), digits are exact, and a
+leading ``*`` admits any number of leading dimensions. Internal helpers trust their inputs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+from torchstn.errors import DTypeError, OptionError, ShapeError
+
+__all__: list[str] = []
+
+
+def _fmt(shape: Sequence[int]) -> str:
+    return "(" + ", ".join(str(int(s)) for s in shape) + ")"
+
+
+def check_tensor(
+    x: object,
+    name: str,
+    spec: str,
+    *,
+    dims: dict[str, int] | None = None,
+    floating: bool = True,
+    nonempty: bool = True,
+) -> dict[str, int]:
+    """Check that ``x`` is a tensor matching ``spec``; return the bound dimensions.
+
+    Args:
+        x: The value to check.
+        name: The argument's name, used in error messages.
+        spec: Comma-separated dimensions: a letter binds a size, a number must match exactly, ``*`` (first only)
+            admits any number of leading dimensions.
+        dims: Sizes already bound by earlier checks; updated in place and returned.
+        floating: Require a floating-point dtype.
+        nonempty: Require every dimension to be at least 1.
+
+    Raises:
+        DTypeError: ``x`` is not a tensor, or not floating point when ``floating``.
+        ShapeError: The shape does not match ``spec``, or the tensor is empty when ``nonempty``.
+    """
+    dims = {} if dims is None else dims
+    if not isinstance(x, torch.Tensor):
+        raise DTypeError(f"{name}: expected a torch.Tensor of shape ({spec}), got {type(x).__name__}")
+    if floating and not x.is_floating_point():
+        raise DTypeError(f"{name}: expected a floating-point tensor, got dtype {x.dtype}")
+    parts = [p.strip() for p in spec.split(",")]
+    star = parts[0] == "*"
+    fixed = parts[1:] if star else parts
+    if (star and x.ndim < len(fixed)) or (not star and x.ndim != len(fixed)):
+        want = f"at least {len(fixed)}" if star else f"{len(fixed)}"
+        raise ShapeError(f"{name}: expected shape ({spec}) with {want} dimensions, got {_fmt(x.shape)}")
+    actual = x.shape[x.ndim - len(fixed) :]
+    for part, size in zip(fixed, actual, strict=True):
+        if part.isdigit():
+            if int(part) != size:
+                raise ShapeError(f"{name}: expected shape ({spec}), got {_fmt(x.shape)}")
+        elif part in dims and dims[part] != size:
+            raise ShapeError(f"{name}: expected {part}={dims[part]} in shape ({spec}), got {_fmt(x.shape)}")
+        else:
+            dims[part] = int(size)
+    if nonempty and x.numel() == 0:
+        raise ShapeError(f"{name}: expected a non-empty tensor of shape ({spec}), got {_fmt(x.shape)}")
+    return dims
+
+
+def check_size(size: object, name: str, ndim: int) -> tuple[int, ...]:
+    """Check a spatial size: ``ndim`` positive ints (a ``torch.Size`` is accepted). Return it as a tuple."""
+    if isinstance(size, int) or not isinstance(size, Sequence) or isinstance(size, str):
+        raise DTypeError(f"{name}: expected a sequence of {ndim} positive ints, got {size!r}")
+    if len(size) != ndim:
+        raise ShapeError(f"{name}: expected {ndim} sizes, got {len(size)}: {tuple(size)!r}")
+    out = []
+    for s in size:
+        if isinstance(s, bool) or not isinstance(s, int):
+            raise DTypeError(f"{name}: expected ints, got {type(s).__name__} in {tuple(size)!r}")
+        if s < 1:
+            raise ShapeError(f"{name}: every size must be at least 1, got {tuple(size)!r}")
+        out.append(int(s))
+    return tuple(out)
+
+
+def check_choice(value: object, name: str, choices: Sequence[str]) -> str:
+    """Check that ``value`` is one of ``choices``."""
+    if not isinstance(value, str) or value not in choices:
+        raise OptionError(f"{name}: expected one of {', '.join(repr(c) for c in choices)}, got {value!r}")
+    return value

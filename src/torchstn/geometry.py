@@ -1,0 +1,335 @@
+"""Coordinates, grid generators and matrix helpers.
+
+Convention (library-wide, see the README):
+    * Coordinates are normalised to [-1, 1] over the image, in (x, y) order (or (x, y, z) for volumes): x runs
+      along the width (last dimension), y along the height, z along the depth.
+    * A transform maps **target (output) points to source (input) points** (inverse warping, as in the paper), so
+      matrices are named ``src_from_dst``.
+    * ``align_corners=False`` (PyTorch's default): -1 and 1 are the outer *edges* of the corner pixels and pixel
+      ``i`` of ``n`` has its centre at ``(2 i + 1) / n - 1``. With ``align_corners=True`` -1 and 1 are the corner
+      pixels' *centres* and pixel ``i`` sits at ``2 i / (n - 1) - 1`` (0 when ``n == 1``, as in PyTorch).
+    * Pixel coordinates (``pixel_*`` helpers) put pixel ``i``'s centre at ``i`` (OpenCV's convention).
+
+Every grid generator writes a contiguous grid from broadcast multiply-adds: ``F.grid_sample`` is about three
+times slower on a non-contiguous grid, and ``F.affine_grid`` itself costs more than the sampling it feeds.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor
+
+from torchstn._checks import check_size, check_tensor
+from torchstn.errors import ShapeError
+
+__all__ = [
+    "DEFAULT_EPS",
+    "affine_grid",
+    "compose",
+    "invert",
+    "normalized_coords",
+    "normalized_to_pixel",
+    "pixel_from_normalized",
+    "pixel_to_normalized",
+    "projective_grid",
+    "safe_denominator",
+    "transform_points",
+]
+
+#: Smallest magnitude a projective denominator may take (see :func:`safe_denominator`).
+DEFAULT_EPS = 1e-6
+
+
+def normalized_coords(
+    n: int, align_corners: bool = False, device: torch.device | None = None, dtype: torch.dtype | None = None
+) -> Tensor:
+    """Normalised coordinates of the ``n`` pixel centres along one axis.
+
+    Args:
+        n: Number of pixels along the axis.
+        align_corners: The library-wide coordinate convention (see the module docstring).
+        device: Device of the result.
+        dtype: Floating dtype of the result (default: torch's default dtype).
+
+    Returns:
+        ``(n,)`` coordinates, identical to the ones ``F.affine_grid`` uses.
+
+    Example:
+        >>> normalized_coords(4)
+        tensor([-0.7500, -0.2500,  0.2500,  0.7500])
+        >>> normalized_coords(3, align_corners=True)
+        tensor([-1.,  0.,  1.])
+    """
+    dtype = dtype or torch.get_default_dtype()
+    i = torch.arange(n, device=device, dtype=dtype)
+    if align_corners:
+        return i * (2.0 / (n - 1)) - 1.0 if n > 1 else torch.zeros_like(i)
+    return (2.0 * i + 1.0) / n - 1.0
+
+
+def _rows(src_from_dst: Tensor, name: str, nd: int) -> Tensor:
+    """Accept (B, nd, nd+1) or (B, nd+1, nd+1); return the first nd rows."""
+    check_tensor(src_from_dst, name, "B,R,C")
+    rows, cols = src_from_dst.shape[-2:]
+    if cols != nd + 1 or rows not in (nd, nd + 1):
+        raise ShapeError(
+            f"{name}: expected shape (B, {nd}, {nd + 1}) or (B, {nd + 1}, {nd + 1}) for a {nd}D size, "
+            f"got {tuple(src_from_dst.shape)}"
+        )
+    return src_from_dst[:, :nd]
+
+
+def affine_grid(src_from_dst: Tensor, size: Sequence[int], align_corners: bool = False) -> Tensor:
+    """Sampling grid of an affine transform, a faster drop-in for ``F.affine_grid``.
+
+    Args:
+        src_from_dst: ``(B, 2, 3)`` or ``(B, 3, 3)`` for a 2D ``size``; ``(B, 3, 4)`` or ``(B, 4, 4)`` for 3D.
+            Maps normalised target coordinates to normalised source coordinates.
+        size: Output spatial size ``(H, W)`` or ``(D, H, W)``.
+        align_corners: Coordinate convention; pass the same value to the sampler.
+
+    Returns:
+        Contiguous grid ``(B, H, W, 2)`` or ``(B, D, H, W, 3)`` of source ``(x, y[, z])`` coordinates.
+
+    Example:
+        >>> theta = torch.tensor([[[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]]])
+        >>> g = affine_grid(theta, (2, 3))
+        >>> torch.allclose(g, torch.nn.functional.affine_grid(theta, [1, 1, 2, 3], align_corners=False))
+        True
+    """
+    if isinstance(size, Sequence) and len(size) == 3:
+        d, h, w = check_size(size, "size", 3)
+        t = _rows(src_from_dst, "src_from_dst", 3)
+        kw = {"device": t.device, "dtype": t.dtype}
+        xs = normalized_coords(w, align_corners, **kw)  # (W,)
+        ys = normalized_coords(h, align_corners, **kw)[:, None]  # (H, 1)
+        zs = normalized_coords(d, align_corners, **kw)[:, None, None]  # (D, 1, 1)
+        c = t[:, :, :, None, None, None]  # (B, 3, 4, 1, 1, 1)
+        comps = [c[:, r, 0] * xs + c[:, r, 1] * ys + c[:, r, 2] * zs + c[:, r, 3] for r in range(3)]
+        return torch.stack(comps, dim=-1)  # (B, D, H, W, 3)
+    h, w = check_size(size, "size", 2)
+    t = _rows(src_from_dst, "src_from_dst", 2)
+    xs = normalized_coords(w, align_corners, device=t.device, dtype=t.dtype)  # (W,)
+    ys = normalized_coords(h, align_corners, device=t.device, dtype=t.dtype)[:, None]  # (H, 1)
+    c = t[:, :, :, None, None]  # (B, 2, 3, 1, 1)
+    gx = c[:, 0, 0] * xs + c[:, 0, 1] * ys + c[:, 0, 2]  # (B, H, W)
+    gy = c[:, 1, 0] * xs + c[:, 1, 1] * ys + c[:, 1, 2]
+    return torch.stack((gx, gy), dim=-1)  # (B, H, W, 2)
+
+
+def safe_denominator(w: Tensor, eps: float = DEFAULT_EPS) -> Tensor:
+    """Clamp a projective denominator away from zero, keeping its sign (0 counts as positive).
+
+    A point whose homogeneous coordinate is within ``eps`` of zero lies (near) the horizon; its image is pushed
+    far outside [-1, 1] (so it samples padding) instead of becoming inf or NaN. Gradients through the clamped
+    entries are zero.
+
+    Example:
+        >>> safe_denominator(torch.tensor([0.0, -1e-9, 2.0]))
+        tensor([ 1.0000e-06, -1.0000e-06,  2.0000e+00])
+    """
+    small = w.abs() < eps
+    return torch.where(small, torch.where(torch.signbit(w), -eps, eps).to(w.dtype), w)
+
+
+def projective_grid(
+    src_from_dst: Tensor, size: Sequence[int], align_corners: bool = False, eps: float = DEFAULT_EPS
+) -> Tensor:
+    """Sampling grid of a homography.
+
+    Args:
+        src_from_dst: ``(B, 3, 3)`` homography from normalised target to normalised source coordinates.
+        size: Output size ``(H, W)``.
+        align_corners: Coordinate convention; pass the same value to the sampler.
+        eps: Smallest magnitude of the denominator (see :func:`safe_denominator`).
+
+    Returns:
+        Contiguous grid ``(B, H, W, 2)``; always finite for finite input.
+
+    Example:
+        >>> h = torch.eye(3)[None]
+        >>> torch.allclose(projective_grid(h, (4, 5)), affine_grid(h, (4, 5)))
+        True
+    """
+    h, w = check_size(size, "size", 2)
+    check_tensor(src_from_dst, "src_from_dst", "B,3,3")
+    xs = normalized_coords(w, align_corners, device=src_from_dst.device, dtype=src_from_dst.dtype)  # (W,)
+    ys = normalized_coords(h, align_corners, device=src_from_dst.device, dtype=src_from_dst.dtype)[:, None]
+    c = src_from_dst[:, :, :, None, None]  # (B, 3, 3, 1, 1)
+    den = safe_denominator(c[:, 2, 0] * xs + c[:, 2, 1] * ys + c[:, 2, 2], eps)  # (B, H, W)
+    gx = (c[:, 0, 0] * xs + c[:, 0, 1] * ys + c[:, 0, 2]) / den
+    gy = (c[:, 1, 0] * xs + c[:, 1, 1] * ys + c[:, 1, 2]) / den
+    return torch.stack((gx, gy), dim=-1)  # (B, H, W, 2)
+
+
+def _square(m: Tensor, name: str) -> Tensor:
+    """(..., n, n+1) -> (..., n+1, n+1) by appending [0, ..., 0, 1]; square matrices pass through."""
+    check_tensor(m, name, "*,R,C")
+    rows, cols = m.shape[-2:]
+    if rows == cols:
+        return m
+    if cols != rows + 1:
+        raise ShapeError(f"{name}: expected (..., n, n+1) or (..., n, n) matrices, got {tuple(m.shape)}")
+    last = torch.zeros(*m.shape[:-2], 1, cols, device=m.device, dtype=m.dtype)
+    last[..., 0, -1] = 1.0
+    return torch.cat((m, last), dim=-2)
+
+
+def compose(*matrices: Tensor) -> Tensor:
+    """Product of transforms, left to right: ``compose(a_from_b, b_from_c) == a_from_c``.
+
+    Args:
+        *matrices: Each ``(..., n, n)`` or the top rows ``(..., n-1, n)`` of an affine matrix; leading dimensions
+            broadcast.
+
+    Returns:
+        The ``(..., n, n)`` product.
+
+    Example:
+        >>> shift = torch.tensor([[1.0, 0.0, 0.5], [0.0, 1.0, 0.0]])
+        >>> compose(shift, shift)[:2]
+        tensor([[1., 0., 1.],
+                [0., 1., 0.]])
+    """
+    if not matrices:
+        raise ShapeError("matrices: expected at least one matrix")
+    out = _square(matrices[0], "matrices[0]")
+    for i, m in enumerate(matrices[1:], start=1):
+        m = _square(m, f"matrices[{i}]")
+        if m.shape[-1] != out.shape[-1]:
+            raise ShapeError(f"matrices[{i}]: expected {out.shape[-1]}x{out.shape[-1]}, got {tuple(m.shape)}")
+        out = out @ m
+    return out
+
+
+def invert(matrix: Tensor) -> Tensor:
+    """Inverse of a transform matrix: ``invert(src_from_dst) == dst_from_src``.
+
+    Args:
+        matrix: ``(..., n, n)``, or affine top rows ``(..., n-1, n)`` (the result then has the same shape).
+
+    Returns:
+        The inverse, shaped like ``matrix``.
+
+    Example:
+        >>> a = torch.tensor([[2.0, 0.0, 1.0], [0.0, 2.0, 0.0]])
+        >>> invert(a)
+        tensor([[ 0.5000,  0.0000, -0.5000],
+                [ 0.0000,  0.5000,  0.0000]])
+    """
+    sq = _square(matrix, "matrix")
+    inv = torch.linalg.inv(sq)
+    return inv if matrix.shape[-2] == matrix.shape[-1] else inv[..., :-1, :]
+
+
+def transform_points(matrix: Tensor, points: Tensor, eps: float = DEFAULT_EPS) -> Tensor:
+    """Apply a transform matrix to points, with a safe projective division.
+
+    Args:
+        matrix: ``(B, n, n)`` or ``(B, n-1, n)`` (or unbatched), mapping the points' frame to the result's frame.
+        points: ``(B, N, n-1)`` points (``(N, n-1)`` when ``matrix`` is unbatched).
+        eps: Smallest magnitude of the homogeneous denominator (see :func:`safe_denominator`).
+
+    Returns:
+        ``(B, N, n-1)`` transformed points.
+
+    Example:
+        >>> transform_points(torch.tensor([[0.5, 0.0, 0.1], [0.0, 0.5, 0.0]]), torch.tensor([[1.0, 1.0]]))
+        tensor([[0.6000, 0.5000]])
+    """
+    m = _square(matrix, "matrix")
+    n = m.shape[-1]
+    check_tensor(points, "points", f"*,N,{n - 1}", nonempty=False)
+    lin = m[..., : n - 1, : n - 1]
+    out = points @ lin.transpose(-1, -2) + m[..., None, : n - 1, n - 1]
+    if matrix.shape[-2] == matrix.shape[-1]:  # projective: divide by the homogeneous coordinate
+        den = points @ m[..., n - 1, : n - 1, None] + m[..., None, n - 1, n - 1 :]
+        out = out / safe_denominator(den, eps)
+    return out
+
+
+def pixel_from_normalized(
+    size: Sequence[int],
+    align_corners: bool = False,
+    device: torch.device | None = None,
+    dtype: torch.dtype | None = None,
+) -> Tensor:
+    """Matrix taking normalised coordinates to pixel coordinates (pixel ``i``'s centre at ``i``).
+
+    Args:
+        size: ``(H, W)`` or ``(D, H, W)``.
+        align_corners: Coordinate convention of the normalised side.
+        device: Device of the result.
+        dtype: Dtype of the result.
+
+    Returns:
+        ``(3, 3)`` or ``(4, 4)`` ``pixel_from_norm``. With ``align_corners=True`` an axis of one pixel is degenerate
+        (every normalised coordinate is that pixel); its scale is set to 1 so the matrix stays invertible.
+
+    Example:
+        >>> pixel_from_normalized((4, 8))
+        tensor([[4.0000, 0.0000, 3.5000],
+                [0.0000, 2.0000, 1.5000],
+                [0.0000, 0.0000, 1.0000]])
+    """
+    sizes = check_size(size, "size", len(size) if isinstance(size, Sequence) and len(size) == 3 else 2)[::-1]
+    n = len(sizes)
+    m = torch.eye(n + 1, device=device, dtype=dtype or torch.get_default_dtype())
+    for i, s in enumerate(sizes):  # x (width) first
+        scale = (s - 1) / 2 if align_corners else s / 2
+        m[i, i] = scale if scale > 0 else 1.0
+        m[i, n] = (s - 1) / 2
+    return m
+
+
+def normalized_to_pixel(
+    src_from_dst: Tensor, src_size: Sequence[int], dst_size: Sequence[int] | None = None, align_corners: bool = False
+) -> Tensor:
+    """Convert a normalised ``src_from_dst`` matrix to OpenCV's pixel-space ``dst_from_src`` matrix.
+
+    The result is the ``M`` that ``cv2.warpAffine`` (first two rows) or ``cv2.warpPerspective`` expects without
+    ``WARP_INVERSE_MAP``; its inverse is the pixel ``src_from_dst`` map.
+
+    Args:
+        src_from_dst: ``(B, 2, 3)`` or ``(B, 3, 3)`` normalised matrix, as used by the grid generators.
+        src_size: Source (input) image size ``(H, W)``.
+        dst_size: Destination (output) size ``(H', W')``; defaults to ``src_size``.
+        align_corners: Convention the normalised matrix was written in.
+
+    Returns:
+        ``(B, 3, 3)`` ``dst_from_src`` in pixels.
+    """
+    dst_size = src_size if dst_size is None else dst_size
+    m = _square(src_from_dst, "src_from_dst")
+    px_src = pixel_from_normalized(src_size, align_corners, device=m.device, dtype=m.dtype)
+    px_dst = pixel_from_normalized(dst_size, align_corners, device=m.device, dtype=m.dtype)
+    src_from_dst_px = px_src @ m @ torch.linalg.inv(px_dst)
+    return torch.linalg.inv(src_from_dst_px)
+
+
+def pixel_to_normalized(
+    dst_from_src_px: Tensor,
+    src_size: Sequence[int],
+    dst_size: Sequence[int] | None = None,
+    align_corners: bool = False,
+) -> Tensor:
+    """Convert OpenCV's pixel-space ``dst_from_src`` matrix to the normalised ``src_from_dst`` the grids use.
+
+    Inverse of :func:`normalized_to_pixel`.
+
+    Args:
+        dst_from_src_px: ``(B, 2, 3)`` or ``(B, 3, 3)`` pixel matrix (``cv2.getRotationMatrix2D`` output, say).
+        src_size: Source (input) image size ``(H, W)``.
+        dst_size: Destination (output) size ``(H', W')``; defaults to ``src_size``.
+        align_corners: Convention of the normalised result.
+
+    Returns:
+        ``(B, 3, 3)`` normalised ``src_from_dst``.
+    """
+    dst_size = src_size if dst_size is None else dst_size
+    m = _square(dst_from_src_px, "dst_from_src_px")
+    px_src = pixel_from_normalized(src_size, align_corners, device=m.device, dtype=m.dtype)
+    px_dst = pixel_from_normalized(dst_size, align_corners, device=m.device, dtype=m.dtype)
+    return torch.linalg.inv(px_src) @ torch.linalg.inv(m) @ px_dst

@@ -1,0 +1,306 @@
+"""Samplers: read an image or volume at the points of a grid, differentiably in both.
+
+Two backends share one interface, :func:`sample`:
+
+* ``"torch"`` (the default, also ``"auto"``): ``F.grid_sample``, fast on every device.
+* ``"reference"``: the paper's general sampling equation (3), ``V_i = sum_nm U_nm k(x_i - m) k(y_i - n)``,
+  written in plain tensor ops (gather and arithmetic) with the integer kernel (4), the bilinear kernel (5) and
+  PyTorch's cubic-convolution kernel (``a = -0.75``). Autograd through these ops gives exactly the gradients
+  of equations (6)-(7) away from integer coordinates; at an integer coordinate the bilinear kernel has a kink and
+  both backends take the one-sided derivative from the cell ``[m, m + 1]``. Being plain ops it supports double
+  backward and exports to ONNX without a ``GridSample`` operator. It reproduces ``grid_sample`` for every mode
+  and padding mode, for both ``align_corners`` values.
+
+Padding: ``"zeros"``, ``"border"``, ``"reflection"`` (PyTorch's), and ``"fill"``, a constant per channel that
+PyTorch lacks. ``"fill"`` samples ``input - fill`` with zero padding and adds ``fill`` back: every kernel's
+weights sum to one, so out-of-image taps contribute exactly ``fill`` (the in-image values may differ from the
+input by one rounding step).
+
+Non-finite grids: ``F.grid_sample`` silently reads a NaN coordinate as -1, a plausible but wrong value. By default
+(``nonfinite="raise"``) a grid holding NaN or inf raises :class:`~torchstn.errors.NonFiniteError`;
+``"propagate"`` instead makes the output NaN at exactly those output pixels (no host synchronisation, so a NaN
+loss shows up downstream), and ``"ignore"`` skips the check and keeps the backend's behaviour.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Sequence
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from torchstn._checks import check_choice, check_tensor
+from torchstn.errors import DTypeError, NonFiniteError, OptionError, ShapeError
+from torchstn.transforms import Transform
+
+__all__ = ["Backend", "Mode", "NonFinite", "Padding", "sample", "warp"]
+
+Mode = Literal["nearest", "bilinear", "bicubic", "trilinear"]
+Padding = Literal["zeros", "border", "reflection", "fill"]
+Backend = Literal["auto", "torch", "reference"]
+NonFinite = Literal["raise", "propagate", "ignore"]
+FillValue = float | Sequence[float] | Tensor
+
+_MODES = ("nearest", "bilinear", "bicubic", "trilinear")
+_PADDINGS = ("zeros", "border", "reflection", "fill")
+_BACKENDS = ("auto", "torch", "reference")
+_NONFINITE = ("raise", "propagate", "ignore")
+_CUBIC_A = -0.75  # PyTorch's (and OpenCV's) cubic convolution coefficient
+
+
+def _fill_tensor(fill: FillValue, input: Tensor) -> Tensor:
+    """Fill value broadcastable to ``input``: ``(1 or B, C, 1, ...)``."""
+    b, c = input.shape[:2]
+    ones = (1,) * (input.ndim - 2)
+    t = torch.as_tensor(fill, device=input.device, dtype=input.dtype)
+    if t.ndim == 0:
+        return t.reshape(1, 1, *ones)
+    if t.ndim == 1 and t.shape[0] in (1, c):
+        return t.reshape(1, -1, *ones)
+    if t.ndim == 2 and t.shape[0] in (1, b) and t.shape[1] in (1, c):
+        return t.reshape(t.shape[0], t.shape[1], *ones)
+    raise ShapeError(f"fill: expected a scalar, C={c} values or a (B, C)=({b}, {c}) tensor, got shape {tuple(t.shape)}")
+
+
+def _check_sample_args(
+    input: Tensor, grid: Tensor, mode: str, padding: str, fill: FillValue | None, backend: str, nonfinite: str
+) -> str:
+    check_tensor(input, "input", "*,C,H,W")
+    if input.ndim not in (4, 5):
+        raise ShapeError(f"input: expected (B, C, H, W) or (B, C, D, H, W), got {tuple(input.shape)}")
+    nd = input.ndim - 2
+    spec = "B,H,W,2" if nd == 2 else "B,D,H,W,3"
+    check_tensor(grid, "grid", spec, dims={"B": input.shape[0]})
+    if grid.dtype != input.dtype:
+        raise DTypeError(f"grid: expected the dtype of input ({input.dtype}), got {grid.dtype}")
+    if grid.device != input.device:
+        raise DTypeError(f"grid: expected the device of input ({input.device}), got {grid.device}")
+    check_choice(mode, "mode", _MODES)
+    check_choice(padding, "padding", _PADDINGS)
+    check_choice(backend, "backend", _BACKENDS)
+    check_choice(nonfinite, "nonfinite", _NONFINITE)
+    if mode == "bicubic" and nd == 3:
+        raise OptionError("mode: 'bicubic' needs a 4D input (B, C, H, W); use 'trilinear' or 'nearest' for volumes")
+    if mode == "trilinear" and nd == 2:
+        raise OptionError("mode: 'trilinear' needs a 5D input (B, C, D, H, W); use 'bilinear' for images")
+    if padding == "fill" and fill is None:
+        raise OptionError("fill: a value is required when padding='fill'")
+    if padding != "fill" and fill is not None:
+        raise OptionError(f"fill: only used with padding='fill', got padding={padding!r}")
+    return "bilinear" if mode == "trilinear" else mode
+
+
+def sample(
+    input: Tensor,
+    grid: Tensor,
+    mode: Mode = "bilinear",
+    padding: Padding = "zeros",
+    fill: FillValue | None = None,
+    align_corners: bool = False,
+    *,
+    backend: Backend = "auto",
+    nonfinite: NonFinite = "raise",
+) -> Tensor:
+    """Sample ``input`` at the normalised source coordinates in ``grid``.
+
+    Args:
+        input: ``(B, C, H, W)`` images or ``(B, C, D, H, W)`` volumes (any number of channels).
+        grid: ``(B, H', W', 2)`` or ``(B, D', H', W', 3)`` source coordinates ``(x, y[, z])`` in [-1, 1], same
+            dtype and device as ``input``.
+        mode: ``"nearest"``, ``"bilinear"``, ``"bicubic"`` (images only) or ``"trilinear"`` (volumes; ``"bilinear"``
+            is accepted for volumes too).
+        padding: What out-of-image taps read: ``"zeros"``, ``"border"``, ``"reflection"`` or ``"fill"``.
+        fill: With ``padding="fill"``: a scalar, one value per channel, or a ``(B, C)`` tensor.
+        align_corners: Coordinate convention; must match the one the grid was built with.
+        backend: ``"auto"``/``"torch"`` (``F.grid_sample``) or ``"reference"`` (plain ops, double backward).
+        nonfinite: ``"raise"``, ``"propagate"`` or ``"ignore"`` (see the module docstring).
+
+    Returns:
+        ``(B, C, H', W')`` or ``(B, C, D', H', W')``.
+
+    Convention:
+        ``grid[b, i, j] = (x, y)`` means output pixel ``(i, j)`` reads the input at ``(x, y)``; ``x = -1`` is the
+        left edge (``align_corners=False``) or the centre of the leftmost pixel (``True``).
+
+    Example:
+        >>> x = torch.arange(4.0).view(1, 1, 2, 2)
+        >>> g = torch.tensor([[[[0.0, 0.0], [-0.5, -0.5]]]])  # the image centre, then pixel (0, 0)'s centre
+        >>> sample(x, g)
+        tensor([[[[1.5000, 0.0000]]]])
+        >>> sample(x, torch.tensor([[[[-2.0, 0.0]]]]), padding="fill", fill=9.0)
+        tensor([[[[9.]]]])
+    """
+    kernel = _check_sample_args(input, grid, mode, padding, fill, backend, nonfinite)
+    finite: Tensor | None = None
+    if nonfinite == "raise":
+        if not bool(torch.isfinite(grid).all()):
+            bad = int((~torch.isfinite(grid)).any(-1).sum())
+            raise NonFiniteError(f"grid: {bad} grid point(s) hold NaN or inf (pass nonfinite='propagate' to get NaN)")
+    elif nonfinite == "propagate":
+        finite = torch.isfinite(grid).all(-1)  # (B, H', W')
+    shift = _fill_tensor(fill, input) if padding == "fill" and fill is not None else None
+    src = input if shift is None else input - shift
+    pad = "zeros" if padding == "fill" else padding
+    if backend == "reference":
+        out = reference_sample(src, grid, kernel, pad, align_corners)
+    else:
+        out = F.grid_sample(src, grid, mode=kernel, padding_mode=pad, align_corners=align_corners)
+    if shift is not None:
+        out = out + shift
+    if finite is not None:
+        out = torch.where(finite.unsqueeze(1), out, torch.full_like(out, float("nan")))
+    return out
+
+
+def _unnormalize(coord: Tensor, n: int, align_corners: bool) -> Tensor:
+    """Normalised coordinate -> pixel coordinate (pixel ``i``'s centre at ``i``)."""
+    if align_corners:
+        return (coord + 1.0) * (0.5 * (n - 1))
+    return ((coord + 1.0) * n - 1.0) * 0.5
+
+
+def _reflect(p: Tensor, twice_low: int, twice_high: int) -> Tensor:
+    """Reflect ``p`` into ``[twice_low / 2, twice_high / 2]`` (PyTorch's ``reflect_coordinates``)."""
+    if twice_low == twice_high:
+        return torch.zeros_like(p)
+    low = twice_low / 2.0
+    span = (twice_high - twice_low) / 2.0
+    p = (p - low).abs()
+    extra = torch.fmod(p, span)
+    flips = torch.floor(p / span)
+    return torch.where(torch.remainder(flips, 2) == 0, extra + low, span - extra + low)
+
+
+def _pad_coord(p: Tensor, n: int, padding: str, align_corners: bool) -> Tensor:
+    """Apply ``border`` or ``reflection`` padding to pixel coordinates (identity for ``zeros``)."""
+    if padding == "border":
+        return p.clamp(0, n - 1)
+    if padding == "reflection":
+        p = _reflect(p, 0, 2 * (n - 1)) if align_corners else _reflect(p, -1, 2 * n - 1)
+        return p.clamp(0, n - 1)
+    return p
+
+
+def _cubic_weights(t: Tensor) -> list[Tensor]:
+    """Cubic-convolution weights of the taps at offsets -1, 0, 1, 2 for fractional position ``t``."""
+    a = _CUBIC_A
+
+    def near(x: Tensor) -> Tensor:  # |x| <= 1
+        return ((a + 2) * x - (a + 3)) * x * x + 1
+
+    def far(x: Tensor) -> Tensor:  # 1 < |x| < 2
+        return ((a * x - 5 * a) * x + 8 * a) * x - 4 * a
+
+    return [far(t + 1), near(t), near(1 - t), far(2 - t)]
+
+
+def reference_sample(input: Tensor, grid: Tensor, mode: str, padding: str, align_corners: bool) -> Tensor:
+    """The sampling equation (3) in plain tensor ops; see the module docstring.
+
+    Args:
+        input: ``(B, C, H, W)`` or ``(B, C, D, H, W)``.
+        grid: ``(B, H', W', 2)`` or ``(B, D', H', W', 3)``.
+        mode: ``"nearest"``, ``"bilinear"`` (trilinear on volumes) or ``"bicubic"`` (images).
+        padding: ``"zeros"``, ``"border"`` or ``"reflection"``.
+        align_corners: Coordinate convention.
+
+    Returns:
+        ``(B, C, H', W')`` or ``(B, C, D', H', W')``, equal to ``F.grid_sample`` with the same arguments.
+    """
+    b, c = input.shape[:2]
+    in_sizes = list(input.shape[2:])[::-1]  # (W, H[, D]) matching the grid's (x, y[, z])
+    out_shape = grid.shape[1:-1]
+    flat = input.reshape(b, c, -1)  # (B, C, N_in)
+    coords = grid.reshape(b, -1, grid.shape[-1]).unbind(-1)  # each (B, P)
+    pix = [_unnormalize(g, n, align_corners) for g, n in zip(coords, in_sizes, strict=True)]
+    strides = [1]
+    for n in in_sizes[:-1]:
+        strides.append(strides[-1] * n)
+
+    def tap(indices: Sequence[Tensor]) -> Tensor:
+        """Values at integer (float-valued) tap indices, 0 outside the input: (B, C, P)."""
+        valid = torch.ones_like(indices[0], dtype=torch.bool)
+        lin = torch.zeros_like(indices[0], dtype=torch.long)
+        for idx, n, s in zip(indices, in_sizes, strides, strict=True):
+            valid = valid & (idx >= 0) & (idx <= n - 1)
+            lin = lin + idx.clamp(0, n - 1).long() * s
+        vals = torch.gather(flat, 2, lin.unsqueeze(1).expand(b, c, lin.shape[-1]))
+        return vals * valid.unsqueeze(1).to(vals.dtype)
+
+    if mode == "nearest":
+        out = tap([torch.round(_pad_coord(p, n, padding, align_corners)) for p, n in zip(pix, in_sizes, strict=True)])
+    elif mode == "bilinear":
+        pix = [_pad_coord(p, n, padding, align_corners) for p, n in zip(pix, in_sizes, strict=True)]
+        lows = [torch.floor(p) for p in pix]
+        fracs = [p - lo for p, lo in zip(pix, lows, strict=True)]
+        out = torch.zeros(b, c, pix[0].shape[-1], device=input.device, dtype=input.dtype)
+        for corner in itertools.product((0, 1), repeat=len(pix)):
+            weight = torch.ones_like(fracs[0])
+            for bit, f in zip(corner, fracs, strict=True):
+                weight = weight * (f if bit else 1.0 - f)  # bilinear kernel max(0, 1 - |d|), eq. (5)
+            out = out + weight.unsqueeze(1) * tap([lo + bit for lo, bit in zip(lows, corner, strict=True)])
+    else:  # bicubic, 2D: taps at floor - 1 .. floor + 2, each padded on its own (as PyTorch does)
+        lows = [torch.floor(p) for p in pix]
+        weights = [_cubic_weights(p - lo) for p, lo in zip(pix, lows, strict=True)]
+        out = torch.zeros(b, c, pix[0].shape[-1], device=input.device, dtype=input.dtype)
+        for i, j in itertools.product(range(4), repeat=2):
+            tx = _pad_coord(lows[0] + (i - 1), in_sizes[0], padding, align_corners)
+            ty = _pad_coord(lows[1] + (j - 1), in_sizes[1], padding, align_corners)
+            out = out + (weights[0][i] * weights[1][j]).unsqueeze(1) * tap([tx, ty])
+    return out.reshape(b, c, *out_shape)
+
+
+def warp(
+    input: Tensor,
+    params: Tensor,
+    transform: Transform,
+    output_size: Sequence[int] | None = None,
+    mode: Mode = "bilinear",
+    padding: Padding = "zeros",
+    fill: FillValue | None = None,
+    align_corners: bool = False,
+    *,
+    backend: Backend = "auto",
+    nonfinite: NonFinite = "raise",
+) -> Tensor:
+    """Warp ``input`` with a transform: build the grid from ``params`` and sample.
+
+    Args:
+        input: ``(B, C, H, W)`` (or ``(B, C, D, H, W)`` with a 3D transform).
+        params: ``(B, transform.num_params)``.
+        transform: A :class:`~torchstn.transforms.Transform`.
+        output_size: ``(H', W')`` (or ``(D', H', W')``); defaults to the input's spatial size.
+        mode, padding, fill, align_corners, backend, nonfinite: As in :func:`sample`.
+
+    Returns:
+        ``(B, C, H', W')`` (or ``(B, C, D', H', W')``).
+
+    Example:
+        >>> from torchstn.transforms import Affine
+        >>> x = torch.rand(2, 3, 8, 8)
+        >>> t = Affine()
+        >>> torch.allclose(warp(x, t.identity_params(2), t), x, atol=1e-6)
+        True
+    """
+    if not isinstance(transform, Transform):
+        raise DTypeError(f"transform: expected a torchstn.transforms.Transform, got {type(transform).__name__}")
+    check_tensor(input, "input", "*,C,H,W")
+    if input.ndim != transform.ndim + 2:
+        raise ShapeError(
+            f"input: {transform!r} warps {transform.ndim}D data, expected {transform.ndim + 2} dimensions, "
+            f"got {tuple(input.shape)}"
+        )
+    params = transform.check_params(params)
+    check_tensor(params, "params", "B,P", dims={"B": input.shape[0]})
+    if params.dtype != input.dtype or params.device != input.device:
+        raise DTypeError(
+            f"params: expected the dtype and device of input ({input.dtype}, {input.device}), "
+            f"got ({params.dtype}, {params.device})"
+        )
+    src_size = tuple(input.shape[2:])
+    size = src_size if output_size is None else output_size
+    grid = transform.grid(params, size, align_corners=align_corners, src_size=src_size)
+    return sample(input, grid, mode, padding, fill, align_corners, backend=backend, nonfinite=nonfinite)

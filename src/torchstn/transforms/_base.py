@@ -1,0 +1,181 @@
+"""Base classes shared by every transform family."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor
+
+from torchstn._checks import check_size, check_tensor
+from torchstn.errors import ShapeError
+from torchstn.geometry import DEFAULT_EPS, affine_grid, invert, transform_points
+
+__all__ = ["MatrixTransform", "Transform"]
+
+
+class Transform:
+    """A family of spatial transforms with a fixed number of parameters.
+
+    A transform is stateless apart from its settings: it turns a batch of parameters ``(B, num_params)`` into a
+    sampling grid. Coordinates follow the library convention (normalised to [-1, 1], ``(x, y[, z])`` order,
+    target (output) to source (input)).
+
+    Attributes:
+        num_params: Number of parameters per sample.
+        ndim: Number of spatial dimensions (2 for images, 3 for volumes).
+    """
+
+    num_params: int
+    ndim: int = 2
+
+    def identity_params(
+        self, batch_size: int, device: torch.device | str | None = None, dtype: torch.dtype | None = None
+    ) -> Tensor:
+        """Parameters of the identity warp, ``(batch_size, num_params)``."""
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise ShapeError(f"batch_size: expected a positive int, got {batch_size!r}")
+        one = self._identity(device=device, dtype=dtype or torch.get_default_dtype())
+        return one.expand(batch_size, self.num_params).clone()
+
+    def _identity(self, device: torch.device | str | None, dtype: torch.dtype) -> Tensor:
+        raise NotImplementedError
+
+    def check_params(self, params: object, name: str = "params") -> Tensor:
+        """Validate ``params``: a floating ``(B, num_params)`` tensor with ``B >= 1``; return it."""
+        check_tensor(params, name, f"B,{self.num_params}")
+        assert isinstance(params, Tensor)
+        return params
+
+    def _sizes(
+        self, size: Sequence[int], src_size: Sequence[int] | None
+    ) -> tuple[tuple[int, ...], tuple[int, ...]]:
+        out = check_size(size, "size", self.ndim)
+        src = out if src_size is None else check_size(src_size, "src_size", self.ndim)
+        return out, src
+
+    def grid(
+        self,
+        params: Tensor,
+        size: Sequence[int],
+        *,
+        align_corners: bool = False,
+        src_size: Sequence[int] | None = None,
+    ) -> Tensor:
+        """Sampling grid for an output of ``size``.
+
+        Args:
+            params: ``(B, num_params)`` transform parameters.
+            size: Output spatial size ``(H', W')`` (or ``(D', H', W')`` in 3D).
+            align_corners: Coordinate convention; pass the same value to the sampler.
+            src_size: Spatial size of the input that will be sampled; defaults to ``size``. Only families that
+                work in pixel space (:class:`~torchstn.transforms.Similarity`) use it.
+
+        Returns:
+            Contiguous grid ``(B, H', W', 2)`` (or ``(B, D', H', W', 3)``) of normalised source coordinates.
+        """
+        raise NotImplementedError
+
+    def map_points(
+        self,
+        params: Tensor,
+        points: Tensor,
+        *,
+        inverse: bool = False,
+        src_size: Sequence[int] | None = None,
+    ) -> Tensor:
+        """Map normalised points from target to source (or from source to target with ``inverse=True``).
+
+        ``map_points(params, p)`` is where the grid samples for an output pixel at ``p``: landmarks annotated on
+        the output map to the input; ``inverse=True`` carries input landmarks into the output.
+
+        Args:
+            params: ``(B, num_params)``.
+            points: ``(B, N, ndim)`` normalised points.
+            inverse: Map source to target instead.
+            src_size: As in :meth:`grid`.
+
+        Returns:
+            ``(B, N, ndim)`` mapped points.
+        """
+        raise NotImplementedError
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}()"
+
+
+class MatrixTransform(Transform):
+    """A family whose members are ``(ndim+1, ndim+1)`` matrices (affine or projective).
+
+    Subclasses implement :meth:`_matrix` (params to a ``src_from_dst`` matrix) and :meth:`_params` (the inverse
+    for matrices of the family).
+    """
+
+    projective: bool = False
+
+    def _matrix(self, params: Tensor, src_size: tuple[int, ...] | None) -> Tensor:
+        raise NotImplementedError
+
+    def _params(self, matrix: Tensor, src_size: tuple[int, ...] | None) -> Tensor:
+        raise NotImplementedError
+
+    def _rows(self, params: Tensor, src_size: tuple[int, ...] | None) -> Tensor:
+        """The top ``ndim`` rows of the matrix, ``(B, ndim, ndim+1)``; overridden where cheaper."""
+        return self._matrix(params, src_size)[:, : self.ndim]
+
+    def matrix(self, params: Tensor, *, src_size: Sequence[int] | None = None) -> Tensor:
+        """The ``src_from_dst`` matrix, ``(B, 3, 3)`` (``(B, 4, 4)`` in 3D), in normalised coordinates.
+
+        Args:
+            params: ``(B, num_params)``.
+            src_size: Input spatial size, used only by families that work in pixel space (default: square).
+        """
+        params = self.check_params(params)
+        src = None if src_size is None else check_size(src_size, "src_size", self.ndim)
+        return self._matrix(params, src)
+
+    def params_from_matrix(self, matrix: Tensor, *, src_size: Sequence[int] | None = None) -> Tensor:
+        """Parameters of a matrix of this family (the inverse of :meth:`matrix`).
+
+        Args:
+            matrix: ``(B, n, n)`` matrix; for a restricted family (similarity, attention, translation) it must
+                belong to the family, otherwise the result is a projection onto it.
+            src_size: As in :meth:`matrix`.
+        """
+        n = self.ndim + 1
+        check_tensor(matrix, "matrix", f"B,{n},{n}")
+        src = None if src_size is None else check_size(src_size, "src_size", self.ndim)
+        return self._params(matrix, src)
+
+    def inverse_params(self, params: Tensor, *, src_size: Sequence[int] | None = None) -> Tensor:
+        """Parameters of the inverse transform (every matrix family is closed under inversion)."""
+        m = self.matrix(params, src_size=src_size)
+        return self.params_from_matrix(invert(m), src_size=src_size)
+
+    def grid(
+        self,
+        params: Tensor,
+        size: Sequence[int],
+        *,
+        align_corners: bool = False,
+        src_size: Sequence[int] | None = None,
+    ) -> Tensor:
+        out, src = self._sizes(size, src_size)
+        params = self.check_params(params)
+        return affine_grid(self._rows(params, src), out, align_corners)
+
+    def map_points(
+        self,
+        params: Tensor,
+        points: Tensor,
+        *,
+        inverse: bool = False,
+        src_size: Sequence[int] | None = None,
+    ) -> Tensor:
+        m = self.matrix(params, src_size=src_size)
+        check_tensor(points, "points", f"B,N,{self.ndim}", dims={"B": m.shape[0]}, nonempty=False)
+        if inverse:
+            m = invert(m)
+        if not self.projective:
+            m = m[:, : self.ndim]
+        return transform_points(m, points, DEFAULT_EPS)

@@ -1,0 +1,177 @@
+"""Thin-plate-spline transform with a kernel precomputed for its fixed target control grid."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor
+
+from torchstn._checks import check_tensor
+from torchstn.errors import OptionError
+from torchstn.geometry import normalized_coords
+from torchstn.transforms._base import Transform
+
+__all__ = ["ThinPlateSpline"]
+
+_Key = tuple[tuple[int, ...], bool, torch.device, torch.dtype]
+
+
+def _radial(d2: Tensor) -> Tensor:
+    """TPS radial basis U = r^2 log r^2, with U(0) = 0."""
+    return d2 * torch.log(d2.clamp_min(1e-30))
+
+
+class ThinPlateSpline(Transform):
+    """Thin-plate spline through ``K`` control points laid on a regular grid of the target (output).
+
+    The parameters are the **source** positions of the control points, flattened as ``(x0, y0, x1, y1, ...)``
+    in row-major order over the control grid (rows along the height, x varying fastest), so ``num_params = 2K``.
+    The identity parameters are the target positions themselves: ``linspace(-1, 1)`` on each axis.
+
+    The target grid never changes, so the spline's system ``L = [[U + lambda I, P], [P^T, 0]]`` is solved once
+    (in float64) and, for each output size, the matrix ``M (N, K)`` that maps control-point positions to the
+    ``N`` grid points is cached: building a grid is one matrix product, ``grid = M @ params``.
+
+    Args:
+        grid: Control grid ``(rows, cols)``; the paper uses ``(4, 4)``.
+        regularization: ``lambda >= 0``; 0 interpolates the control points exactly, larger values smooth the
+            warp towards an affine one.
+
+    Example:
+        >>> tps = ThinPlateSpline((4, 4))
+        >>> tps.num_params
+        32
+        >>> g = tps.grid(tps.identity_params(2), (6, 5))
+        >>> g.shape
+        torch.Size([2, 6, 5, 2])
+    """
+
+    def __init__(self, grid: Sequence[int] = (4, 4), regularization: float = 0.0) -> None:
+        if (
+            not isinstance(grid, Sequence)
+            or len(grid) != 2
+            or not all(isinstance(g, int) and not isinstance(g, bool) and g >= 2 for g in grid)
+        ):
+            raise OptionError(f"grid: expected (rows, cols) with each at least 2, got {grid!r}")
+        if not regularization >= 0:
+            raise OptionError(f"regularization: expected a non-negative float, got {regularization!r}")
+        self.grid_shape: tuple[int, int] = (int(grid[0]), int(grid[1]))
+        self.regularization = float(regularization)
+        self.num_controls = self.grid_shape[0] * self.grid_shape[1]
+        self.num_params = 2 * self.num_controls
+        self._solution: dict[tuple[torch.device, torch.dtype], Tensor] = {}
+        self._weights: dict[_Key, Tensor] = {}
+
+    def __repr__(self) -> str:
+        return f"ThinPlateSpline(grid={self.grid_shape}, regularization={self.regularization:g})"
+
+    def control_points(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> Tensor:
+        """The fixed target control points, ``(K, 2)`` in ``(x, y)`` order, row-major."""
+        dtype = dtype or torch.get_default_dtype()
+        ys = torch.linspace(-1.0, 1.0, self.grid_shape[0], device=device, dtype=dtype)
+        xs = torch.linspace(-1.0, 1.0, self.grid_shape[1], device=device, dtype=dtype)
+        gy, gx = torch.meshgrid(ys, xs, indexing="ij")
+        return torch.stack((gx, gy), dim=-1).reshape(-1, 2)
+
+    def _identity(self, device: torch.device | str | None, dtype: torch.dtype) -> Tensor:
+        return self.control_points(device, dtype).reshape(1, -1)
+
+    def _basis(self, points: Tensor) -> Tensor:
+        """Rows ``[U(|p - c_k|^2) for k, 1, x, y]`` for points ``(..., N, 2)``: ``(..., N, K + 3)``."""
+        ctrl = self.control_points(points.device, points.dtype)  # (K, 2)
+        d2 = (points[..., :, None, :] - ctrl).square().sum(-1)  # (..., N, K)
+        one = torch.ones_like(points[..., :1])
+        return torch.cat((_radial(d2), one, points), dim=-1)
+
+    def _solve(self, device: torch.device, dtype: torch.dtype) -> Tensor:
+        """First ``K`` columns of ``L^-1``: ``(K + 3, K)``; maps control positions to spline coefficients."""
+        key = (device, dtype)
+        sol = self._solution.get(key)
+        if sol is None:
+            k = self.num_controls
+            ctrl = self.control_points(device, torch.float64)
+            lhs = torch.zeros(k + 3, k + 3, device=device, dtype=torch.float64)
+            lhs[:k] = self._basis(ctrl)
+            lhs[:k, :k] += self.regularization * torch.eye(k, device=device, dtype=torch.float64)
+            lhs[k:, :k] = lhs[:k, k:].T
+            rhs = torch.zeros(k + 3, k, device=device, dtype=torch.float64)
+            rhs[:k] = torch.eye(k, device=device, dtype=torch.float64)
+            sol = torch.linalg.solve(lhs, rhs).to(dtype)
+            self._solution[key] = sol
+        return sol
+
+    def weights(
+        self,
+        size: Sequence[int],
+        align_corners: bool = False,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> Tensor:
+        """The cached ``(H * W, K)`` matrix taking control-point positions to grid points for an output ``size``."""
+        dtype = dtype or torch.get_default_dtype()
+        device = torch.device(device) if device is not None else torch.device("cpu")
+        h, w = (int(s) for s in size)
+        key: _Key = ((h, w), bool(align_corners), device, dtype)
+        m = self._weights.get(key)
+        if m is None:
+            xs = normalized_coords(w, align_corners, device=device, dtype=torch.float64)
+            ys = normalized_coords(h, align_corners, device=device, dtype=torch.float64)
+            gy, gx = torch.meshgrid(ys, xs, indexing="ij")
+            pts = torch.stack((gx, gy), dim=-1).reshape(-1, 2)  # (N, 2)
+            m = (self._basis(pts) @ self._solve(device, torch.float64)).to(dtype).contiguous()  # (N, K)
+            self._weights[key] = m
+        return m
+
+    def grid(
+        self,
+        params: Tensor,
+        size: Sequence[int],
+        *,
+        align_corners: bool = False,
+        src_size: Sequence[int] | None = None,
+    ) -> Tensor:
+        out, _ = self._sizes(size, src_size)
+        params = self.check_params(params)
+        m = self.weights(out, align_corners, params.device, params.dtype)  # (N, K)
+        grid = torch.matmul(m, params.reshape(-1, self.num_controls, 2))  # (B, N, 2)
+        return grid.view(-1, out[0], out[1], 2)
+
+    def coefficients(self, params: Tensor) -> Tensor:
+        """Spline coefficients ``(B, K + 3, 2)``: ``K`` kernel weights, then the affine part ``(1, x, y)``."""
+        params = self.check_params(params)
+        return self._solve(params.device, params.dtype) @ params.reshape(-1, self.num_controls, 2)
+
+    def map_points(
+        self,
+        params: Tensor,
+        points: Tensor,
+        *,
+        inverse: bool = False,
+        src_size: Sequence[int] | None = None,
+        iterations: int = 20,
+    ) -> Tensor:
+        """Map points with the spline; ``inverse=True`` solves ``f(t) = s`` by Newton's method.
+
+        The inverse has no closed form: it starts from ``t = s`` and runs up to ``iterations`` Newton steps with
+        the spline's analytic Jacobian (a few steps suffice for warps of moderate size). A warp that folds over
+        itself has no unique inverse; the result is then one of the preimages.
+        """
+        coef = self.coefficients(params)  # (B, K + 3, 2)
+        check_tensor(points, "points", "B,N,2", dims={"B": coef.shape[0]}, nonempty=False)
+        if not inverse:
+            return self._basis(points) @ coef
+        ctrl = self.control_points(points.device, points.dtype)
+        w, a = coef[:, : self.num_controls], coef[:, self.num_controls + 1 :]  # (B, K, 2), (B, 2, 2)
+        t = points
+        for _ in range(iterations):
+            resid = self._basis(t) @ coef - points  # (B, N, 2)
+            d = t[..., :, None, :] - ctrl  # (B, N, K, 2)
+            d2 = d.square().sum(-1, keepdim=True)
+            grad_u = 2.0 * d * (torch.log(d2.clamp_min(1e-30)) + 1.0) * (d2 > 0)  # (B, N, K, 2)
+            # jac[b, n, i, j] = d f_i / d t_j
+            jac = torch.einsum("bki,bnkj->bnij", w, grad_u) + a.transpose(-1, -2)[:, None]
+            t = t - torch.linalg.solve(jac, resid.unsqueeze(-1)).squeeze(-1)
+            if bool(resid.abs().max() < 1e-7 if t.dtype == torch.float64 else resid.abs().max() < 1e-6):
+                break
+        return t
