@@ -5,7 +5,7 @@ Every error is an :class:`STNError` and also subclasses the builtin that callers
 
 - :class:`ShapeError` (``ValueError``): a tensor or size has the wrong shape, or is empty.
 - :class:`DTypeError` (``TypeError``): a tensor has the wrong dtype, or an argument has the wrong type.
-- :class:`OptionError` (``ValueError``): an option has a value it does not accept (not one of the choices, out of range).
+- :class:`OptionError` (``ValueError``): an option has a value it does not accept (not a choice, out of range).
 - :class:`NonFiniteError` (``ValueError``): a sampling grid or parameter tensor holds NaN or inf.
 """
 

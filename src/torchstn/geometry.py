@@ -102,10 +102,9 @@ def affine_grid(src_from_dst: Tensor, size: Sequence[int], align_corners: bool =
     if isinstance(size, Sequence) and len(size) == 3:
         d, h, w = check_size(size, "size", 3)
         t = _rows(src_from_dst, "src_from_dst", 3)
-        kw = {"device": t.device, "dtype": t.dtype}
-        xs = normalized_coords(w, align_corners, **kw)  # (W,)
-        ys = normalized_coords(h, align_corners, **kw)[:, None]  # (H, 1)
-        zs = normalized_coords(d, align_corners, **kw)[:, None, None]  # (D, 1, 1)
+        xs = normalized_coords(w, align_corners, t.device, t.dtype)  # (W,)
+        ys = normalized_coords(h, align_corners, t.device, t.dtype)[:, None]  # (H, 1)
+        zs = normalized_coords(d, align_corners, t.device, t.dtype)[:, None, None]  # (D, 1, 1)
         c = t[:, :, :, None, None, None]  # (B, 3, 4, 1, 1, 1)
         comps = [c[:, r, 0] * xs + c[:, r, 1] * ys + c[:, r, 2] * zs + c[:, r, 3] for r in range(3)]
         return torch.stack(comps, dim=-1)  # (B, D, H, W, 3)
@@ -220,7 +219,7 @@ def invert(matrix: Tensor) -> Tensor:
                 [ 0.0000,  0.5000,  0.0000]])
     """
     sq = _square(matrix, "matrix")
-    inv = torch.linalg.inv(sq)
+    inv: Tensor = torch.linalg.inv(sq)
     return inv if matrix.shape[-2] == matrix.shape[-1] else inv[..., :-1, :]
 
 
@@ -306,7 +305,8 @@ def normalized_to_pixel(
     px_src = pixel_from_normalized(src_size, align_corners, device=m.device, dtype=m.dtype)
     px_dst = pixel_from_normalized(dst_size, align_corners, device=m.device, dtype=m.dtype)
     src_from_dst_px = px_src @ m @ torch.linalg.inv(px_dst)
-    return torch.linalg.inv(src_from_dst_px)
+    dst_from_src_px: Tensor = torch.linalg.inv(src_from_dst_px)
+    return dst_from_src_px
 
 
 def pixel_to_normalized(
@@ -332,4 +332,5 @@ def pixel_to_normalized(
     m = _square(dst_from_src_px, "dst_from_src_px")
     px_src = pixel_from_normalized(src_size, align_corners, device=m.device, dtype=m.dtype)
     px_dst = pixel_from_normalized(dst_size, align_corners, device=m.device, dtype=m.dtype)
-    return torch.linalg.inv(px_src) @ torch.linalg.inv(m) @ px_dst
+    src_from_dst: Tensor = torch.linalg.inv(px_src) @ torch.linalg.inv(m) @ px_dst
+    return src_from_dst

@@ -16,7 +16,8 @@ PyTorch lacks. ``"fill"`` samples ``input - fill`` with zero padding and adds ``
 weights sum to one, so out-of-image taps contribute exactly ``fill`` (the in-image values may differ from the
 input by one rounding step).
 
-Non-finite grids: ``F.grid_sample`` silently reads a NaN coordinate as -1, a plausible but wrong value. By default
+Non-finite grids: with border or reflection padding ``F.grid_sample`` silently reads a NaN coordinate as -1 (the
+first pixel), and nearest sampling with zero padding returns 0: plausible but wrong values. By default
 (``nonfinite="raise"``) a grid holding NaN or inf raises :class:`~torchstn.errors.NonFiniteError`;
 ``"propagate"`` instead makes the output NaN at exactly those output pixels (no host synchronisation, so a NaN
 loss shows up downstream), and ``"ignore"`` skips the check and keeps the backend's behaviour.
@@ -32,7 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from torchstn._checks import check_choice, check_tensor
+from torchstn._checks import check_choice, check_size, check_tensor
 from torchstn.errors import DTypeError, NonFiniteError, OptionError, ShapeError
 from torchstn.transforms import Transform
 
@@ -301,6 +302,6 @@ def warp(
             f"got ({params.dtype}, {params.device})"
         )
     src_size = tuple(input.shape[2:])
-    size = src_size if output_size is None else output_size
+    size = src_size if output_size is None else check_size(output_size, "output_size", transform.ndim)
     grid = transform.grid(params, size, align_corners=align_corners, src_size=src_size)
     return sample(input, grid, mode, padding, fill, align_corners, backend=backend, nonfinite=nonfinite)

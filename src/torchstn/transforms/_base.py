@@ -47,9 +47,7 @@ class Transform:
         assert isinstance(params, Tensor)
         return params
 
-    def _sizes(
-        self, size: Sequence[int], src_size: Sequence[int] | None
-    ) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    def _sizes(self, size: Sequence[int], src_size: Sequence[int] | None) -> tuple[tuple[int, ...], tuple[int, ...]]:
         out = check_size(size, "size", self.ndim)
         src = out if src_size is None else check_size(src_size, "src_size", self.ndim)
         return out, src
@@ -93,7 +91,8 @@ class Transform:
             params: ``(B, num_params)``.
             points: ``(B, N, ndim)`` normalised points.
             inverse: Map source to target instead.
-            src_size: As in :meth:`grid`.
+            src_size: Input spatial size, used only by pixel-space families; default: a square input (pass it
+                for non-square inputs, as :meth:`grid` defaults it to the output size instead).
 
         Returns:
             ``(B, N, ndim)`` mapped points.
@@ -112,6 +111,7 @@ class MatrixTransform(Transform):
     """
 
     projective: bool = False
+    eps: float = DEFAULT_EPS
 
     def _matrix(self, params: Tensor, src_size: tuple[int, ...] | None) -> Tensor:
         raise NotImplementedError
@@ -128,7 +128,9 @@ class MatrixTransform(Transform):
 
         Args:
             params: ``(B, num_params)``.
-            src_size: Input spatial size, used only by families that work in pixel space (default: square).
+            src_size: Input spatial size, used only by families that work in pixel space
+                (:class:`~torchstn.transforms.Similarity`); default: a square input. Unlike :meth:`grid`, which
+                defaults it to the output size, a matrix has no size to fall back on: pass it for non-square inputs.
         """
         params = self.check_params(params)
         src = None if src_size is None else check_size(src_size, "src_size", self.ndim)
@@ -178,4 +180,4 @@ class MatrixTransform(Transform):
             m = invert(m)
         if not self.projective:
             m = m[:, : self.ndim]
-        return transform_points(m, points, DEFAULT_EPS)
+        return transform_points(m, points, self.eps)

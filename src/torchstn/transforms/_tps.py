@@ -159,7 +159,7 @@ class ThinPlateSpline(Transform):
         """
         coef = self.coefficients(params)  # (B, K + 3, 2)
         check_tensor(points, "points", "B,N,2", dims={"B": coef.shape[0]}, nonempty=False)
-        if not inverse:
+        if not inverse or points.shape[1] == 0:
             return self._basis(points) @ coef
         ctrl = self.control_points(points.device, points.dtype)
         w, a = coef[:, : self.num_controls], coef[:, self.num_controls + 1 :]  # (B, K, 2), (B, 2, 2)

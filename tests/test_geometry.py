@@ -1,0 +1,105 @@
+"""Geometry helpers: coordinates, composition, inversion, points and the OpenCV pixel convention."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+import torchstn
+from tests.helpers import assert_close
+from torchstn.geometry import (
+    compose,
+    invert,
+    normalized_coords,
+    normalized_to_pixel,
+    pixel_from_normalized,
+    pixel_to_normalized,
+    transform_points,
+)
+
+
+@pytest.mark.parametrize("n", [1, 2, 5])
+def test_normalized_coords_are_pixel_centres(n: int) -> None:
+    c = normalized_coords(n, dtype=torch.float64)
+    # align_corners=False: the n pixels tile [-1, 1] evenly, centres in the middle of each tile.
+    edges = torch.linspace(-1, 1, n + 1, dtype=torch.float64)
+    assert_close(c, (edges[1:] + edges[:-1]) / 2)
+    if n > 1:
+        assert_close(normalized_coords(n, True, dtype=torch.float64), torch.linspace(-1, 1, n, dtype=torch.float64))
+
+
+def test_pixel_from_normalized_maps_centres_to_indices() -> None:
+    for align_corners in (False, True):
+        m = pixel_from_normalized((4, 6), align_corners, dtype=torch.float64)
+        xs = normalized_coords(6, align_corners, dtype=torch.float64)
+        ys = normalized_coords(4, align_corners, dtype=torch.float64)
+        pts = torch.stack((xs[[0, 5, 2]], ys[[0, 3, 1]]), -1)
+        expected = torch.tensor([[0.0, 0.0], [5.0, 3.0], [2.0, 1.0]], dtype=torch.float64)
+        assert_close(transform_points(m[:2], pts), expected)
+
+
+def test_compose_and_invert(gen: torch.Generator) -> None:
+    a = torch.eye(3, dtype=torch.float64) + 0.1 * torch.randn(2, 3, 3, generator=gen, dtype=torch.float64)
+    b = torch.eye(3, dtype=torch.float64) + 0.1 * torch.randn(2, 3, 3, generator=gen, dtype=torch.float64)
+    assert_close(compose(a, b), a @ b)
+    assert_close(compose(a, b, invert(b)), a, scale=1e3)
+    rows = a[:, :2]
+    assert invert(rows).shape == (2, 2, 3)
+    assert_close(compose(rows, invert(rows))[:, :2], torch.eye(3, dtype=torch.float64)[:2].expand(2, 2, 3), 1e3)
+
+
+def test_transform_points_projective_division() -> None:
+    h = torch.tensor([[[2.0, 0.0, 1.0], [0.0, 2.0, 0.0], [0.0, 1.0, 2.0]]])
+    p = torch.tensor([[[1.0, 2.0]]])
+    # (2*1 + 1, 2*2) / (1*2 + 2) = (3, 4) / 4
+    torch.testing.assert_close(transform_points(h, p), torch.tensor([[[0.75, 1.0]]]))
+
+
+def _numpy_warp(img: np.ndarray, dst_from_src: np.ndarray, dsize: tuple[int, int]) -> np.ndarray:
+    """Independent pixel-space warp (OpenCV's convention): dst(x, y) = src(M^-1 (x, y)), bilinear, zero border."""
+    h, w = img.shape
+    src_from_dst = np.linalg.inv(dst_from_src)
+    out = np.zeros(dsize)
+    for i in range(dsize[0]):
+        for j in range(dsize[1]):
+            u, v, s = src_from_dst @ np.array([j, i, 1.0])
+            u, v = u / s, v / s
+            x0, y0 = math.floor(u), math.floor(v)
+            for dx in (0, 1):
+                for dy in (0, 1):
+                    xi, yi = x0 + dx, y0 + dy
+                    if 0 <= xi < w and 0 <= yi < h:
+                        out[i, j] += img[yi, xi] * (1 - abs(u - xi)) * (1 - abs(v - yi))
+    return out
+
+
+@pytest.mark.parametrize("dsize", [(7, 9), (5, 6)])
+@pytest.mark.parametrize("projective", [False, True])
+def test_pixel_matrix_conversion_matches_an_independent_pixel_warp(
+    gen: torch.Generator, dsize: tuple[int, int], projective: bool
+) -> None:
+    src_size = (6, 8)
+    img = torch.rand(1, 1, *src_size, generator=gen, dtype=torch.float64)
+    # An OpenCV-style dst_from_src: rotate 20 degrees about the source centre, scale 0.9, shift.
+    a, s = math.radians(20), 0.9
+    m = np.array([[s * math.cos(a), s * math.sin(a), 0.5], [-s * math.sin(a), s * math.cos(a), 1.0], [0, 0, 1]])
+    if projective:
+        m[2, :2] = [0.01, -0.02]
+    src_from_dst = pixel_to_normalized(torch.from_numpy(m)[None], src_size, dsize)
+    params = src_from_dst.reshape(1, 9)[:, :8] / src_from_dst[:, 2, 2:]
+    out = torchstn.warp(img, params, torchstn.Projective(), dsize)
+    expected = _numpy_warp(img[0, 0].numpy(), m, dsize)
+    np.testing.assert_allclose(out[0, 0].numpy(), expected, atol=1e-10)
+    back = normalized_to_pixel(src_from_dst, src_size, dsize)
+    np.testing.assert_allclose(back[0].numpy() / back[0, 2, 2].item(), m, atol=1e-12)
+
+
+def test_affine_rows_accepted_by_pixel_conversion() -> None:
+    theta = torch.tensor([[[0.5, 0.0, 0.0], [0.0, 0.5, 0.0]]], dtype=torch.float64)
+    m = normalized_to_pixel(theta, (10, 10))
+    # Zooming in 2x about the centre (4.5, 4.5): dst = 2 * (src - c) + c.
+    expected = torch.tensor([[[2.0, 0.0, -4.5], [0.0, 2.0, -4.5], [0.0, 0.0, 1.0]]], dtype=torch.float64)
+    assert_close(m, expected)
