@@ -26,8 +26,8 @@ test-all: $(STAMP)
 	$(BIN)/python -m pytest -n 2 -q -m ''
 
 lint: $(STAMP)
-	$(BIN)/ruff check src tests benchmarks examples
-	$(BIN)/ruff format --check src tests benchmarks examples
+	$(BIN)/ruff check src tests benchmarks examples conftest.py
+	$(BIN)/ruff format --check src tests benchmarks examples conftest.py
 	$(BIN)/mypy
 
 ## The main job on embedded data (no network).

@@ -212,6 +212,9 @@ def invert(matrix: Tensor) -> Tensor:
     Returns:
         The inverse, shaped like ``matrix``.
 
+    Raises:
+        torch.linalg.LinAlgError: A matrix is singular.
+
     Example:
         >>> a = torch.tensor([[2.0, 0.0, 1.0], [0.0, 2.0, 0.0]])
         >>> invert(a)

@@ -56,7 +56,10 @@ def _fill_tensor(fill: FillValue, input: Tensor) -> Tensor:
     """Fill value broadcastable to ``input``: ``(1 or B, C, 1, ...)``."""
     b, c = input.shape[:2]
     ones = (1,) * (input.ndim - 2)
-    t = torch.as_tensor(fill, device=input.device, dtype=input.dtype)
+    try:
+        t = torch.as_tensor(fill, device=input.device, dtype=input.dtype)
+    except (TypeError, ValueError, RuntimeError) as err:
+        raise DTypeError(f"fill: expected a number, a sequence of numbers or a tensor, got {fill!r}") from err
     if t.ndim == 0:
         return t.reshape(1, 1, *ones)
     if t.ndim == 1 and t.shape[0] in (1, c):

@@ -8,7 +8,7 @@ import torch
 from torch import Tensor
 
 from torchstn._checks import check_size, check_tensor
-from torchstn.errors import ShapeError
+from torchstn.errors import DTypeError, ShapeError
 from torchstn.geometry import DEFAULT_EPS, affine_grid, invert, transform_points
 
 __all__ = ["MatrixTransform", "Transform"]
@@ -24,16 +24,22 @@ class Transform:
     Attributes:
         num_params: Number of parameters per sample.
         ndim: Number of spatial dimensions (2 for images, 3 for volumes).
+        roles: What each parameter is, used by bounded parameterisations: ``"translation"``, ``"scale"``,
+            ``"log_scale"``, ``"angle"``, ``"linear"`` (an entry of a linear part), ``"perspective"`` or ``"point"``
+            (a control point's coordinate).
     """
 
     num_params: int
     ndim: int = 2
+    roles: tuple[str, ...]
 
     def identity_params(
         self, batch_size: int, device: torch.device | str | None = None, dtype: torch.dtype | None = None
     ) -> Tensor:
         """Parameters of the identity warp, ``(batch_size, num_params)``."""
-        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int):
+            raise DTypeError(f"batch_size: expected a positive int, got {batch_size!r}")
+        if batch_size < 1:
             raise ShapeError(f"batch_size: expected a positive int, got {batch_size!r}")
         one = self._identity(device=device, dtype=dtype or torch.get_default_dtype())
         return one.expand(batch_size, self.num_params).clone()

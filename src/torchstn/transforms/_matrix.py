@@ -42,6 +42,7 @@ class Affine(MatrixTransform):
     """
 
     num_params = 6
+    roles = ("linear", "linear", "translation", "linear", "linear", "translation")
 
     def _identity(self, device: torch.device | str | None, dtype: torch.dtype) -> Tensor:
         return _tensor([1, 0, 0, 0, 1, 0], device, dtype)
@@ -71,6 +72,7 @@ class Attention(MatrixTransform):
     """
 
     num_params = 3
+    roles = ("scale", "translation", "translation")
 
     def _identity(self, device: torch.device | str | None, dtype: torch.dtype) -> Tensor:
         return _tensor([1, 0, 0], device, dtype)
@@ -96,6 +98,7 @@ class Translation(MatrixTransform):
     """
 
     num_params = 2
+    roles = ("translation", "translation")
 
     def _identity(self, device: torch.device | str | None, dtype: torch.dtype) -> Tensor:
         return _tensor([0, 0], device, dtype)
@@ -132,6 +135,7 @@ class Similarity(MatrixTransform):
     """
 
     num_params = 4
+    roles = ("angle", "log_scale", "translation", "translation")
 
     def _identity(self, device: torch.device | str | None, dtype: torch.dtype) -> Tensor:
         return _tensor([0, 0, 0, 0], device, dtype)
@@ -173,6 +177,7 @@ class Projective(MatrixTransform):
     """
 
     num_params = 8
+    roles = ("linear", "linear", "translation", "linear", "linear", "translation", "perspective", "perspective")
     projective = True
 
     def __init__(self, eps: float = DEFAULT_EPS) -> None:
@@ -219,6 +224,7 @@ class Affine3D(MatrixTransform):
     """
 
     num_params = 12
+    roles = ("linear",) * 3 + ("translation",) + ("linear",) * 3 + ("translation",) + ("linear",) * 3 + ("translation",)
     ndim = 3
 
     def _identity(self, device: torch.device | str | None, dtype: torch.dtype) -> Tensor:

@@ -60,6 +60,7 @@ class ThinPlateSpline(Transform):
         self.regularization = float(regularization)
         self.num_controls = self.grid_shape[0] * self.grid_shape[1]
         self.num_params = 2 * self.num_controls
+        self.roles = ("point",) * self.num_params
         self._solution: dict[tuple[torch.device, torch.dtype], Tensor] = {}
         self._weights: dict[_Key, Tensor] = {}
 

@@ -1,0 +1,248 @@
+"""SpatialTransformer and its parallel and serial containers."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+import torchstn
+from tests.helpers import assert_close
+from torchstn.modules import (
+    LocalisationNet,
+    ParallelSpatialTransformer,
+    SerialSpatialTransformer,
+    SpatialTransformer,
+    conv_localisation,
+    mlp_localisation,
+    tiling_params,
+)
+from torchstn.transforms import (
+    Affine,
+    Affine3D,
+    Attention,
+    Projective,
+    Similarity,
+    ThinPlateSpline,
+    Transform,
+    Translation,
+)
+
+FAMILIES_2D: list[Transform] = [Affine(), Attention(), Similarity(), Translation(), Projective(), ThinPlateSpline()]
+
+
+def _st(t: Transform, shape: tuple[int, int, int] = (2, 12, 16), **kw: object) -> SpatialTransformer:
+    return SpatialTransformer(conv_localisation(shape, t, channels=(4, 4), kernel_size=3, hidden=(8,)), t, **kw)  # type: ignore[arg-type]
+
+
+# --- identity at initialisation ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("t", FAMILIES_2D, ids=repr)
+def test_every_transformer_is_the_identity_at_init(gen: torch.Generator, t: Transform) -> None:
+    st = _st(t)
+    x = torch.rand(3, 2, 12, 16, generator=gen)
+    out, params = st(x, return_params=True)
+    torch.testing.assert_close(params, t.identity_params(3))
+    torch.testing.assert_close(out, x, rtol=0, atol=1e-5)
+
+
+def test_3d_transformer_is_the_identity_at_init(gen: torch.Generator) -> None:
+    t = Affine3D()
+    loc = LocalisationNet(nn.Sequential(nn.Flatten(), nn.Linear(2 * 4 * 5 * 6, 8), nn.ReLU()), t, 8)
+    st = SpatialTransformer(loc, t, output_size=(3, 5, 4))
+    x = torch.rand(2, 2, 4, 5, 6, generator=gen)
+    assert st(x).shape == (2, 2, 3, 5, 4)
+    torch.testing.assert_close(SpatialTransformer(loc, t)(x), x, rtol=0, atol=1e-5)
+
+
+# --- module == functional ------------------------------------------------------------------------------------
+
+
+def test_module_agrees_with_the_functional_path(gen: torch.Generator) -> None:
+    t = Similarity()
+    st = _st(t, output_size=(6, 8), mode="bicubic", padding="fill", fill=0.25)
+    with torch.no_grad():
+        st.localisation.head.linear.weight.normal_(0, 0.05, generator=gen)  # off the identity
+    x = torch.rand(2, 2, 12, 16, generator=gen)
+    loc = torch.rand(2, 2, 12, 16, generator=gen)
+    out, params = st(x, loc_input=loc, return_params=True)
+    expected = torchstn.warp(x, st.localisation(loc), t, (6, 8), "bicubic", "fill", 0.25)
+    torch.testing.assert_close(out, expected)
+    assert st.last_params is not None and torch.equal(st.last_params, params.detach())
+
+
+# --- gradients -------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("t", FAMILIES_2D, ids=repr)
+def test_every_parameter_gets_a_finite_gradient(gen: torch.Generator, t: Transform) -> None:
+    st = _st(t)
+    x = torch.rand(4, 2, 12, 16, generator=gen)
+    target = torch.rand(4, 2, 12, 16, generator=gen)
+    opt = torch.optim.SGD(st.parameters(), lr=0.1)
+    for step in range(2):  # the head's weight starts at zero: the backbone's gradient is non-zero from step 2
+        opt.zero_grad()
+        (st(x) - target).square().mean().backward()
+        for name, p in st.named_parameters():
+            assert p.grad is not None, name
+            assert torch.isfinite(p.grad).all(), name
+            if step == 1 or "head" in name:
+                assert p.grad.abs().sum() > 0, name
+        opt.step()
+
+
+# --- end-to-end: a known warp is recovered through the sampler --------------------------------------------------
+
+
+def _blobs(gen: torch.Generator, n: int, size: int) -> torch.Tensor:
+    """Smooth images with content inside the central disc and a black background."""
+    c = torchstn.geometry.normalized_coords(size)
+    y, x = torch.meshgrid(c, c, indexing="ij")
+    imgs = torch.zeros(n, 1, size, size)
+    for _ in range(4):
+        centre = (torch.rand(n, 2, generator=gen) - 0.5) * 0.8
+        d2 = (x - centre[:, 0, None, None]) ** 2 + (y - centre[:, 1, None, None]) ** 2
+        imgs[:, 0] += torch.exp(-d2 / (2 * 0.15**2))
+    return imgs
+
+
+@pytest.mark.parametrize("t", [Affine(), Projective(), ThinPlateSpline((3, 3))], ids=repr)
+def test_training_recovers_a_known_warp(t: Transform) -> None:
+    gen = torch.Generator().manual_seed(0)
+    torch.manual_seed(0)
+    size = 24
+    images = _blobs(gen, 64, size)
+    known = torch.tensor(
+        [[math.cos(0.3) * 0.9, -math.sin(0.3) * 0.9, 0.1, math.sin(0.3) * 0.9, math.cos(0.3) * 0.9, -0.1]]
+    )
+    distorted = torchstn.warp(images, known.expand(64, 6), Affine())
+    st = SpatialTransformer(mlp_localisation((1, size, size), t, hidden=(16,)), t)
+    opt = torch.optim.Adam(st.parameters(), lr=0.01)
+    for _ in range(300):
+        opt.zero_grad()
+        loss = (st(distorted) - images).square().mean()
+        loss.backward()
+        opt.step()
+    # The exact answer: undo the known warp, i.e. sample with its inverse.
+    inverse = torchstn.invert(known.view(1, 2, 3))
+    with torch.no_grad():
+        params = st.localisation(distorted)
+        grid = t.grid(params, (size, size))
+    expected = torchstn.affine_grid(inverse, (size, size)).expand_as(grid)
+    centre = slice(size // 4, -size // 4)  # where the content is
+    err = (grid - expected)[:, centre, centre].abs().max().item()
+    assert err < 0.05, f"recovered grid is {err:.3f} (normalised units) from the exact inverse"
+    if not isinstance(t, ThinPlateSpline):
+        matrix = t.matrix(params)  # type: ignore[attr-defined]
+        torch.testing.assert_close(matrix[:, :2], inverse.expand(64, 2, 3), atol=0.03, rtol=0)
+
+
+# --- several transformers ----------------------------------------------------------------------------------------
+
+
+def test_shared_localisation_with_heads_tiles_and_stacks(gen: torch.Generator) -> None:
+    t = Attention()
+    init = tiling_params(2, 2)
+    loc = conv_localisation((3, 16, 16), t, channels=(4,), kernel_size=3, hidden=(8,), num_heads=4, init=init)
+    x = torch.rand(2, 3, 16, 16, generator=gen)
+    st = SpatialTransformer(loc, t, output_size=(8, 8))
+    out, params = st(x, return_params=True)
+    assert out.shape == (2, 4, 3, 8, 8) and params.shape == (2, 4, 3)
+    # Head k at init shows exactly tile k of the image.
+    tiles = [x[:, :, :8, :8], x[:, :, :8, 8:], x[:, :, 8:, :8], x[:, :, 8:, 8:]]
+    for k, tile in enumerate(tiles):
+        torch.testing.assert_close(out[:, k], tile, rtol=0, atol=1e-5)
+    cat = SpatialTransformer(loc, t, output_size=(8, 8), combine="concat")(x)
+    torch.testing.assert_close(cat, out.reshape(2, 12, 8, 8))
+
+
+def test_parallel_independent_transformers(gen: torch.Generator) -> None:
+    sts = [_st(Affine()), _st(Projective())]
+    x = torch.rand(2, 2, 12, 16, generator=gen)
+    out = ParallelSpatialTransformer(sts)(x)
+    assert out.shape == (2, 4, 12, 16)
+    torch.testing.assert_close(out, torch.cat((x, x), 1), rtol=0, atol=1e-5)
+    stacked, params = ParallelSpatialTransformer(sts, combine="stack")(x, return_params=True)
+    assert stacked.shape == (2, 2, 2, 12, 16) and [p.shape[-1] for p in params] == [6, 8]
+
+
+def _perturb(st: SpatialTransformer, gen: torch.Generator, scale: float = 0.05) -> SpatialTransformer:
+    with torch.no_grad():
+        st.localisation.head.linear.weight.normal_(0, scale, generator=gen)
+        st.localisation.head.linear.bias.add_(torch.randn(st.localisation.head.linear.bias.shape, generator=gen) * 0.1)
+    return st
+
+
+def test_serial_composed_chain_equals_the_product_of_its_matrices(gen: torch.Generator) -> None:
+    stages = [_perturb(_st(Affine()), gen), _perturb(_st(Similarity()), gen), _perturb(_st(Projective()), gen)]
+    chain = SerialSpatialTransformer(stages, compose=True)
+    x = torch.rand(2, 2, 12, 16, generator=gen, dtype=torch.float64)
+    chain.double()
+    out, params, total = chain(x, return_params=True)
+    mats = [st.transform.matrix(p, src_size=(12, 16)) for st, p in zip(stages, params, strict=True)]  # type: ignore[attr-defined]
+    assert_close(total, mats[0] @ mats[1] @ mats[2])
+    expected = torchstn.sample(x, torchstn.projective_grid(total, (12, 16)))
+    assert_close(out, expected)
+    # Stage 2 saw the input resampled once by stage 1's matrix.
+    seen = torchstn.warp(x, params[0], Affine())
+    assert_close(params[1], stages[1].localisation(seen))
+
+
+def test_serial_chain_is_the_identity_at_init(gen: torch.Generator) -> None:
+    x = torch.rand(2, 2, 12, 16, generator=gen)
+    for compose in (True, False):
+        stages = [_st(Affine()), _st(Attention())]
+        torch.testing.assert_close(SerialSpatialTransformer(stages, compose)(x), x, rtol=0, atol=1e-5)
+    chain = SerialSpatialTransformer([_st(Affine()), _st(ThinPlateSpline())], compose=False)
+    torch.testing.assert_close(chain(x), x, rtol=0, atol=1e-5)
+
+
+def test_serial_compose_rejects_splines() -> None:
+    with pytest.raises(ValueError, match=r"transformers\[1\]"):
+        SerialSpatialTransformer([_st(Affine()), _st(ThinPlateSpline())], compose=True)
+
+
+def test_composing_blurs_less_than_resampling(gen: torch.Generator) -> None:
+    """Two half-pixel shifts composed read the input once; chained, they average neighbours twice."""
+    x = torch.rand(1, 1, 16, 16, generator=gen)
+    stages = []
+    for _ in range(2):
+        st = _st(Translation(), (1, 16, 16))
+        with torch.no_grad():
+            st.localisation.head.linear.bias.copy_(torch.tensor([1 / 16, 0.0]))  # half a pixel
+        stages.append(st)
+    composed = SerialSpatialTransformer(stages, compose=True)(x)
+    chained = SerialSpatialTransformer(stages, compose=False)(x)
+    one_pixel = torch.roll(x, -1, dims=-1)
+    inner = (slice(None), slice(None), slice(None), slice(0, 14))
+    torch.testing.assert_close(composed[inner], one_pixel[inner], rtol=0, atol=1e-5)
+    assert (chained[inner] - one_pixel[inner]).abs().max() > 0.01
+
+
+# --- nn.Module plumbing -------------------------------------------------------------------------------------------
+
+
+def test_state_dict_round_trip(gen: torch.Generator) -> None:
+    a = _perturb(_st(ThinPlateSpline()), gen)
+    b = _st(ThinPlateSpline())
+    b.load_state_dict(a.state_dict())
+    x = torch.rand(2, 2, 12, 16, generator=gen)
+    torch.testing.assert_close(a(x), b(x))
+
+
+def test_repr_names_the_transform_and_settings() -> None:
+    text = repr(_st(Similarity(), output_size=(6, 6)))
+    assert "Similarity()" in text and "output_size=(6, 6)" in text and "LocalisationHead" in text
+
+
+@pytest.mark.parametrize("num_heads", [1, 3])
+def test_compiled_transformer_matches_eager(gen: torch.Generator, num_heads: int) -> None:
+    t = Affine()
+    loc = conv_localisation((2, 12, 16), t, channels=(4,), kernel_size=3, hidden=(8,), num_heads=num_heads)
+    st = _perturb(SpatialTransformer(loc, t, output_size=(6, 8)), gen)
+    x = torch.rand(2, 2, 12, 16, generator=gen)
+    compiled = torch.compile(st, backend="eager")
+    torch.testing.assert_close(compiled(x), st(x))

@@ -1,0 +1,334 @@
+"""Bad input at every public boundary raises a torchstn error that subclasses a builtin and names the argument.
+
+Every case is ``(thunk, expected error class, argument name)``: calling the thunk must raise the class (an
+:class:`~torchstn.STNError` that is also a ``ValueError`` or ``TypeError``) with a message naming the argument.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import pytest
+import torch
+
+import torchstn
+from torchstn import (
+    Affine,
+    Affine3D,
+    Attention,
+    DTypeError,
+    NonFiniteError,
+    OptionError,
+    Projective,
+    ShapeError,
+    Similarity,
+    STNError,
+    ThinPlateSpline,
+    Transform,
+    Translation,
+)
+
+Case = tuple[Callable[[], object], type[STNError], str]
+
+B, C, H, W = 2, 3, 4, 5
+IMG = torch.zeros(B, C, H, W)
+VOL = torch.zeros(B, C, 3, H, W)
+GRID = torch.zeros(B, 6, 7, 2)
+GRID3 = torch.zeros(B, 2, 6, 7, 3)
+EYE = torch.eye(3).expand(B, 3, 3).clone()
+AFF = torch.eye(3)[:2].expand(B, 2, 3).clone()
+
+
+def _name_pattern(name: str) -> str:
+    """The argument's name as a whole word (so ``size`` does not match inside ``output_size``)."""
+    return rf"(?<![\w.]){re.escape(name)}(?![\w])"
+
+
+def _check(fn: Callable[[], object], exc: type[STNError], name: str) -> None:
+    with pytest.raises(exc, match=_name_pattern(name)) as info:
+        fn()
+    assert isinstance(info.value, STNError)
+    assert isinstance(info.value, ValueError | TypeError)
+
+
+@pytest.mark.parametrize(
+    ("cls", "builtin"),
+    [(ShapeError, ValueError), (DTypeError, TypeError), (OptionError, ValueError), (NonFiniteError, ValueError)],
+)
+def test_error_hierarchy(cls: type[STNError], builtin: type[Exception]) -> None:
+    assert issubclass(cls, STNError)
+    assert issubclass(cls, builtin)
+    assert cls is getattr(torchstn.errors, cls.__name__)
+
+
+# ---------------------------------------------------------------------------------------------------------- sample
+
+
+def _sample(**kw: Any) -> Callable[[], object]:
+    """A call to ``sample`` with valid defaults, overridden by ``kw``."""
+    args: dict[str, Any] = {"input": IMG, "grid": GRID, **kw}
+    return lambda: torchstn.sample(**args)
+
+
+SAMPLE_CASES: dict[str, Case] = {
+    "input-3d": (_sample(input=torch.zeros(C, H, W)), ShapeError, "input"),
+    "input-6d": (_sample(input=torch.zeros(B, C, 2, 2, H, W)), ShapeError, "input"),
+    "input-not-tensor": (_sample(input=IMG.numpy()), DTypeError, "input"),
+    "grid-batch": (_sample(grid=torch.zeros(B + 1, 6, 7, 2)), ShapeError, "grid"),
+    "grid-last-dim-3-on-image": (_sample(grid=torch.zeros(B, 6, 7, 3)), ShapeError, "grid"),
+    "grid-last-dim-2-on-volume": (_sample(input=VOL, grid=torch.zeros(B, 2, 6, 7, 2)), ShapeError, "grid"),
+    "grid-ndim": (_sample(grid=torch.zeros(B, 6, 2)), ShapeError, "grid"),
+    "grid-5d-on-image": (_sample(grid=GRID3), ShapeError, "grid"),
+    "input-int": (_sample(input=IMG.long()), DTypeError, "input"),
+    "input-uint8": (_sample(input=IMG.to(torch.uint8)), DTypeError, "input"),
+    "grid-int": (_sample(grid=GRID.int()), DTypeError, "grid"),
+    "grid-float64-input-float32": (_sample(grid=GRID.double()), DTypeError, "grid"),
+    "grid-float32-input-float64": (_sample(input=IMG.double()), DTypeError, "grid"),
+    "empty-batch": (_sample(input=torch.zeros(0, C, H, W), grid=torch.zeros(0, 6, 7, 2)), ShapeError, "input"),
+    "empty-channels": (_sample(input=torch.zeros(B, 0, H, W)), ShapeError, "input"),
+    "empty-grid": (_sample(grid=torch.zeros(B, 0, 7, 2)), ShapeError, "grid"),
+    "mode-unknown": (_sample(mode="linear"), OptionError, "mode"),
+    "mode-not-str": (_sample(mode=1), OptionError, "mode"),
+    "padding-unknown": (_sample(padding="constant"), OptionError, "padding"),
+    "backend-unknown": (_sample(backend="cuda"), OptionError, "backend"),
+    "nonfinite-unknown": (_sample(nonfinite="nan"), OptionError, "nonfinite"),
+    "bicubic-5d": (_sample(input=VOL, grid=GRID3, mode="bicubic"), OptionError, "mode"),
+    "trilinear-4d": (_sample(mode="trilinear"), OptionError, "mode"),
+    "fill-missing": (_sample(padding="fill"), OptionError, "fill"),
+    "fill-without-padding": (_sample(fill=0.5), OptionError, "fill"),
+    "fill-with-border": (_sample(padding="border", fill=[0.0, 0.0, 0.0]), OptionError, "fill"),
+    "fill-channels": (_sample(padding="fill", fill=[0.1, 0.2]), ShapeError, "fill"),
+    "fill-batch": (_sample(padding="fill", fill=torch.zeros(B + 1, C)), ShapeError, "fill"),
+    "fill-3d": (_sample(padding="fill", fill=torch.zeros(B, C, 1)), ShapeError, "fill"),
+}
+
+
+@pytest.mark.parametrize("case", SAMPLE_CASES.values(), ids=SAMPLE_CASES.keys())
+def test_sample_rejects(case: Case) -> None:
+    _check(*case)
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), float("-inf")])
+@pytest.mark.parametrize("backend", ["torch", "reference"])
+def test_sample_nonfinite_grid_raises(bad: float, backend: str) -> None:
+    grid = GRID.clone()
+    grid[1, 3, 4, 0] = bad
+    with pytest.raises(NonFiniteError, match=_name_pattern("grid")) as info:
+        torchstn.sample(IMG, grid, backend=backend)  # type: ignore[arg-type]
+    assert isinstance(info.value, ValueError)
+    # the explicit "raise" is the default; "ignore" and "propagate" do not raise
+    with pytest.raises(NonFiniteError):
+        torchstn.sample(IMG, grid, nonfinite="raise")
+    torchstn.sample(IMG, grid, nonfinite="ignore")
+    assert torchstn.sample(IMG, grid, nonfinite="propagate")[1, :, 3, 4].isnan().all()
+
+
+# ------------------------------------------------------------------------------------------------------------ warp
+
+
+def _warp(transform: Any = None, **kw: Any) -> Callable[[], object]:
+    """A call to ``warp`` with an affine transform and valid defaults, overridden by ``kw``."""
+    t = Affine() if transform is None else transform
+    args: dict[str, Any] = {"input": IMG, "params": Affine().identity_params(B), "transform": t, **kw}
+    return lambda: torchstn.warp(**args)
+
+
+WARP_CASES: dict[str, Case] = {
+    "params-count": (_warp(params=torch.zeros(B, 5)), ShapeError, "params"),
+    "params-1d": (_warp(params=torch.zeros(6)), ShapeError, "params"),
+    "params-batch": (_warp(params=Affine().identity_params(B + 1)), ShapeError, "params"),
+    "params-int": (_warp(params=Affine().identity_params(B).long()), DTypeError, "params"),
+    "params-dtype": (_warp(params=Affine().identity_params(B, dtype=torch.float64)), DTypeError, "params"),
+    "params-not-tensor": (_warp(params=[[1.0, 0.0, 0.0, 0.0, 1.0, 0.0]] * B), DTypeError, "params"),
+    "transform-class-not-instance": (_warp(transform=Affine), DTypeError, "transform"),
+    "transform-str": (_warp(transform="affine"), DTypeError, "transform"),
+    "transform-object": (_warp(transform=object()), DTypeError, "transform"),
+    "input-4d-with-affine3d": (
+        _warp(transform=Affine3D(), params=Affine3D().identity_params(B)),
+        ShapeError,
+        "input",
+    ),
+    "input-5d-with-affine": (_warp(input=VOL), ShapeError, "input"),
+    "input-int": (_warp(input=IMG.long()), DTypeError, "input"),
+    "input-empty-batch": (_warp(input=torch.zeros(0, C, H, W)), ShapeError, "input"),
+    "output-size-zero": (_warp(output_size=(0, 4)), ShapeError, "output_size"),
+    "output-size-negative": (_warp(output_size=(4, -1)), ShapeError, "output_size"),
+    "output-size-float": (_warp(output_size=(4.0, 4)), DTypeError, "output_size"),
+    "output-size-bool": (_warp(output_size=(True, 4)), DTypeError, "output_size"),
+    "output-size-int": (_warp(output_size=4), DTypeError, "output_size"),
+    "output-size-length": (_warp(output_size=(4, 4, 4)), ShapeError, "output_size"),
+    "mode-unknown": (_warp(mode="area"), OptionError, "mode"),
+}
+
+
+@pytest.mark.parametrize("case", WARP_CASES.values(), ids=WARP_CASES.keys())
+def test_warp_rejects(case: Case) -> None:
+    _check(*case)
+
+
+# ------------------------------------------------------------------------------------------------------ transforms
+
+TRANSFORMS: dict[str, Transform] = {
+    "affine": Affine(),
+    "attention": Attention(),
+    "similarity": Similarity(),
+    "translation": Translation(),
+    "projective": Projective(),
+    "tps": ThinPlateSpline((3, 4)),
+    "affine3d": Affine3D(),
+}
+
+
+def _size(t: Transform) -> tuple[int, ...]:
+    return (3, 4, 5)[-t.ndim :]
+
+
+def _grid_cases(t: Transform) -> dict[str, Case]:
+    p = t.identity_params(B)
+    n = t.num_params
+    size = _size(t)
+
+    def grid(params: Any = p, size: Any = size) -> Callable[[], object]:
+        return lambda: t.grid(params, size)
+
+    return {
+        "params-count-low": (grid(params=torch.zeros(B, n - 1)), ShapeError, "params"),
+        "params-count-high": (grid(params=torch.zeros(B, n + 1)), ShapeError, "params"),
+        "params-1d": (grid(params=p[0]), ShapeError, "params"),
+        "params-3d": (grid(params=p[None]), ShapeError, "params"),
+        "params-int": (grid(params=p.long()), DTypeError, "params"),
+        "params-bool": (grid(params=p.bool()), DTypeError, "params"),
+        "params-empty-batch": (grid(params=torch.zeros(0, n)), ShapeError, "params"),
+        "params-not-tensor": (grid(params=p.tolist()), DTypeError, "params"),
+        "size-zero": (grid(size=(0, *size[1:])), ShapeError, "size"),
+        "size-negative": (grid(size=(*size[:-1], -2)), ShapeError, "size"),
+        "size-short": (grid(size=size[1:]), ShapeError, "size"),
+        "size-long": (grid(size=(2, *size)), ShapeError, "size"),
+        "size-int": (grid(size=4), DTypeError, "size"),
+        "size-str": (grid(size="45"), DTypeError, "size"),
+        "size-float": (grid(size=(*size[:-1], 4.0)), DTypeError, "size"),
+    }
+
+
+GRID_CASES: dict[str, Case] = {
+    f"{tname}-{cname}": case for tname, t in TRANSFORMS.items() for cname, case in _grid_cases(t).items()
+}
+
+
+@pytest.mark.parametrize("case", GRID_CASES.values(), ids=GRID_CASES.keys())
+def test_transform_grid_rejects(case: Case) -> None:
+    _check(*case)
+
+
+@pytest.mark.parametrize("transform", TRANSFORMS.values(), ids=TRANSFORMS.keys())
+@pytest.mark.parametrize("batch_size", [0, -1, 2.0, "2", None])
+def test_identity_params_rejects_batch_size(transform: Transform, batch_size: Any) -> None:
+    # ShapeError today for every bad value; a DTypeError for non-ints would be as good
+    _check(lambda: transform.identity_params(batch_size), STNError, "batch_size")
+
+
+@pytest.mark.parametrize("transform", TRANSFORMS.values(), ids=TRANSFORMS.keys())
+def test_map_points_rejects(transform: Transform) -> None:
+    p = transform.identity_params(B)
+    nd = transform.ndim
+    _check(lambda: transform.map_points(p, torch.zeros(B, 5, nd + 1)), ShapeError, "points")
+    _check(lambda: transform.map_points(p, torch.zeros(B + 1, 5, nd)), ShapeError, "points")
+    _check(lambda: transform.map_points(p, torch.zeros(5, nd)), ShapeError, "points")
+    _check(lambda: transform.map_points(p, torch.zeros(B, 5, nd).long()), DTypeError, "points")
+    _check(lambda: transform.map_points(p[:, 1:], torch.zeros(B, 5, nd)), ShapeError, "params")
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "name"),
+    [
+        ({"grid": (1, 4)}, "grid"),
+        ({"grid": (4, 1)}, "grid"),
+        ({"grid": (4,)}, "grid"),
+        ({"grid": 4}, "grid"),
+        ({"grid": (4.0, 4)}, "grid"),
+        ({"grid": (4, 4, 4)}, "grid"),
+        ({"regularization": -0.1}, "regularization"),
+        ({"regularization": float("nan")}, "regularization"),
+    ],
+)
+def test_thin_plate_spline_rejects(kwargs: dict[str, Any], name: str) -> None:
+    _check(lambda: ThinPlateSpline(**kwargs), OptionError, name)
+
+
+@pytest.mark.parametrize("eps", [0.0, -1e-3, float("nan")])
+def test_projective_rejects_eps(eps: float) -> None:
+    _check(lambda: Projective(eps=eps), OptionError, "eps")
+
+
+# -------------------------------------------------------------------------------------------------------- geometry
+
+GEOMETRY_CASES: dict[str, Case] = {
+    "affine_grid-2x2": (lambda: torchstn.affine_grid(torch.zeros(B, 2, 2), (H, W)), ShapeError, "src_from_dst"),
+    "affine_grid-3x4-for-2d": (lambda: torchstn.affine_grid(torch.zeros(B, 3, 4), (H, W)), ShapeError, "src_from_dst"),
+    "affine_grid-2x3-for-3d": (
+        lambda: torchstn.affine_grid(AFF, (3, H, W)),
+        ShapeError,
+        "src_from_dst",
+    ),
+    "affine_grid-unbatched": (lambda: torchstn.affine_grid(AFF[0], (H, W)), ShapeError, "src_from_dst"),
+    "affine_grid-int": (lambda: torchstn.affine_grid(AFF.long(), (H, W)), DTypeError, "src_from_dst"),
+    "affine_grid-empty": (lambda: torchstn.affine_grid(torch.zeros(0, 2, 3), (H, W)), ShapeError, "src_from_dst"),
+    "affine_grid-size-zero": (lambda: torchstn.affine_grid(AFF, (0, W)), ShapeError, "size"),
+    "affine_grid-size-int": (lambda: torchstn.affine_grid(AFF, 4), DTypeError, "size"),  # type: ignore[arg-type]
+    "projective_grid-2x3": (lambda: torchstn.projective_grid(AFF, (H, W)), ShapeError, "src_from_dst"),
+    "projective_grid-unbatched": (lambda: torchstn.projective_grid(EYE[0], (H, W)), ShapeError, "src_from_dst"),
+    "projective_grid-int": (lambda: torchstn.projective_grid(EYE.long(), (H, W)), DTypeError, "src_from_dst"),
+    "projective_grid-size-3d": (lambda: torchstn.projective_grid(EYE, (3, H, W)), ShapeError, "size"),
+    "projective_grid-size-negative": (lambda: torchstn.projective_grid(EYE, (H, -W)), ShapeError, "size"),
+    "compose-none": (lambda: torchstn.compose(), ShapeError, "matrices"),
+    "compose-3x3-4x4": (lambda: torchstn.compose(EYE, torch.eye(4)), ShapeError, "matrices[1]"),
+    "compose-2x3-3x4": (lambda: torchstn.compose(AFF, torch.zeros(3, 4)), ShapeError, "matrices[1]"),
+    "compose-2x4": (lambda: torchstn.compose(torch.zeros(2, 4), EYE), ShapeError, "matrices[0]"),
+    "compose-int": (lambda: torchstn.compose(EYE, EYE.long()), DTypeError, "matrices[1]"),
+    "invert-2x4": (lambda: torchstn.invert(torch.zeros(B, 2, 4)), ShapeError, "matrix"),
+    "invert-1d": (lambda: torchstn.invert(torch.zeros(3)), ShapeError, "matrix"),
+    "invert-int": (lambda: torchstn.invert(EYE.long()), DTypeError, "matrix"),
+    "transform_points-last-dim": (
+        lambda: torchstn.transform_points(AFF, torch.zeros(B, 5, 3)),
+        ShapeError,
+        "points",
+    ),
+    "transform_points-homography-last-dim": (
+        lambda: torchstn.transform_points(EYE, torch.zeros(B, 5, 3)),
+        ShapeError,
+        "points",
+    ),
+    "transform_points-1d": (lambda: torchstn.transform_points(AFF, torch.zeros(2)), ShapeError, "points"),
+    "transform_points-int": (lambda: torchstn.transform_points(AFF, torch.zeros(B, 5, 2).long()), DTypeError, "points"),
+    "transform_points-matrix": (
+        lambda: torchstn.transform_points(torch.zeros(B, 2, 4), torch.zeros(B, 5, 2)),
+        ShapeError,
+        "matrix",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", GEOMETRY_CASES.values(), ids=GEOMETRY_CASES.keys())
+def test_geometry_rejects(case: Case) -> None:
+    _check(*case)
+
+
+@pytest.mark.parametrize("size", [(H, W), (3, H, W)])
+def test_valid_calls_pass(size: Sequence[int]) -> None:
+    """The valid defaults the cases above perturb are accepted, so each case fails for its one stated reason."""
+    if len(size) == 2:
+        _sample()()
+        _warp()()
+        torchstn.projective_grid(EYE, size)
+        torchstn.transform_points(AFF, torch.zeros(B, 5, 2))
+    else:
+        torchstn.sample(VOL, GRID3)
+    for t in TRANSFORMS.values():
+        if t.ndim == len(size):
+            t.grid(t.identity_params(B), size)
+            t.map_points(t.identity_params(B), torch.zeros(B, 5, t.ndim))
+    torchstn.affine_grid(AFF if len(size) == 2 else torch.eye(4)[:3].expand(B, 3, 4), size)
+    torchstn.compose(EYE, AFF, EYE)
+    torchstn.invert(EYE)
