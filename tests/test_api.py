@@ -10,10 +10,18 @@ import torchstn
 
 PUBLIC = {
     "torchstn": [
-        "Affine", "Affine3D", "Attention", "DTypeError", "NonFiniteError", "OptionError", "Projective", "STNError",
-        "ShapeError", "Similarity", "ThinPlateSpline", "Transform", "Translation", "__version__", "affine_grid",
-        "compose", "errors", "geometry", "invert", "normalized_to_pixel", "pixel_to_normalized", "projective_grid",
-        "sample", "transform_points", "transforms", "warp",
+        "Affine", "Affine3D", "Attention", "Bounds", "DTypeError", "LocalisationHead", "LocalisationNet",
+        "NonFiniteError", "OptionError", "ParallelSpatialTransformer", "Projective", "STNError",
+        "SerialSpatialTransformer", "ShapeError", "Similarity", "SpatialTransformer", "ThinPlateSpline", "Transform",
+        "Translation", "__version__", "affine_grid", "compose", "conv_localisation", "errors", "geometry",
+        "identity_penalty", "invert", "localisation_param_groups", "mlp_localisation", "modules",
+        "normalized_to_pixel", "pixel_to_normalized", "projective_grid", "sample", "tiling_params",
+        "transform_points", "transforms", "warp",
+    ],
+    "torchstn.modules": [
+        "Bounds", "LocalisationHead", "LocalisationNet", "ParallelSpatialTransformer", "SerialSpatialTransformer",
+        "SpatialTransformer", "conv_localisation", "identity_penalty", "localisation_param_groups",
+        "mlp_localisation", "tiling_params",
     ],
     "torchstn.transforms": [
         "Affine", "Affine3D", "Attention", "MatrixTransform", "Projective", "Similarity", "ThinPlateSpline",
