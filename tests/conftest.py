@@ -22,3 +22,9 @@ def device(request: pytest.FixtureRequest) -> torch.device:
 @pytest.fixture(params=[torch.float32, torch.float64], ids=["f32", "f64"])
 def dtype(request: pytest.FixtureRequest) -> torch.dtype:
     return request.param  # type: ignore[no-any-return]
+
+
+@pytest.fixture(autouse=True)
+def _seed_global_rng() -> None:
+    """Every test starts from the same global RNG state, whatever the order or worker it runs in."""
+    torch.manual_seed(0)

@@ -1,0 +1,243 @@
+"""Distorted datasets as tensors and ``torch.utils.data`` datasets, with a checksummed on-disk cache.
+
+A materialised dataset is an ``.npz`` (arrays only, loaded with ``allow_pickle=False``) beside a JSON manifest
+that records the recipe, seed, split, size, cache format version, a fingerprint of the MNIST source and the
+SHA-256 of the ``.npz``. A cache whose manifest does not match the request, or whose bytes do not match the
+checksum, is rebuilt, never used. Both files are written atomically (temporary file, then rename).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor
+from torch.utils.data import Dataset
+
+from torchstn.data.distort import Batch, Recipe, get_recipe
+from torchstn.data.mnist import MNIST, MNISTSplit, load_mnist
+
+__all__ = ["CACHE_VERSION", "DistortedMNIST", "default_cache_dir", "generate", "materialise"]
+
+#: Bump when generation changes so old caches are rebuilt.
+CACHE_VERSION = 1
+
+
+def default_cache_dir() -> Path:
+    """``$TORCHSTN_CACHE`` if set, else ``~/.cache/torchstn``."""
+    return Path(os.environ.get("TORCHSTN_CACHE", Path.home() / ".cache" / "torchstn"))
+
+
+def _stream(split: str, epoch: int | None) -> str:
+    return split if epoch is None else f"{split}/epoch{epoch}"
+
+
+def generate(
+    recipe: Recipe,
+    source: MNISTSplit,
+    n: int,
+    seed: int,
+    split: str,
+    epoch: int | None = None,
+    start: int = 0,
+    batch_size: int = 4096,
+    progress: Callable[[int], None] | None = None,
+) -> Batch:
+    """Generate samples ``start .. start + n - 1`` of a split, in batches; the result does not depend on
+    ``batch_size``. ``epoch`` (None for a fixed set) selects an independent redraw of the distortions.
+
+    Example:
+        >>> from torchstn.data.distort import Rotated
+        >>> src = MNISTSplit(torch.rand(5, 28, 28), torch.arange(5))
+        >>> a = generate(Rotated(), src, 5, seed=0, split="train", batch_size=2)
+        >>> torch.equal(a.images, generate(Rotated(), src, 5, seed=0, split="train", batch_size=5).images)
+        True
+    """
+    parts: list[Batch] = []
+    for lo in range(start, start + n, batch_size):
+        index = torch.arange(lo, min(lo + batch_size, start + n))
+        parts.append(recipe.generate(source, index, seed, _stream(split, epoch)))
+        if progress is not None:
+            progress(len(index))
+    meta = {k: torch.cat([p.meta[k] for p in parts]) for k in parts[0].meta}
+    return Batch(torch.cat([p.images for p in parts]), torch.cat([p.labels for p in parts]), meta)
+
+
+def _fingerprint(source: MNISTSplit) -> str:
+    h = hashlib.sha256()
+    h.update(source.images.numpy().tobytes())
+    h.update(source.labels.numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 22), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _atomic_write(path: Path, write: Callable[[Path], object]) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _load_cached(npz: Path, manifest: Path, expected: dict[str, object]) -> Batch | None:
+    """The cached batch if the manifest matches ``expected`` and the checksum matches the bytes; else None."""
+    try:
+        recorded = json.loads(manifest.read_text())
+    except (OSError, ValueError):
+        return None
+    if recorded.get("request") != expected or not npz.exists() or _sha256(npz) != recorded.get("sha256"):
+        return None
+    try:
+        with np.load(npz, allow_pickle=False) as f:
+            arrays = {k: torch.from_numpy(f[k]) for k in f.files}
+    except (OSError, ValueError):
+        return None
+    meta = {k[5:]: v for k, v in arrays.items() if k.startswith("meta_")}
+    return Batch(arrays["images"], arrays["labels"], meta)
+
+
+def materialise(
+    recipe: Recipe,
+    source: MNISTSplit,
+    split: str,
+    n: int | None = None,
+    seed: int = 0,
+    cache_dir: str | os.PathLike[str] | None = None,
+    batch_size: int = 4096,
+    progress: Callable[[int], None] | None = None,
+) -> tuple[Batch, Path]:
+    """A fixed distorted split, from the cache when a valid one exists, else generated and cached.
+
+    Args:
+        recipe: What to generate.
+        source: The MNIST split it distorts.
+        split: Name of the split (part of the random stream, so train and test draw independently).
+        n: Number of samples (default: one per source digit).
+        seed: Dataset seed.
+        cache_dir: Where caches live (default :func:`default_cache_dir`).
+        batch_size: Generation batch size (does not change the result).
+        progress: Called with the number of samples after each batch.
+
+    Returns:
+        The samples and the path of the ``.npz``.
+    """
+    n = len(source) if n is None else int(n)
+    request: dict[str, object] = {
+        "version": CACHE_VERSION,
+        "recipe": recipe.config(),
+        "split": split,
+        "n": n,
+        "seed": int(seed),
+        "source": _fingerprint(source),
+    }
+    key = hashlib.sha256(json.dumps(request, sort_keys=True).encode()).hexdigest()[:16]
+    root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    root.mkdir(parents=True, exist_ok=True)
+    npz, manifest = root / f"{recipe.name}-{split}-{key}.npz", root / f"{recipe.name}-{split}-{key}.json"
+    cached = _load_cached(npz, manifest, json.loads(json.dumps(request)))
+    if cached is not None:
+        return cached, npz
+    batch = generate(recipe, source, n, seed, split, batch_size=batch_size, progress=progress)
+    arrays = {"images": batch.images.numpy(), "labels": batch.labels.numpy()}
+    arrays.update({f"meta_{k}": v.numpy() for k, v in batch.meta.items()})
+
+    def write_npz(tmp: Path) -> None:
+        with open(tmp, "wb") as f:
+            np.savez(f, **arrays)  # type: ignore[arg-type]
+
+    _atomic_write(npz, write_npz)
+    record = {"request": request, "sha256": _sha256(npz), "file": npz.name}
+    text = json.dumps(record, indent=1, sort_keys=True)
+    _atomic_write(manifest, lambda tmp: tmp.write_text(text))
+    return batch, npz
+
+
+class DistortedMNIST(Dataset[tuple[Tensor, Tensor]]):
+    """A distorted MNIST split as a ``torch.utils.data.Dataset`` and as whole tensors.
+
+    Args:
+        recipe: A :class:`~torchstn.data.distort.Recipe` or its name (``"rts"``, ``"r"``, ...).
+        split: ``"train"``, ``"valid"``, ``"test"`` or ``"train+valid"`` (the MNIST split it distorts).
+        seed: Dataset seed.
+        n: Number of samples (default: one per source digit).
+        redraw: Draw fresh distortions each epoch (call :meth:`set_epoch`) instead of one fixed set; the paper
+            used a fixed set. A redrawn dataset lives in memory and is not cached.
+        cache: Cache fixed sets on disk (see :func:`materialise`).
+        cache_dir: Cache directory.
+        mnist: Loaded MNIST (default: :func:`~torchstn.data.mnist.load_mnist`).
+
+    Items are ``(image float32 (C, H, W) in [0, 1], label int64)``.
+    """
+
+    def __init__(
+        self,
+        recipe: Recipe | str,
+        split: str = "train",
+        *,
+        seed: int = 0,
+        n: int | None = None,
+        redraw: bool = False,
+        cache: bool = True,
+        cache_dir: str | os.PathLike[str] | None = None,
+        mnist: MNIST | None = None,
+        batch_size: int = 4096,
+    ) -> None:
+        self.recipe = get_recipe(recipe) if isinstance(recipe, str) else recipe
+        self.split = split
+        self.seed = seed
+        self.redraw = redraw
+        self.source = (mnist or load_mnist()).split(split)
+        self.n = len(self.source) if n is None else int(n)
+        self.batch_size = batch_size
+        self.path: Path | None = None
+        self.epoch: int | None = None
+        if redraw:
+            self.set_epoch(0)
+        elif cache:
+            self.data, self.path = materialise(self.recipe, self.source, split, self.n, seed, cache_dir, batch_size)
+        else:
+            self.data = generate(self.recipe, self.source, self.n, seed, split, batch_size=batch_size)
+
+    def set_epoch(self, epoch: int) -> None:
+        """With ``redraw=True``, regenerate the distortions for ``epoch`` (a no-op for fixed sets)."""
+        if self.redraw and epoch != self.epoch:
+            self.epoch = epoch
+            self.data = generate(self.recipe, self.source, self.n, self.seed, self.split, epoch, 0, self.batch_size)
+
+    @property
+    def images(self) -> Tensor:
+        """``(N, C, H, W)`` uint8."""
+        return self.data.images
+
+    @property
+    def labels(self) -> Tensor:
+        """``(N,)`` int64."""
+        return self.data.labels
+
+    @property
+    def meta(self) -> dict[str, Tensor]:
+        """What was drawn per sample (angles, boxes, matrices, ...)."""
+        return self.data.meta
+
+    def tensors(self, device: torch.device | str | None = None) -> tuple[Tensor, Tensor]:
+        """All images as float32 in [0, 1] and labels, on ``device``: for fast in-memory training."""
+        return self.images.to(device).float().div_(255.0), self.labels.to(device)
+
+    def __len__(self) -> int:
+        return int(self.labels.shape[0])
+
+    def __getitem__(self, i: int) -> tuple[Tensor, Tensor]:
+        return self.images[i].float() / 255.0, self.labels[i]

@@ -1,0 +1,177 @@
+"""Distorted-MNIST recipes: shapes, ranges, determinism, and the warps against independent computations."""
+
+from __future__ import annotations
+
+import math
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from torchstn.data import RECIPES, MNISTSplit, generate, get_recipe
+from torchstn.data.distort import _CORNERS
+from torchstn.geometry import transform_points
+
+
+@pytest.fixture(scope="module")
+def source() -> MNISTSplit:
+    """Forty synthetic 'digits': smooth blobs with a label each (fast, no MNIST needed)."""
+    g = torch.Generator().manual_seed(0)
+    c = torch.linspace(-1, 1, 28)
+    y, x = torch.meshgrid(c, c, indexing="ij")
+    centres = torch.rand(40, 2, generator=g) * 0.8 - 0.4
+    imgs = torch.exp(-((x - centres[:, 0, None, None]) ** 2 + (y - centres[:, 1, None, None]) ** 2) / 0.08)
+    return MNISTSplit(imgs.float(), torch.arange(40) % 10)
+
+
+SHAPES = {
+    "rotated": (1, 28, 28),
+    "rts": (1, 42, 42),
+    "projective": (1, 28, 28),
+    "elastic": (1, 28, 28),
+    "translated_cluttered": (1, 60, 60),
+    "addition": (2, 42, 42),
+    "colocalisation": (1, 84, 84),
+    "volumetric": (1, 60, 60, 60),
+}
+
+
+@pytest.mark.parametrize("name", sorted(RECIPES))
+def test_shapes_dtypes_and_label_ranges(source: MNISTSplit, name: str) -> None:
+    recipe = get_recipe(name)
+    batch = recipe.generate(source, torch.arange(6), 0, "train")
+    assert tuple(batch.images.shape) == (6, *SHAPES[name]) == (6, *recipe.shape())
+    assert batch.images.dtype == torch.uint8 and batch.labels.dtype == torch.int64
+    assert int(batch.labels.min()) >= 0 and int(batch.labels.max()) < recipe.num_classes
+    assert all(v.shape[0] == 6 for v in batch.meta.values())
+
+
+@pytest.mark.parametrize("name", sorted(set(RECIPES) - {"volumetric"}))
+def test_sample_i_does_not_depend_on_batching(source: MNISTSplit, name: str) -> None:
+    recipe = get_recipe(name)
+    whole = generate(recipe, source, 50, seed=3, split="train", batch_size=50)
+    pieces = generate(recipe, source, 50, seed=3, split="train", batch_size=7)
+    assert torch.equal(whole.images, pieces.images) and torch.equal(whole.labels, pieces.labels)
+    shard = generate(recipe, source, 10, seed=3, split="train", start=20)
+    assert torch.equal(shard.images, whole.images[20:30])
+    other = generate(recipe, source, 50, seed=4, split="train")
+    assert not torch.equal(other.images, whole.images)
+    test = generate(recipe, source, 50, seed=3, split="test")
+    assert not torch.equal(test.images, whole.images)
+
+
+def test_same_samples_in_another_process(source: MNISTSplit) -> None:
+    code = (
+        "import torch, hashlib\n"
+        "from torchstn.data import MNISTSplit, generate, get_recipe\n"
+        "src = MNISTSplit(torch.load('{p}', weights_only=True), torch.arange(40) % 10)\n"
+        "b = generate(get_recipe('rts'), src, 40, seed=1, split='train', batch_size=9)\n"
+        "print(hashlib.sha256(b.images.numpy().tobytes()).hexdigest())\n"
+    )
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = f"{tmp}/src.pt"
+        torch.save(source.images, path)
+        out = subprocess.run([sys.executable, "-c", code.format(p=path)], capture_output=True, text=True, check=True)
+    import hashlib
+
+    here = generate(get_recipe("rts"), source, 40, seed=1, split="train")
+    assert out.stdout.strip() == hashlib.sha256(here.images.numpy().tobytes()).hexdigest()
+
+
+def test_redrawn_epochs_differ_and_repeat(source: MNISTSplit) -> None:
+    r = get_recipe("rotated")
+    e0 = generate(r, source, 20, 0, "train", epoch=0)
+    assert torch.equal(e0.images, generate(r, source, 20, 0, "train", epoch=0).images)
+    assert not torch.equal(e0.images, generate(r, source, 20, 0, "train", epoch=1).images)
+
+
+def test_drawn_parameters_fall_in_the_stated_ranges(source: MNISTSplit) -> None:
+    n = 2000
+    rts = generate(get_recipe("rts"), source, n, 0, "train").meta
+    assert float(rts["angle"].min()) >= -45 and float(rts["angle"].max()) <= 45
+    assert float(rts["angle"].min()) < -40 and float(rts["angle"].max()) > 40  # the range is used
+    assert float(rts["scale"].min()) >= 0.7 and float(rts["scale"].max()) <= 1.2
+    room = (42 - 28 * rts["scale"]) / 2
+    assert (rts["offset"].abs() <= room[:, None] + 1e-9).all()  # the scaled digit box stays on the canvas
+    rot = generate(get_recipe("r"), source, n, 0, "train").meta["angle"]
+    assert -90 <= float(rot.min()) < -85 and 85 < float(rot.max()) <= 90
+    proj = generate(get_recipe("p"), source, n, 0, "train").meta
+    moved = (proj["corners"] - _CORNERS * proj["scale"][:, None, None]) * 14  # pixels
+    assert abs(float(moved.std()) - 5.0) < 0.25 and abs(float(moved.mean())) < 0.25
+    ela = generate(get_recipe("e"), source, n, 0, "train").meta
+    ctrl = get_recipe("e").generate(source, torch.arange(1), 0, "x").meta["params"]  # any, for the shape
+    ident = torch.stack(
+        torch.meshgrid(torch.linspace(-1, 1, 4), torch.linspace(-1, 1, 4), indexing="ij")[::-1], -1
+    ).reshape(1, -1)
+    noise = (ela["params"] * ela["scale"][:, None] - ident.double()) * 14
+    assert ctrl.shape == (1, 32) and abs(float(noise.std()) - 1.5) < 0.1
+
+
+def _bilinear_numpy(img: np.ndarray, u: float, v: float) -> float:
+    """Bilinear read of a 2D array at pixel (u, v), zero outside (independent of the library)."""
+    h, w = img.shape
+    x0, y0 = math.floor(u), math.floor(v)
+    total = 0.0
+    for dx in (0, 1):
+        for dy in (0, 1):
+            xi, yi = x0 + dx, y0 + dy
+            if 0 <= xi < w and 0 <= yi < h:
+                total += img[yi, xi] * (1 - abs(u - xi)) * (1 - abs(v - yi))
+    return total
+
+
+def test_rts_warp_matches_an_independent_computation(source: MNISTSplit) -> None:
+    batch = generate(get_recipe("rts"), source, 3, 0, "test")
+    for i in range(3):
+        a, s = math.radians(float(batch.meta["angle"][i])), float(batch.meta["scale"][i])
+        off = batch.meta["offset"][i].numpy()
+        digit = source.images[i].numpy()
+        expected = np.zeros((42, 42))
+        for r in range(42):
+            for c in range(42):
+                # Canvas pixel -> offset from the canvas centre -> undo placement, rotation, scale -> digit pixel.
+                p = np.array([c - 20.5, r - 20.5]) - off
+                q = np.array([[math.cos(a), math.sin(a)], [-math.sin(a), math.cos(a)]]) @ p / s
+                expected[r, c] = _bilinear_numpy(digit, q[0] + 13.5, q[1] + 13.5)
+        got = batch.images[i, 0].float().numpy() / 255
+        np.testing.assert_allclose(got, np.clip(expected, 0, 1), atol=0.5 / 255 + 1e-5)
+
+
+def test_projective_corners_land_where_recorded(source: MNISTSplit) -> None:
+    meta = generate(get_recipe("p"), source, 5, 0, "train").meta
+    # src_from_dst takes each recorded (moved) corner back onto the image corner.
+    back = transform_points(meta["matrix"], meta["corners"])
+    torch.testing.assert_close(back, _CORNERS.expand(5, 4, 2), atol=1e-9, rtol=0)
+
+
+@pytest.mark.parametrize("name", ["translated_cluttered", "colocalisation"])
+def test_digit_sits_in_its_box(source: MNISTSplit, name: str) -> None:
+    recipe = get_recipe(name, clutter=16) if name == "colocalisation" else get_recipe(name)
+    batch = recipe.generate(source, torch.arange(10), 0, "train")
+    digits = (source.images[:10].clamp(0, 1) * 255).round().to(torch.uint8)
+    for i in range(10):
+        x0, y0, x1, y1 = batch.meta["boxes"][i].tolist()
+        assert (x1 - x0, y1 - y0) == (28, 28)
+        window = batch.images[i, 0, y0:y1, x0:x1]
+        assert (window >= digits[i]).all()  # max-combined with clutter: never darker than the digit
+    assert batch.images.float().mean() > 0
+
+
+def test_addition_labels_are_sums(source: MNISTSplit) -> None:
+    batch = get_recipe("addition").generate(source, torch.arange(100), 0, "train")
+    torch.testing.assert_close(batch.labels, batch.meta["digits"].sum(-1))
+    assert get_recipe("addition").num_classes == 19
+
+
+def test_colocalisation_uses_one_class(source: MNISTSplit) -> None:
+    batch = get_recipe("colocalisation", digit=3).generate(source, torch.arange(12), 0, "train")
+    assert (batch.labels == 3).all()
+
+
+def test_unknown_recipe_is_a_clear_error() -> None:
+    with pytest.raises(ValueError, match="name"):
+        get_recipe("spiral")
