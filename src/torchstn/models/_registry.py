@@ -1,0 +1,42 @@
+"""Model registry: small functions that only set hyperparameters, as timm does."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from torch import nn
+
+__all__ = ["create_model", "list_models", "register_model"]
+
+_MODELS: dict[str, Callable[..., nn.Module]] = {}
+F = TypeVar("F", bound=Callable[..., nn.Module])
+
+
+def register_model(fn: F) -> F:
+    """Register ``fn`` under its name; ``create_model(name, **kw)`` calls it."""
+    if fn.__name__ in _MODELS:
+        raise ValueError(f"model {fn.__name__!r} is already registered")
+    _MODELS[fn.__name__] = fn
+    return fn
+
+
+def list_models(pattern: str = "") -> list[str]:
+    """Registered model names containing ``pattern``, sorted."""
+    return sorted(name for name in _MODELS if pattern in name)
+
+
+def create_model(name: str, **kwargs: Any) -> nn.Module:
+    """Build a registered model.
+
+    Example:
+        >>> model = create_model("st_cnn_aff", input_shape=(1, 42, 42), downsample=2)
+        >>> model(torch.rand(2, 1, 42, 42)).shape
+        torch.Size([2, 10])
+    """
+    try:
+        fn = _MODELS[name]
+    except KeyError:
+        close = [m for m in _MODELS if name.split("_")[0] in m][:8]
+        raise ValueError(f"name: unknown model {name!r}; some registered ones: {close or list_models()[:8]}") from None
+    return fn(**kwargs)
