@@ -1,17 +1,25 @@
 """The ``torchstn`` command.
 
-``torchstn data NAME`` materialises a distorted MNIST split into the cache (or ``--cache-dir``) and writes a PNG
-sheet of samples; ``torchstn data --list`` lists the recipes and their parameters.
+* ``torchstn data NAME`` materialises a distorted MNIST split into the cache (or ``--cache-dir``) and writes a PNG
+  sheet of samples; ``torchstn data --list`` lists the recipes and their parameters.
+* ``torchstn train --config configs/rts_st_cnn_aff.yaml [--set key=value ...]`` trains into a run directory;
+  ``--resume RUN`` continues a stopped run exactly where it stopped.
+* ``torchstn eval RUN`` re-evaluates a run's checkpoint on its test split.
+* ``torchstn visualize RUN`` redraws what the run's transformers learnt.
+* ``torchstn models`` lists the registered models.
 """
 
 from __future__ import annotations
 
 import argparse
 import ast
+import json
 import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
+
+import torch
 
 __all__ = ["main"]
 
@@ -73,6 +81,72 @@ def _cmd_data(args: argparse.Namespace) -> int:
     return 0
 
 
+def _run_name(config: dict[str, object]) -> str:
+    return f"{config['name']}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    import yaml
+
+    from torchstn.train import TrainingDiverged, load_config, train
+
+    if args.resume:
+        run = Path(args.resume)
+        config = yaml.safe_load((run / "config.yaml").read_text())
+        if args.set:
+            raise SystemExit("train: --set cannot change a run being resumed")
+    else:
+        config = load_config(args.config, args.set)
+        run = Path(args.out) if args.out else Path(args.runs) / _run_name(config)
+    try:
+        metrics = train(config, run, resume=bool(args.resume), quiet=args.quiet, stop_after=args.stop_after)
+    except TrainingDiverged as err:
+        print(f"train: stopped: {err}", file=sys.stderr)
+        return 1
+    if metrics:
+        print(f"{run}: test error {metrics.get('test_error', float('nan')):.2f}% after {metrics.get('epoch')} epochs")
+    return 0
+
+
+def _load_run(run: Path) -> tuple[dict[str, object], object, object]:
+    import yaml
+
+    from torchstn.models import create_model
+    from torchstn.train import build_task, load_checkpoint
+
+    config = yaml.safe_load((run / "config.yaml").read_text())
+    model = create_model(config["model"]["name"], **config["model"]["kwargs"])
+    model.load_state_dict(load_checkpoint(run / "checkpoints" / "last.pt")["model"])
+    return config, model, build_task(config)
+
+
+def _cmd_eval(args: argparse.Namespace) -> int:
+    from torchstn.train import evaluate
+
+    config, model, task = _load_run(Path(args.run))
+    metrics = evaluate(model, task, config["train"]["eval_batch_size"])  # type: ignore[arg-type, index]
+    print(json.dumps({"run": args.run, **metrics}))
+    return 0
+
+
+def _cmd_visualize(args: argparse.Namespace) -> int:
+    from torchstn.visualize import save_transformer_pictures
+
+    _, model, task = _load_run(Path(args.run))
+    x = task.test.batch(torch.arange(min(args.count, len(task.test))))[0]  # type: ignore[attr-defined]
+    out = Path(args.out) if args.out else Path(args.run) / "pictures"
+    for path in save_transformer_pictures(model, x, out):
+        print(path)
+    return 0
+
+
+def _cmd_models(args: argparse.Namespace) -> int:
+    from torchstn.models import list_models
+
+    print("\n".join(list_models(args.filter)))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="torchstn", description="Spatial Transformer Networks for PyTorch.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -89,6 +163,32 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_argument("--force", action="store_true", help="allow very large volumetric sets")
     data.add_argument("--quiet", action="store_true", help="no progress output")
     data.set_defaults(func=_cmd_data)
+
+    tr = sub.add_parser("train", help="train a model from a config (flags override the file)")
+    tr.add_argument("--config", default=None, help="YAML file (see configs/)")
+    tr.add_argument(
+        "--set", nargs="*", default=[], metavar="KEY=VALUE", help="override config keys, e.g. train.epochs=3"
+    )
+    tr.add_argument("--out", default=None, help="run directory (default: RUNS/NAME-TIMESTAMP)")
+    tr.add_argument("--runs", default="runs", help="parent of new run directories (default: runs)")
+    tr.add_argument("--resume", default=None, metavar="RUN", help="continue a stopped run")
+    tr.add_argument("--quiet", action="store_true", help="no progress bars or per-epoch lines")
+    tr.add_argument("--stop-after", type=int, default=None, metavar="EPOCHS", help="stop after EPOCHS (resume later)")
+    tr.set_defaults(func=_cmd_train)
+
+    ev = sub.add_parser("eval", help="evaluate a run's checkpoint on its test split")
+    ev.add_argument("run")
+    ev.set_defaults(func=_cmd_eval)
+
+    vis = sub.add_parser("visualize", help="draw what a run's transformers learnt")
+    vis.add_argument("run")
+    vis.add_argument("--count", type=int, default=16)
+    vis.add_argument("--out", default=None)
+    vis.set_defaults(func=_cmd_visualize)
+
+    mod = sub.add_parser("models", help="list the registered models")
+    mod.add_argument("filter", nargs="?", default="")
+    mod.set_defaults(func=_cmd_models)
     return parser
 
 

@@ -1,5 +1,6 @@
 """Data: MNIST from offline sources, the paper's distorted datasets, SVHN and CUB-200-2011 loaders."""
 
+from torchstn.data import cub, svhn
 from torchstn.data.datasets import CACHE_VERSION, DistortedMNIST, default_cache_dir, generate, materialise
 from torchstn.data.distort import (
     RECIPES,
@@ -33,6 +34,7 @@ __all__ = [
     "RotatedTranslatedScaled",
     "TranslatedCluttered",
     "Volumetric",
+    "cub",
     "default_cache_dir",
     "find_bundled_mnist",
     "generate",
@@ -40,4 +42,5 @@ __all__ = [
     "load_mnist",
     "materialise",
     "read_idx",
+    "svhn",
 ]

@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from torchstn.models._registry import register_model
 from torchstn.modules import (
     LocalisationNet,
     ParallelSpatialTransformer,
@@ -32,7 +33,6 @@ from torchstn.modules import (
     conv_localisation,
     mlp_localisation,
 )
-from torchstn.models._registry import register_model
 from torchstn.transforms import Affine, Affine3D, Attention, Projective, Similarity, ThinPlateSpline, Transform
 
 __all__ = ["STClassifier", "VolumeProjector", "cnn", "fcn", "make_transform", "parameter_count"]
@@ -117,7 +117,7 @@ def _largest_within(make: Callable[[int], nn.Module], budget: int, lo: int = 1, 
     """Largest width whose module has at most ``budget`` parameters (at least ``lo``)."""
     while lo < hi:
         mid = (lo + hi + 1) // 2
-        lo, hi = (mid, hi) if _count(lambda: make(mid)) <= budget else (lo, mid - 1)
+        lo, hi = (mid, hi) if _count(lambda mid=mid: make(mid)) <= budget else (lo, mid - 1)  # type: ignore[misc]
     return lo
 
 
@@ -157,16 +157,16 @@ def _build_st(
     budget = _budget(input_shape, num_classes) if budget is None else budget
     inner = _pooled(input_shape, downsample)
 
+    t = make_transform(transform)
+
     def make_loc() -> nn.Module:
-        t = make_transform(transform)
         return _st_fcn_loc(input_shape, t) if kind == "fcn" else _st_cnn_loc(input_shape, t)
 
     def make_head(width: int) -> nn.Module:
         return fcn(inner, num_classes, width) if kind == "fcn" else cnn(inner, num_classes, (width, width))
 
     width = _classifier_width(make_head, budget, _count(make_loc))
-    loc = make_loc()
-    return STClassifier(SpatialTransformer(loc, loc.head.transform), make_head(width), downsample)
+    return STClassifier(SpatialTransformer(make_loc(), t), make_head(width), downsample)
 
 
 def _plain(kind: str, input_shape: Shape, num_classes: int, budget: int | None) -> nn.Module:
@@ -298,7 +298,7 @@ def st3d_aff(
 ) -> nn.Module:
     """3D transformer: Affine3D ST on the volume, projection over depth, then the CNN (appendix A.3)."""
     t = Affine3D()
-    c, d, h, w = input_shape
+    c = input_shape[0]
     backbone = nn.Sequential(
         nn.AvgPool3d(2),
         nn.Conv3d(c, 8, 5),

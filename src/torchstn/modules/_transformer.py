@@ -40,6 +40,8 @@ class SpatialTransformer(nn.Module):
 
     Attributes:
         last_params: The parameters of the latest forward pass (detached), for inspection and pictures.
+        params: The same with their graph, for losses on the parameters within the same step (e.g.
+            :func:`~torchstn.modules.identity_penalty`); replaced at every forward pass.
 
     Example:
         >>> from torchstn.transforms import Affine
@@ -80,6 +82,7 @@ class SpatialTransformer(nn.Module):
         self.nonfinite: NonFinite = nonfinite
         self.combine: Combine = check_choice(combine, "combine", ("stack", "concat"))  # type: ignore[assignment]
         self.last_params: Tensor | None = None
+        self.params: Tensor | None = None
 
     def sample_with(self, x: Tensor, params: Tensor) -> Tensor:
         """Warp ``x`` with given parameters ``(B, P)`` or ``(B, N, P)`` using this module's settings."""
@@ -132,7 +135,7 @@ class SpatialTransformer(nn.Module):
         """
         params = self.localisation(x if loc_input is None else loc_input)
         out = self.sample_with(x, params)
-        self.last_params = params.detach()
+        self.params, self.last_params = params, params.detach()
         return (out, params) if return_params else out
 
     def extra_repr(self) -> str:
@@ -222,7 +225,7 @@ class SerialSpatialTransformer(nn.Module):
         for st in stages:
             transform: MatrixTransform = st.transform  # type: ignore[assignment]
             p = st.localisation(cur)
-            st.last_params = p.detach()
+            st.params, st.last_params = p, p.detach()
             params.append(p)
             m = transform.matrix(p, src_size=src_size)
             total = m if total is None else total @ m  # src_from_dst of the chain so far
