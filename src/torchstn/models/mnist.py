@@ -183,14 +183,22 @@ def _plain(kind: str, input_shape: Shape, num_classes: int, budget: int | None) 
 
 
 @register_model
-def fcn_baseline(input_shape: Shape = (1, 28, 28), num_classes: int = 10, budget: int | None = None) -> nn.Module:
-    """FCN: two hidden layers sized to the column's budget."""
+def fcn_baseline(
+    input_shape: Shape = (1, 28, 28), num_classes: int = 10, budget: int | None = None, downsample: int = 1
+) -> nn.Module:
+    """FCN: two hidden layers sized to the column's budget. ``downsample`` pools a transformer's output, so a
+    plain model has nothing to pool: it is accepted (and ignored) so that one config serves a whole column."""
+    del downsample
     return _plain("fcn", input_shape, num_classes, budget)
 
 
 @register_model
-def cnn_baseline(input_shape: Shape = (1, 28, 28), num_classes: int = 10, budget: int | None = None) -> nn.Module:
-    """CNN: conv 9x9 -> pool -> conv 7x7 -> pool -> classifier (32 and 32 channels, the budget)."""
+def cnn_baseline(
+    input_shape: Shape = (1, 28, 28), num_classes: int = 10, budget: int | None = None, downsample: int = 1
+) -> nn.Module:
+    """CNN: conv 9x9 -> pool -> conv 7x7 -> pool -> classifier (32 and 32 channels, the budget). ``downsample``
+    is accepted and ignored, as for :func:`fcn_baseline`."""
+    del downsample
     return _plain("cnn", input_shape, num_classes, budget)
 
 
