@@ -34,7 +34,7 @@ lint: $(STAMP)
 
 ## The main job on embedded data (no network).
 demo: $(STAMP)
-	$(BIN)/python examples/recover_transform.py
+	$(BIN)/python examples/demo.py
 
 bench: $(STAMP)
 	$(BIN)/python -m pip install -q -e '.[bench]' -c constraints.txt

@@ -17,6 +17,7 @@ import json
 import sys
 import time
 from collections.abc import Sequence
+from typing import Any
 from pathlib import Path
 
 import torch
@@ -108,7 +109,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
-def _load_run(run: Path) -> tuple[dict[str, object], object, object]:
+def _load_run(run: Path) -> tuple[dict[str, Any], Any, Any]:
     import yaml
 
     from torchstn.models import create_model
@@ -124,7 +125,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     from torchstn.train import evaluate
 
     config, model, task = _load_run(Path(args.run))
-    metrics = evaluate(model, task, config["train"]["eval_batch_size"])  # type: ignore[arg-type, index]
+    metrics = evaluate(model, task, config["train"]["eval_batch_size"])
     print(json.dumps({"run": args.run, **metrics}))
     return 0
 
@@ -133,7 +134,7 @@ def _cmd_visualize(args: argparse.Namespace) -> int:
     from torchstn.visualize import save_transformer_pictures
 
     _, model, task = _load_run(Path(args.run))
-    x = task.test.batch(torch.arange(min(args.count, len(task.test))))[0]  # type: ignore[attr-defined]
+    x = task.test.batch(torch.arange(min(args.count, len(task.test))))[0]
     out = Path(args.out) if args.out else Path(args.run) / "pictures"
     for path in save_transformer_pictures(model, x, out):
         print(path)

@@ -395,7 +395,7 @@ def _pictures(config: dict[str, Any], run: Path, model: nn.Module, fixed: Tensor
     out = run / "pictures"
     out.mkdir(exist_ok=True)
     save_transformer_pictures(model, fixed, out)
-    if animator is not None:
+    if animator is not None and animator.num_frames:
         animator.save(out / "epochs.gif")
     rows = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines() if line.strip()]
     if rows:

@@ -16,7 +16,7 @@ from torch import Tensor, nn
 from torchstn.data import DistortedMNIST, MNISTSplit, get_recipe, load_mnist
 from torchstn.data.distort import Recipe
 
-__all__ = ["ClassifyTask", "Source", "StreamSource", "Task", "TensorSource", "build_task"]
+__all__ = ["ClassifyTask", "ColocTask", "Source", "StreamSource", "Task", "TensorSource", "box_iou", "build_task"]
 
 
 class Source(Protocol):
@@ -34,10 +34,20 @@ class Source(Protocol):
 
 
 class TensorSource:
-    """A dataset held in memory as uint8 images (or float tensors) and labels."""
+    """A dataset held in memory: uint8 images (or float tensors) and targets (labels, or a metadata entry such as
+    the co-localisation boxes when ``target`` names one)."""
 
-    def __init__(self, images: Tensor, labels: Tensor, dataset: DistortedMNIST | None = None) -> None:
-        self.images, self.labels, self.dataset = images, labels, dataset
+    def __init__(
+        self,
+        images: Tensor,
+        labels: Tensor,
+        dataset: DistortedMNIST | None = None,
+        meta: dict[str, Tensor] | None = None,
+        target: str = "labels",
+    ) -> None:
+        self.images, self.dataset, self.target = images, dataset, target
+        self.meta = meta if meta is not None else (dataset.meta if dataset is not None else {})
+        self.labels = labels if target == "labels" else self.meta[target]
 
     def __len__(self) -> int:
         return int(self.labels.shape[0])
@@ -49,7 +59,8 @@ class TensorSource:
     def set_epoch(self, epoch: int) -> None:
         if self.dataset is not None and self.dataset.redraw:
             self.dataset.set_epoch(epoch)
-            self.images, self.labels = self.dataset.images, self.dataset.labels
+            self.images, self.meta = self.dataset.images, self.dataset.meta
+            self.labels = self.dataset.labels if self.target == "labels" else self.meta[self.target]
 
 
 class StreamSource:
@@ -99,6 +110,96 @@ class ClassifyTask(Task):
         return wrong.sum()
 
 
+def box_iou(a: Tensor, b: Tensor) -> Tensor:
+    """Intersection over union of boxes ``(B, 4)`` ``(x0, y0, x1, y1)``, row by row: ``(B,)``.
+
+    Example:
+        >>> box_iou(torch.tensor([[0.0, 0, 2, 2]]), torch.tensor([[1.0, 0, 3, 2]]))
+        tensor([0.3333])
+    """
+    w = (torch.minimum(a[:, 2], b[:, 2]) - torch.maximum(a[:, 0], b[:, 0])).clamp_min(0)
+    h = (torch.minimum(a[:, 3], b[:, 3]) - torch.maximum(a[:, 1], b[:, 1])).clamp_min(0)
+    inter = w * h
+    area = (a[:, 2] - a[:, 0]) * (a[:, 3] - a[:, 1]) + (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
+    return inter / (area - inter).clamp_min(1e-12)
+
+
+def _encoder_net() -> nn.Sequential:
+    """The MNIST CNN whose activations ``e`` the co-localisation loss compares."""
+    return nn.Sequential(
+        nn.Conv2d(1, 32, 5),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Conv2d(32, 64, 5),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Flatten(),
+        nn.Linear(64 * 4 * 4, 128),
+        nn.ReLU(),
+    )
+
+
+def train_encoder(digits: MNISTSplit, epochs: int, seed: int) -> nn.Module:
+    """Train the encoder (with a temporary classifier) on plain MNIST digits; return it frozen, in eval mode."""
+    torch.manual_seed(seed)
+    encoder, head = _encoder_net(), nn.Linear(128, 10)
+    opt = torch.optim.Adam([*encoder.parameters(), *head.parameters()], lr=1e-3)
+    x_all, y_all = digits.images[:, None], digits.labels
+    for epoch in range(epochs):
+        order = torch.randperm(len(digits), generator=torch.Generator().manual_seed(seed + epoch))
+        for lo in range(0, len(digits), 256):
+            idx = order[lo : lo + 256]
+            loss = F.cross_entropy(head(encoder(x_all[idx])), y_all[idx])
+            opt.zero_grad()
+            loss.backward()  # type: ignore[no-untyped-call]
+            opt.step()
+    encoder.eval()
+    for p in encoder.parameters():
+        p.requires_grad_(False)
+    return encoder
+
+
+class ColocTask(Task):
+    """Co-localisation (appendix): an attention ST trained only with the paper's hinge loss.
+
+    For a batch of images of one class, with ``T(I)`` the transformer's crop and ``e`` a frozen MNIST encoder:
+    ``max(0, |e(T(I_n)) - e(T(I_m))|^2 - |e(T(I_n)) - e(R(I_n))|^2 + margin)``, where ``I_m`` is another image
+    of the batch and ``R(I_n)`` a random crop of ``I_n`` at the transformer's scale. Scored by the fraction of
+    test images whose crop box has IoU <= 0.5 with the true box (the error, in %).
+    """
+
+    def __init__(self, train: Source, test: Source, encoder: nn.Module, margin: float, image_size: int) -> None:
+        super().__init__(train, test)
+        self.encoder, self.margin, self.image_size = encoder, margin, image_size
+
+    def _random_crops(self, x: Tensor, crops: Tensor, params: Tensor) -> Tensor:
+        from torchstn.sampling import warp
+        from torchstn.transforms import Attention
+
+        s = params[:, :1].detach()
+        t = (torch.rand(len(x), 2) * 2 - 1) * (1 - s)  # random windows of the same size, inside the image
+        return warp(x, torch.cat((s, t), -1), Attention(), crops.shape[-2:])
+
+    def loss(self, model: nn.Module, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
+        crops, params = model(x, return_params=True)
+        e_n = self.encoder(crops)
+        e_m = e_n.roll(1, dims=0)
+        e_r = self.encoder(self._random_crops(x, crops, params))
+        hinge = F.relu((e_n - e_m).square().sum(-1) - (e_n - e_r).square().sum(-1) + self.margin)
+        return hinge.mean(), self._misses(params.detach(), y)
+
+    def _misses(self, params: Tensor, boxes: Tensor) -> Tensor:
+        from torchstn.visualize import attention_boxes
+
+        pred = attention_boxes(params, (self.image_size, self.image_size))
+        return (box_iou(pred, boxes.to(pred.dtype)) <= 0.5).sum()
+
+    @torch.no_grad()
+    def errors(self, model: nn.Module, x: Tensor, y: Tensor) -> Tensor:
+        _, params = model(x, return_params=True)
+        return self._misses(params, y)
+
+
 def _mnist_sources(config: dict[str, Any]) -> tuple[Source, Source]:
     data = config["data"]
     recipe = get_recipe(data["recipe"], **data["recipe_params"])
@@ -114,7 +215,7 @@ def _mnist_sources(config: dict[str, Any]) -> tuple[Source, Source]:
     common = {"seed": data["seed"], "mnist": mnist, "cache_dir": data["cache_dir"]}
     train = DistortedMNIST(recipe, data["train_split"], n=data["n_train"], redraw=data["redraw"], **common)
     test = DistortedMNIST(recipe, data["test_split"], n=data["n_test"], **common)
-    return TensorSource(train.images, train.labels, train), TensorSource(test.images, test.labels)
+    return TensorSource(train.images, train.labels, train), TensorSource(test.images, test.labels, meta=test.meta)
 
 
 def build_task(config: dict[str, Any]) -> Task:
@@ -125,4 +226,12 @@ def build_task(config: dict[str, Any]) -> Task:
     train, test = _mnist_sources(config)
     if kind == "classify":
         return ClassifyTask(train, test)
-    raise ValueError(f"task: expected 'classify', got {kind!r}")
+    if kind == "coloc":
+        if not (isinstance(train, TensorSource) and isinstance(test, TensorSource)) or "boxes" not in train.meta:
+            raise ValueError("task: 'coloc' needs the materialised colocalisation recipe (data.stream=False)")
+        train = TensorSource(train.images, train.labels, train.dataset, train.meta, target="boxes")
+        test = TensorSource(test.images, test.labels, None, test.meta, target="boxes")
+        mnist = load_mnist(config["data"]["mnist"])
+        encoder = train_encoder(mnist.split(config["data"]["train_split"]), config["coloc"]["encoder_epochs"], 0)
+        return ColocTask(train, test, encoder, config["coloc"]["margin"], int(train.images.shape[-1]))
+    raise ValueError(f"task: expected 'classify' or 'coloc', got {kind!r}")

@@ -1,0 +1,195 @@
+"""Regenerate RESULTS.md from run directories: our errors beside the paper's, with the training budget used.
+
+Every number in the report is read from a run's ``metrics.json``, ``log.jsonl`` and ``meta.json``; the paper's
+numbers are those of PAPER.md. Cells without a finished run are marked, never filled in. Pictures of what the
+transformers learnt are copied from the runs into ``docs/results/``.
+
+Usage::
+
+    .venv/bin/python scripts/make_results.py --runs runs/repro --out RESULTS.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import statistics
+from pathlib import Path
+from typing import Any
+
+# The paper's test errors (%), PAPER.md section 2 (Table 1, TC) and 5 (addition).
+PAPER_TABLE1 = {
+    "fcn_baseline": {"r": 2.1, "rts": 5.2, "p": 3.1, "e": 3.2},
+    "cnn_baseline": {"r": 1.2, "rts": 0.8, "p": 1.5, "e": 1.4},
+    "st_fcn_aff": {"r": 1.2, "rts": 0.8, "p": 1.5, "e": 2.7},
+    "st_fcn_proj": {"r": 1.3, "rts": 0.9, "p": 1.4, "e": 2.6},
+    "st_fcn_tps": {"r": 1.1, "rts": 0.8, "p": 1.4, "e": 2.4},
+    "st_cnn_aff": {"r": 0.7, "rts": 0.5, "p": 0.8, "e": 1.2},
+    "st_cnn_proj": {"r": 0.8, "rts": 0.6, "p": 0.8, "e": 1.3},
+    "st_cnn_tps": {"r": 0.7, "rts": 0.5, "p": 0.8, "e": 1.1},
+}
+PAPER_TC = {"fcn_baseline": 13.2, "cnn_baseline": 3.5, "st_fcn_aff": 2.0, "st_cnn_aff": 1.7}
+PAPER_ADDITION = {
+    "addition_fcn": 47.7,
+    "addition_cnn": 14.7,
+    "addition_st_fcn_aff": 22.6,
+    "addition_st_fcn_proj": 18.5,
+    "addition_st_fcn_tps": 19.1,
+    "addition_2xst_fcn_aff": 9.0,
+    "addition_2xst_fcn_proj": 5.9,
+    "addition_2xst_fcn_tps": 5.8,
+}
+LABELS = {
+    "fcn_baseline": "FCN",
+    "cnn_baseline": "CNN",
+    "st_fcn_aff": "ST-FCN Aff",
+    "st_fcn_proj": "ST-FCN Proj",
+    "st_fcn_tps": "ST-FCN TPS",
+    "st_cnn_aff": "ST-CNN Aff",
+    "st_cnn_proj": "ST-CNN Proj",
+    "st_cnn_tps": "ST-CNN TPS",
+}
+COLUMN_NAMES = {"r": "R", "rts": "RTS", "p": "P", "e": "E", "tc": "TC", "addition": "addition"}
+
+
+def _load(run: Path) -> dict[str, Any] | None:
+    """A finished run's numbers, or None."""
+    try:
+        metrics = json.loads((run / "metrics.json").read_text())
+        meta = json.loads((run / "meta.json").read_text())
+        rows = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines() if line.strip()]
+    except (OSError, ValueError):
+        return None
+    if metrics.get("status") != "finished" or not rows:
+        return None
+    import yaml
+
+    config = yaml.safe_load((run / "config.yaml").read_text())
+    seconds = sum(r["epoch_seconds"] for r in rows)
+    samples = sum(r["epoch_seconds"] * r["images_per_second"] for r in rows)
+    return {
+        "error": float(metrics["test_error"]),
+        "epochs": len(rows),
+        "seconds": seconds,
+        "samples": samples,
+        "machine": meta["machine"],
+        "threads": meta["machine"].get("threads"),
+        "sha": (meta.get("git_sha") or "")[:10] + ("+dirty" if meta.get("git_dirty") else ""),
+        "redraw": config["data"]["redraw"],
+        "optimizer": config["train"]["optimizer"],
+        "lr": config["train"]["lr"],
+        "batch": config["train"]["batch_size"],
+        "schedule": config["train"]["schedule"],
+        "run": run,
+    }
+
+
+def _collect(runs: Path) -> dict[tuple[str, str], list[dict[str, Any]]]:
+    cells: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for column_dir in sorted(p for p in runs.iterdir() if p.is_dir()) if runs.exists() else []:
+        for run in sorted(p for p in column_dir.iterdir() if p.is_dir()):
+            model = run.name.rsplit("-seed", 1)[0]
+            loaded = _load(run)
+            if loaded is not None:
+                cells.setdefault((column_dir.name, model), []).append(loaded)
+    return cells
+
+
+def _cell(results: list[dict[str, Any]] | None) -> str:
+    if not results:
+        return "not run"
+    errors = [r["error"] for r in results]
+    if len(errors) == 1:
+        return f"{errors[0]:.2f}"
+    return f"{statistics.mean(errors):.2f} ± {statistics.stdev(errors):.2f} (n={len(errors)})"
+
+
+def _table1(cells: dict[tuple[str, str], list[dict[str, Any]]]) -> list[str]:
+    cols = ["r", "rts", "p", "e"]
+    lines = [
+        "| model | " + " | ".join(f"{COLUMN_NAMES[c]} ours | {COLUMN_NAMES[c]} paper" for c in cols) + " |",
+        "|---|" + "---|---|" * len(cols),
+    ]
+    for model, paper in PAPER_TABLE1.items():
+        row = [LABELS[model]]
+        for c in cols:
+            row += [_cell(cells.get((c, model))), f"{paper[c]:.1f}"]
+        lines.append("| " + " | ".join(row) + " |")
+    return lines
+
+
+def _simple(cells: dict[tuple[str, str], list[dict[str, Any]]], column: str, paper: dict[str, float]) -> list[str]:
+    lines = ["| model | ours | paper |", "|---|---|---|"]
+    for model, value in paper.items():
+        lines.append(f"| {LABELS.get(model, model)} | {_cell(cells.get((column, model)))} | {value:.1f} |")
+    return lines
+
+
+def _budget(cells: dict[tuple[str, str], list[dict[str, Any]]]) -> list[str]:
+    lines = [
+        "| column | model | seeds | epochs | samples seen | wall time | threads | optimiser | redraw | code |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for (column, model), results in sorted(cells.items()):
+        r0 = results[0]
+        minutes = statistics.mean(r["seconds"] for r in results) / 60
+        samples = statistics.mean(r["samples"] for r in results)
+        opt = f"{r0['optimizer']} lr {r0['lr']:g} {r0['schedule']} batch {r0['batch']}"
+        lines.append(
+            f"| {COLUMN_NAMES.get(column, column)} | {LABELS.get(model, model)} | {len(results)} | {r0['epochs']} | "
+            f"{samples / 1e6:.2f}M | {minutes:.1f} min | {r0['threads']} | {opt} | {r0['redraw']} | {r0['sha']} |"
+        )
+    return lines
+
+
+def _pictures(cells: dict[tuple[str, str], list[dict[str, Any]]], out_dir: Path) -> list[str]:
+    lines = []
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for (column, model), results in sorted(cells.items()):
+        if not model.startswith("st_"):
+            continue
+        src = results[0]["run"] / "pictures" / "transformer.png"
+        if src.exists():
+            dst = out_dir / f"{column}-{model}.png"
+            shutil.copyfile(src, dst)
+            lines.append(f"**{COLUMN_NAMES.get(column, column)}, {LABELS.get(model, model)}**\n\n![]({dst.as_posix()})\n")
+    return lines
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--runs", default="runs/repro")
+    parser.add_argument("--out", default="RESULTS.md")
+    parser.add_argument("--pictures", default="docs/results")
+    parser.add_argument("--command", default=None, help="the command that trained the runs, quoted in the report")
+    args = parser.parse_args()
+    cells = _collect(Path(args.runs))
+    machines = {json.dumps(r["machine"], sort_keys=True) for rs in cells.values() for r in rs}
+    text = [
+        "# Reproduction of the paper's results",
+        "",
+        "Generated by `scripts/make_results.py` from the run directories; do not edit by hand. Test error in %,",
+        "our number beside the paper's (PAPER.md). A cell reads *not run* until a finished run exists for it.",
+        "",
+        "Regenerate: `.venv/bin/python scripts/make_results.py "
+        f"--runs {args.runs} --out {args.out}`.",
+    ]
+    if args.command:
+        text += ["", f"Runs trained with: `{args.command}`."]
+    text += ["", "## Table 1: distorted MNIST", "", *_table1(cells)]
+    text += ["", "## Translated-cluttered MNIST", "", *_simple(cells, "tc", PAPER_TC)]
+    text += ["", "## MNIST addition", "", *_simple(cells, "addition", PAPER_ADDITION)]
+    text += ["", "## Training budget of each cell", "", *_budget(cells)]
+    text += ["", "Machines:", ""] + [f"- `{m}`" for m in sorted(machines)]
+    pics = _pictures(cells, Path(args.pictures))
+    if pics:
+        text += ["", "## What the transformers learnt", "", "Test inputs with the sampling grid outlined (left) and"]
+        text += ["the transformer's output (right), at the end of training.", "", *pics]
+    Path(args.out).write_text("\n".join(text) + "\n")
+    print(f"wrote {args.out}: {sum(len(v) for v in cells.values())} finished runs in {len(cells)} cells")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
