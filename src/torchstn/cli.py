@@ -17,8 +17,8 @@ import json
 import sys
 import time
 from collections.abc import Sequence
-from typing import Any
 from pathlib import Path
+from typing import Any
 
 import torch
 
