@@ -183,3 +183,31 @@ def test_ddp_two_processes_train(tiny_mnist: Path, tmp_path: Path) -> None:
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["status"] == "finished" and 0 <= metrics["test_error"] <= 100
     assert json.loads((out / "meta.json").read_text())["world_size"] == 2
+
+
+def test_colocalisation_smoke_and_iou_scoring(tiny_mnist: Path, tmp_path: Path) -> None:
+    config = _config(
+        tiny_mnist,
+        tmp_path,
+        "task='coloc'",
+        "data.recipe='colocalisation'",
+        "data.recipe_params={'digit': 3}",
+        "data.n_train=64",
+        "data.n_test=32",
+        "model.name='coloc_attention'",
+        "coloc.encoder_epochs=1",
+        "train.batch_size=16",
+        "train.max_steps=3",
+        "visualize.enabled=True",
+    )
+    metrics = train(config, tmp_path / "run", quiet=True)
+    assert metrics["status"] == "finished" and 0 <= metrics["test_error"] <= 100
+    assert (tmp_path / "run" / "pictures" / "transformer.png").exists()
+
+
+def test_box_iou_hand_checked() -> None:
+    from torchstn.train.tasks import box_iou
+
+    a = torch.tensor([[0.0, 0, 28, 28], [0.0, 0, 10, 10]])
+    b = torch.tensor([[0.0, 0, 28, 28], [5.0, 5, 15, 15]])
+    torch.testing.assert_close(box_iou(a, b), torch.tensor([1.0, 25 / 175]))
