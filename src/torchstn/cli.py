@@ -112,11 +112,11 @@ def _cmd_train(args: argparse.Namespace) -> int:
 def _load_run(run: Path) -> tuple[dict[str, Any], Any, Any]:
     import yaml
 
-    from torchstn.models import create_model
     from torchstn.train import build_task, load_checkpoint
+    from torchstn.train.engine import build_model
 
     config = yaml.safe_load((run / "config.yaml").read_text())
-    model = create_model(config["model"]["name"], **config["model"]["kwargs"])
+    model = build_model(config)
     model.load_state_dict(load_checkpoint(run / "checkpoints" / "last.pt")["model"])
     return config, model, build_task(config)
 

@@ -19,6 +19,7 @@ across processes before they are logged. gloo on CPU, nccl on GPU.
 
 from __future__ import annotations
 
+import importlib
 import json
 import math
 import os
@@ -42,7 +43,16 @@ from torchstn.models import create_model
 from torchstn.modules import SpatialTransformer, identity_penalty, localisation_param_groups
 from torchstn.train.tasks import Task, build_task
 
-__all__ = ["TrainingDiverged", "epoch_order", "evaluate", "load_checkpoint", "save_checkpoint", "shard", "train"]
+__all__ = [
+    "TrainingDiverged",
+    "build_model",
+    "epoch_order",
+    "evaluate",
+    "load_checkpoint",
+    "save_checkpoint",
+    "shard",
+    "train",
+]
 
 
 class TrainingDiverged(RuntimeError):
@@ -165,6 +175,20 @@ class Progress:
 # --- the loop ---------------------------------------------------------------------------------------------------
 
 
+def _resolve(value: Any) -> Any:
+    """``"call:package.module:function"`` -> the result of calling it (e.g. a user's backbone with its weights)."""
+    if isinstance(value, str) and value.startswith("call:"):
+        module, _, name = value[5:].partition(":")
+        return getattr(importlib.import_module(module), name)()
+    return value
+
+
+def build_model(config: dict[str, Any]) -> nn.Module:
+    """The config's model; keyword values ``"call:module:function"`` are replaced by what the function returns."""
+    kwargs = {k: _resolve(v) for k, v in config["model"]["kwargs"].items()}
+    return create_model(config["model"]["name"], **kwargs)
+
+
 def _transformers(model: nn.Module) -> list[SpatialTransformer]:
     return [m for m in model.modules() if isinstance(m, SpatialTransformer)]
 
@@ -273,7 +297,7 @@ def _train(
             (run / "log.jsonl").unlink(missing_ok=True)
 
     task = build_task(config)
-    model = create_model(config["model"]["name"], **config["model"]["kwargs"])
+    model = build_model(config)
     opt = _optimizer(config, model)
     batch = int(t["batch_size"])
     n = len(task.train)

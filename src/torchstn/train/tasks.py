@@ -16,7 +16,18 @@ from torch import Tensor, nn
 from torchstn.data import DistortedMNIST, MNISTSplit, get_recipe, load_mnist
 from torchstn.data.distort import Recipe
 
-__all__ = ["ClassifyTask", "ColocTask", "Source", "StreamSource", "Task", "TensorSource", "box_iou", "build_task"]
+__all__ = [
+    "ClassifyTask",
+    "ColocTask",
+    "DatasetSource",
+    "SequenceTask",
+    "Source",
+    "StreamSource",
+    "Task",
+    "TensorSource",
+    "box_iou",
+    "build_task",
+]
 
 
 class Source(Protocol):
@@ -80,6 +91,23 @@ class StreamSource:
         return None
 
 
+class DatasetSource:
+    """A map-style dataset read item by item (images decoded from disk as they are needed: CUB-200)."""
+
+    def __init__(self, dataset: Any) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def batch(self, index: Tensor) -> tuple[Tensor, Tensor]:
+        items = [self.dataset[int(i)] for i in index]
+        return torch.stack([it[0] for it in items]), torch.as_tensor([int(it[1]) for it in items])
+
+    def set_epoch(self, epoch: int) -> None:
+        return None
+
+
 @dataclass
 class Task:
     """Loss and scoring; subclasses say how."""
@@ -107,6 +135,21 @@ class ClassifyTask(Task):
     @torch.no_grad()
     def errors(self, model: nn.Module, x: Tensor, y: Tensor) -> Tensor:
         wrong: Tensor = model(x).argmax(-1) != y
+        return wrong.sum()
+
+
+class SequenceTask(Task):
+    """SVHN digit sequences: five heads of 11 classes (10 = no digit); a sequence is right only if all are."""
+
+    def loss(self, model: nn.Module, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
+        from torchstn.models.svhn import sequence_loss
+
+        logits = model(x)
+        return sequence_loss(logits, y), (logits.argmax(-1) != y).any(-1).sum()
+
+    @torch.no_grad()
+    def errors(self, model: nn.Module, x: Tensor, y: Tensor) -> Tensor:
+        wrong: Tensor = (model(x).argmax(-1) != y).any(-1)
         return wrong.sum()
 
 
@@ -218,11 +261,39 @@ def _mnist_sources(config: dict[str, Any]) -> tuple[Source, Source]:
     return TensorSource(train.images, train.labels, train), TensorSource(test.images, test.labels, meta=test.meta)
 
 
+def _svhn_task(config: dict[str, Any]) -> Task:
+    from torchstn.data.svhn import preprocess_svhn_split
+
+    data = config["data"]
+    size = data["size"] or 64
+    sets = [preprocess_svhn_split(data["root"], split, size) for split in (data["train_split"], data["test_split"])]
+    return SequenceTask(*(TensorSource(t.images, t.labels) for t in sets))
+
+
+def _cub_task(config: dict[str, Any]) -> Task:
+    from torchstn.data.cub import CUB200
+
+    data = config["data"]
+    size = data["size"] or 448
+    gen = torch.Generator().manual_seed(config["train"]["seed"])
+    train = CUB200(data["root"], "train", size, generator=gen)
+    test = CUB200(data["root"], "test", size)
+    return ClassifyTask(DatasetSource(train), DatasetSource(test))
+
+
 def build_task(config: dict[str, Any]) -> Task:
     """The task a config describes, with its data loaded."""
     kind, dataset = config["task"], config["data"]["dataset"]
+    if dataset in ("svhn", "cub"):
+        if not config["data"]["root"]:
+            raise ValueError(f"data.root: the {dataset} directory is required (it cannot be downloaded here)")
+        if dataset == "svhn":
+            if kind != "sequence":
+                raise ValueError(f"task: SVHN is a 'sequence' task, got {kind!r}")
+            return _svhn_task(config)
+        return _cub_task(config)
     if dataset != "distorted_mnist":
-        raise ValueError(f"data.dataset: {dataset!r} is not supported by this command yet")
+        raise ValueError(f"data.dataset: expected distorted_mnist, svhn or cub, got {dataset!r}")
     train, test = _mnist_sources(config)
     if kind == "classify":
         return ClassifyTask(train, test)
