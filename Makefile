@@ -28,8 +28,8 @@ test-all: $(STAMP)
 	$(BIN)/python -m pytest -n 2 -q -m ''
 
 lint: $(STAMP)
-	$(BIN)/ruff check src tests benchmarks examples conftest.py
-	$(BIN)/ruff format --check src tests benchmarks examples conftest.py
+	$(BIN)/ruff check src tests benchmarks examples scripts conftest.py
+	$(BIN)/ruff format --check src tests benchmarks examples scripts conftest.py
 	$(BIN)/mypy
 
 ## The main job on embedded data (no network).
