@@ -1,0 +1,635 @@
+"""Training-throughput benchmark: every distorted-MNIST model, and where a spatial transformer's cost goes.
+
+Reproduce (from the repository root; CPU, torch's default thread count, an otherwise idle machine)::
+
+    .venv/bin/python benchmarks/bench_train.py --out benchmarks/results
+
+``--quick`` is a smoke run (one thread, one warm-up step, three timed steps per candidate; results are noise).
+
+What is timed: one training step, ``F.cross_entropy`` -> ``backward()`` -> ``Adam.step()`` on one in-memory batch
+(``--batch-size``, default 256), as in ``torchstn.train.engine``. The batch is uniform noise with random labels,
+generated once from a seeded generator: the cost of these ops does not depend on pixel values, and the
+localisation heads start at the identity, so the transformers sample the whole image as in early training.
+
+Interleaving: every repetition runs every candidate of a section once, in an order rotated from one repetition to
+the next, after ``--warmup`` untimed steps each; a drift in machine speed then hits all candidates alike. Tables
+report the median of ``--repeats`` repetitions (``time.perf_counter``); the JSON file adds the interquartile range.
+The share of CPU time that *other* processes used while a section ran (from ``/proc/stat``) is reported with it:
+above a few percent, the numbers say more about the neighbours than about the code.
+
+Sections:
+    1. Throughput (images/s) of the ten Table 1 models (``fcn_baseline``, ``cnn_baseline``,
+       ``st_fcn_aff|proj|tps``, ``st_cnn_aff|proj|tps``) on the RTS shape (1x42x42, ``downsample=2`` for ST models:
+       the transformer's output is average-pooled 2x before the classifier) and the R shape (1x28x28), all in one
+       interleaved loop.
+    2. The transformer's overhead in ST-CNN Aff on RTS: the full model's step against the step of the *same*
+       classifier (``model.classifier``, the same module) on ``avg_pool2d(x, 2)`` without the transformer, beside
+       the paper's figure (ST-CNN only 6% slower than the CNN on SVHN). The overhead is then broken into pieces, each
+       timed on its own with the model's own modules and settings:
+
+       * localisation network: forward, backward to its parameters, and its share of the Adam update;
+       * grid generation: ``transform.grid`` forward and backward to the parameters;
+       * sampling: ``torchstn.sample`` (the non-finite grid check + ``F.grid_sample``) forward and backward to the
+         grid, and the non-finite check alone;
+       * the input gradient the transformer forces on the classifier: the classifier step with its input requiring
+         a gradient minus the step without (average-pool backward + the first convolution's input gradient), and
+         the first convolution's input gradient alone (``torch.nn.grad.conv2d_input``).
+
+       The pieces' sum is compared with the measured overhead; a ``torch.profiler`` run of the full step lists the
+       ops that take the time.
+
+Outputs ``train.md`` (tables) and ``train.json`` (machine, settings, raw medians and IQRs) in ``--out``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.nn.grad import conv2d_input
+
+import torchstn
+from torchstn import sample
+from torchstn.models import create_model
+from torchstn.models.mnist import STClassifier, parameter_count
+from torchstn.modules import SpatialTransformer
+
+MODELS = (
+    "fcn_baseline",
+    "cnn_baseline",
+    "st_fcn_aff",
+    "st_fcn_proj",
+    "st_fcn_tps",
+    "st_cnn_aff",
+    "st_cnn_proj",
+    "st_cnn_tps",
+)
+
+
+@dataclass(frozen=True)
+class Column:
+    """A Table 1 column's input: ``(C, H, W)`` and the ST models' average-pooling factor."""
+
+    name: str
+    input_shape: tuple[int, int, int]
+    downsample: int
+
+    @property
+    def label(self) -> str:
+        c, h, w = self.input_shape
+        return f"{self.name} {c}x{h}x{w}"
+
+
+COLUMNS = (Column("RTS", (1, 42, 42), 2), Column("R", (1, 28, 28), 1))
+OVERHEAD_MODEL, OVERHEAD_COLUMN = "st_cnn_aff", COLUMNS[0]
+PAPER_OVERHEAD_PCT = 6.0  # the paper: ST-CNN only 6% slower than the plain CNN (SVHN, forward + backward)
+LR = 1e-4  # small: hundreds of steps on one batch must not drive a transformer off the image
+LOADED_SHARE = 0.05  # sections timed while other processes used more CPU than this are flagged
+
+Step = Callable[[], None]
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Timing
+# --------------------------------------------------------------------------------------------------------------------
+
+
+class ForeignLoad:
+    """Share of the machine's CPU time that *other* processes used since construction (Linux ``/proc/stat``).
+
+    ``share()`` is None where ``/proc/stat`` is unavailable.
+    """
+
+    def __init__(self) -> None:
+        self._start = self._sample()
+
+    @staticmethod
+    def _sample() -> tuple[float, float, float] | None:
+        """(busy CPU seconds, total CPU seconds, this process's CPU seconds)."""
+        try:
+            ticks = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
+        except (OSError, ValueError):
+            return None
+        hz = os.sysconf("SC_CLK_TCK")
+        own = os.times()
+        idle = ticks[3] + ticks[4]  # idle + iowait
+        return (sum(ticks) - idle) / hz, sum(ticks) / hz, own.user + own.system
+
+    def share(self) -> float | None:
+        end = self._sample()
+        if self._start is None or end is None or end[1] <= self._start[1]:
+            return None
+        busy, total, own = (e - s for e, s in zip(end, self._start, strict=True))
+        return max(0.0, busy - own) / total
+
+
+@dataclass(frozen=True)
+class Stats:
+    """Median and interquartile range of one candidate's timed repetitions, in milliseconds."""
+
+    median_ms: float
+    iqr_ms: float
+    repeats: int
+
+    @staticmethod
+    def of(ms: Sequence[float]) -> Stats:
+        q1, _, q3 = statistics.quantiles(ms, n=4) if len(ms) > 1 else (ms[0], ms[0], ms[0])
+        return Stats(statistics.median(ms), q3 - q1, len(ms))
+
+
+def interleaved(candidates: dict[str, Step], repeats: int, warmup: int) -> tuple[dict[str, Stats], float | None]:
+    """Time each candidate ``repeats`` times, every repetition running all of them in a rotated order.
+
+    Returns:
+        Per candidate its :class:`Stats`, and the other processes' CPU share during the timed part.
+    """
+    for _ in range(warmup):
+        for step in candidates.values():
+            step()
+    names = list(candidates)
+    samples: dict[str, list[float]] = {name: [] for name in names}
+    load = ForeignLoad()
+    for rep in range(repeats):
+        k = rep % len(names)
+        for name in names[k:] + names[:k]:
+            start = time.perf_counter()
+            candidates[name]()
+            samples[name].append((time.perf_counter() - start) * 1e3)
+    return {name: Stats.of(ms) for name, ms in samples.items()}, load.share()
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Training steps
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def training_step(forward: Callable[[], Tensor], target: Tensor, params: Iterable[nn.Parameter]) -> Step:
+    """One step as in the engine: cross-entropy of ``forward()`` against ``target``, backward, Adam update."""
+    opt = torch.optim.Adam(list(params), lr=LR)
+
+    def step() -> None:
+        loss = F.cross_entropy(forward(), target)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()  # type: ignore[no-untyped-call]
+        opt.step()
+
+    return step
+
+
+def make_batch(batch: int, shape: Sequence[int], gen: torch.Generator) -> tuple[Tensor, Tensor]:
+    """Uniform-noise images ``(B, *shape)`` and random labels ``(B,)``."""
+    return torch.rand(batch, *shape, generator=gen), torch.randint(0, 10, (batch,), generator=gen)
+
+
+def build(name: str, column: Column) -> nn.Module:
+    return create_model(name, input_shape=column.input_shape, downsample=column.downsample)
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# 1. Throughput
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def bench_throughput(args: argparse.Namespace, gen: torch.Generator) -> dict[str, Any]:
+    candidates: dict[str, Step] = {}
+    params: dict[str, int] = {}
+    for column in COLUMNS:
+        x, y = make_batch(args.batch_size, column.input_shape, gen)
+        for name in MODELS:
+            model = build(name, column).train()
+            key = f"{name}@{column.name}"
+            candidates[key] = training_step(partial(model, x), y, model.parameters())
+            params[key] = parameter_count(model)
+    print(f"1. throughput: {len(candidates)} models x shapes, {args.repeats} interleaved repetitions", flush=True)
+    times, share = interleaved(candidates, args.repeats, args.warmup)
+    rows = []
+    for name in MODELS:
+        row: dict[str, Any] = {"model": name}
+        for column in COLUMNS:
+            key = f"{name}@{column.name}"
+            t = times[key]
+            row[column.name] = {
+                "step_ms": t.median_ms,
+                "iqr_ms": t.iqr_ms,
+                "repeats": t.repeats,
+                "images_per_s": args.batch_size / (t.median_ms / 1e3),
+                "params": params[key],
+            }
+        rows.append(row)
+    return {"rows": rows, "foreign_cpu_share": share}
+
+
+def throughput_markdown(result: dict[str, Any], batch: int) -> str:
+    cols = COLUMNS
+    head = ["model"]
+    for c in cols:
+        head += [f"{c.label} images/s", f"{c.name} step ms (IQR)", f"{c.name} vs CNN", f"{c.name} params"]
+    cnn = {c.name: next(r for r in result["rows"] if r["model"] == "cnn_baseline")[c.name] for c in cols}
+    lines = [
+        "## 1. Training throughput",
+        "",
+        f"One Adam step on a batch of {batch} (forward, cross-entropy, backward, update); images/s = batch / median "
+        "step time. ST models on RTS pool the transformer's output 2x before the classifier (`downsample=2`). "
+        "`vs CNN`: throughput relative to `cnn_baseline` on the same shape." + loaded_note(result["foreign_cpu_share"]),
+        "",
+        "| " + " | ".join(head) + " |",
+        "|---|" + "|".join("---:" for _ in head[1:]) + "|",
+    ]
+    for r in result["rows"]:
+        cells = [f"`{r['model']}`"]
+        for c in cols:
+            v = r[c.name]
+            cells += [
+                f"{v['images_per_s']:,.0f}",
+                f"{v['step_ms']:.1f} ({v['iqr_ms']:.1f})",
+                f"{v['images_per_s'] / cnn[c.name]['images_per_s']:.2f}x",
+                f"{v['params']:,}",
+            ]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# 2. The transformer's overhead and where it goes
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def first_conv(module: nn.Module) -> nn.Conv2d:
+    conv = next((m for m in module.modules() if isinstance(m, nn.Conv2d)), None)
+    if conv is None:
+        raise TypeError("expected a convolutional classifier")
+    return conv
+
+
+def conv_padding(conv: nn.Conv2d) -> tuple[int, int]:
+    """Explicit padding of a convolution (``"same"`` with odd kernels pads ``k // 2`` on each side)."""
+    if isinstance(conv.padding, str):
+        if conv.padding != "same":
+            return (0, 0)
+        kh, kw = conv.kernel_size
+        return (kh // 2, kw // 2)
+    return (int(conv.padding[0]), int(conv.padding[1]))
+
+
+def overhead_candidates(
+    model: STClassifier, x: Tensor, y: Tensor, gen: torch.Generator
+) -> tuple[dict[str, Step], dict[str, str]]:
+    """The full step, the classifier-only step and the pieces of the difference, as timed closures."""
+    st = model.transformer
+    if not isinstance(st, SpatialTransformer):
+        raise TypeError("expected a single SpatialTransformer")
+    size = tuple(x.shape[2:])
+    ds = model.downsample
+    classifier, loc, transform = model.classifier, st.localisation, st.transform
+
+    # Realistic intermediate tensors, taken from one pass of the model itself (detached leaves).
+    with torch.no_grad():
+        theta = loc(x)  # (B, P)
+        grid0 = transform.grid(theta, size, align_corners=st.align_corners, src_size=size)  # (B, H, W, 2)
+        pooled0 = F.avg_pool2d(x, ds) if ds > 1 else x  # (B, C, H/ds, W/ds)
+    conv1 = first_conv(classifier)
+    with torch.no_grad():
+        conv1_out_shape = conv1(pooled0).shape
+    g_theta = torch.randn(theta.shape, generator=gen)
+    g_grid = torch.randn(grid0.shape, generator=gen)
+    g_out = torch.randn(x.shape, generator=gen)
+    g_conv1 = torch.randn(conv1_out_shape, generator=gen)
+
+    def pool(t: Tensor) -> Tensor:
+        return F.avg_pool2d(t, ds) if ds > 1 else t
+
+    full = training_step(lambda: model(x), y, model.parameters())
+    classifier_only = training_step(lambda: classifier(pool(x)), y, classifier.parameters())
+    x_leaf = x.detach().clone().requires_grad_(True)
+
+    def classifier_input_forward() -> Tensor:
+        x_leaf.grad = None
+        return classifier(pool(x_leaf))  # type: ignore[no-any-return]
+
+    classifier_input_grad = training_step(classifier_input_forward, y, classifier.parameters())
+
+    loc_opt = torch.optim.Adam(loc.parameters(), lr=LR)
+
+    def localisation() -> None:
+        loc_opt.zero_grad(set_to_none=True)
+        loc(x).backward(g_theta)
+        loc_opt.step()
+
+    theta_leaf = theta.detach().clone().requires_grad_(True)
+
+    def grid_generation() -> None:
+        theta_leaf.grad = None
+        grid = transform.grid(theta_leaf, size, align_corners=st.align_corners, src_size=size)
+        grid.backward(g_grid)  # type: ignore[no-untyped-call]
+
+    grid_leaf = grid0.detach().clone().requires_grad_(True)
+
+    def sampling() -> None:
+        grid_leaf.grad = None
+        out = sample(
+            x,
+            grid_leaf,
+            st.mode,
+            st.padding,
+            st.fill,
+            st.align_corners,
+            backend=st.backend,
+            nonfinite=st.nonfinite,
+        )
+        out.backward(g_out)  # type: ignore[no-untyped-call]
+
+    def finite_check() -> None:
+        bool(torch.isfinite(grid0).all())
+
+    weight = conv1.weight.detach()
+    padding = conv_padding(conv1)
+
+    def conv1_forward() -> None:
+        with torch.no_grad():
+            conv1(pooled0)
+
+    def conv1_input_gradient() -> None:
+        shape, stride, dilation = pooled0.shape, conv1.stride, conv1.dilation
+        conv2d_input(shape, weight, g_conv1, stride, padding, dilation, conv1.groups)  # type: ignore[no-untyped-call]
+
+    candidates: dict[str, Step] = {
+        "full": full,
+        "classifier": classifier_only,
+        "classifier_input_grad": classifier_input_grad,
+        "localisation": localisation,
+        "grid": grid_generation,
+        "sampling": sampling,
+        "finite_check": finite_check,
+        "conv1_input_grad": conv1_input_gradient,
+        "conv1_forward": conv1_forward,
+    }
+    conv1_desc = (
+        f"{conv1.in_channels}->{conv1.out_channels}, {conv1.kernel_size[0]}x{conv1.kernel_size[1]}, "
+        f"on {pooled0.shape[2]}x{pooled0.shape[3]}"
+    )
+    labels = {
+        "full": f"full model step (`{OVERHEAD_MODEL}`)",
+        "classifier": "same classifier on `avg_pool2d(x, 2)`, no transformer",
+        "classifier_input_grad": "same, input requires grad",
+        "localisation": "localisation net: forward + backward + Adam on its parameters",
+        "grid": f"grid generation: `{type(transform).__name__}.grid` forward + backward",
+        "sampling": "sampling: `torchstn.sample` forward + backward to the grid",
+        "finite_check": "of which: non-finite grid check",
+        "conv1_input_grad": f"first conv input gradient alone ({conv1_desc})",
+        "conv1_forward": f"for scale: first conv forward ({conv1_desc})",
+    }
+    return candidates, labels
+
+
+def profile_full_step(step: Step, steps: int, top: int) -> list[dict[str, Any]]:
+    """Top ops of the full step by self CPU time (``torch.profiler``), per step."""
+    from torch.profiler import ProfilerActivity, profile
+
+    step()
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        for _ in range(steps):
+            step()
+    events = [e for e in prof.key_averages() if e.self_cpu_time_total > 0]
+    total = sum(e.self_cpu_time_total for e in events)
+    events.sort(key=lambda e: e.self_cpu_time_total, reverse=True)
+    return [
+        {
+            "op": e.key,
+            "self_ms_per_step": e.self_cpu_time_total / 1e3 / steps,
+            "share": e.self_cpu_time_total / total,
+            "calls_per_step": e.count / steps,
+        }
+        for e in events[:top]
+    ]
+
+
+def bench_overhead(args: argparse.Namespace, gen: torch.Generator) -> dict[str, Any]:
+    column = OVERHEAD_COLUMN
+    model = build(OVERHEAD_MODEL, column).train()
+    if not isinstance(model, STClassifier):
+        raise TypeError(f"{OVERHEAD_MODEL}: expected an STClassifier")
+    x, y = make_batch(args.batch_size, column.input_shape, gen)
+    candidates, labels = overhead_candidates(model, x, y, gen)
+    print(f"2. transformer overhead ({OVERHEAD_MODEL} on {column.label}), {args.repeats} repetitions", flush=True)
+    times, share = interleaved(candidates, args.repeats, args.warmup)
+    ms = {k: t.median_ms for k, t in times.items()}
+    overhead = ms["full"] - ms["classifier"]
+    input_grad = ms["classifier_input_grad"] - ms["classifier"]
+    pieces = {
+        "localisation": ms["localisation"],
+        "grid": ms["grid"],
+        "sampling": ms["sampling"],
+        "classifier_input_grad": input_grad,
+    }
+    explained = sum(pieces.values())
+    prof = profile_full_step(candidates["full"], args.profile_steps, args.profile_top)
+    return {
+        "model": OVERHEAD_MODEL,
+        "column": column.label,
+        "times": {k: vars(t) for k, t in times.items()},
+        "labels": labels,
+        "overhead_ms": overhead,
+        "overhead_pct": 100.0 * overhead / ms["classifier"],
+        "paper_overhead_pct": PAPER_OVERHEAD_PCT,
+        "pieces_ms": pieces,
+        "pieces_sum_ms": explained,
+        "unexplained_ms": overhead - explained,
+        "profile": prof,
+        "profile_steps": args.profile_steps,
+        "foreign_cpu_share": share,
+    }
+
+
+def overhead_markdown(r: dict[str, Any], plain_cnn_ms: float | None) -> str:
+    t, labels = r["times"], r["labels"]
+    base = t["classifier"]["median_ms"]
+    overhead = r["overhead_ms"]
+
+    def pct(v: float, of: float) -> str:
+        return f"{100.0 * v / of:+.1f}%" if of else "—"
+
+    def timed(key: str, of: float, detail: bool = False) -> str:
+        v, label = t[key], f"*{labels[key]}*" if detail else labels[key]
+        return f"| {label} | {v['median_ms']:.2f} ({v['iqr_ms']:.2f}) | {pct(v['median_ms'], of)} |"
+
+    full = t["full"]["median_ms"]
+    versus_plain = ""
+    if plain_cnn_ms is not None:
+        versus_plain = (
+            f" Against the column's plain `cnn_baseline` on the full-size input (section 1, {plain_cnn_ms:.1f} ms), "
+            f"the ST model trains {plain_cnn_ms / full:.2f}x as fast: its classifier sees the 2x pooled output."
+        )
+    lines = [
+        "## 2. The transformer's overhead",
+        "",
+        f"`{r['model']}` on {r['column']}: the full training step against the step of the **same** classifier module "
+        "(`model.classifier`) on `avg_pool2d(x, 2)` without the transformer. Overhead "
+        f"**{overhead:.1f} ms per step = {r['overhead_pct']:+.1f}%** of the classifier-only step; the paper reports "
+        f"ST-CNN only {r['paper_overhead_pct']:.0f}% slower (forward and backward) than the plain CNN on SVHN "
+        "(64x64 inputs and a much larger classifier, so a smaller share)."
+        + versus_plain
+        + loaded_note(r["foreign_cpu_share"]),
+        "",
+        "| what is timed | median ms (IQR) | vs classifier-only step |",
+        "|---|---:|---:|",
+    ]
+    for key in ("full", "classifier", "classifier_input_grad"):
+        v = t[key]
+        lines.append(
+            f"| {labels[key]} | {v['median_ms']:.2f} ({v['iqr_ms']:.2f}) | {pct(v['median_ms'] - base, base)} |"
+        )
+    ig = r["pieces_ms"]["classifier_input_grad"]
+    lines += [
+        "",
+        "Where the overhead goes (each piece timed on its own, interleaved with the steps above; rows in italics are "
+        "details, not added to the sum):",
+        "",
+        "| piece | median ms (IQR) | share of overhead |",
+        "|---|---:|---:|",
+        timed("localisation", overhead),
+        timed("grid", overhead),
+        timed("sampling", overhead),
+        timed("finite_check", overhead, detail=True),
+        f"| classifier input gradient (step with input grad minus without) | {ig:.2f} | {pct(ig, overhead)} |",
+        timed("conv1_input_grad", overhead, detail=True),
+        timed("conv1_forward", overhead, detail=True),
+        f"| **sum of the pieces** | {r['pieces_sum_ms']:.2f} | {pct(r['pieces_sum_ms'], overhead)} |",
+        f"| unexplained (overhead minus sum: dispatch, autograd bookkeeping, cache effects, noise) | "
+        f"{r['unexplained_ms']:.2f} | {pct(r['unexplained_ms'], overhead)} |",
+        "",
+        f"`torch.profiler`, full step: top ops by self CPU time (mean of {r['profile_steps']} profiled steps):",
+        "",
+        "| op | self ms / step | share of step | calls / step |",
+        "|---|---:|---:|---:|",
+    ]
+    for e in r["profile"]:
+        lines.append(
+            f"| `{e['op']}` | {e['self_ms_per_step']:.2f} | {100 * e['share']:.1f}% | {e['calls_per_step']:g} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Machine, output, main
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def loaded_note(share: float | None) -> str:
+    if share is None:
+        return ""
+    if share > LOADED_SHARE:
+        return (
+            f" **Timed under load: other processes used {100 * share:.0f}% of the machine's CPU meanwhile; these "
+            "numbers are not representative.**"
+        )
+    return f" Other processes used {100 * share:.0f}% of the CPU meanwhile."
+
+
+def machine_info() -> dict[str, Any]:
+    cpu = platform.processor() or "unknown"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {
+        "cpu": cpu,
+        "logical_cores": os.cpu_count(),
+        "usable_cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "torchstn": torchstn.__version__,
+        "python": sys.version.split()[0],
+        "platform": platform.platform(),
+        "load_average_1min": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
+    }
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=(__doc__ or "").split("\n", 1)[0])
+    p.add_argument("--out", type=Path, default=Path("benchmarks/results"), help="where train.md and train.json go")
+    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's; 1 with --quick)")
+    p.add_argument("--repeats", type=int, default=None, help="timed repetitions (default 25; 3 with --quick)")
+    p.add_argument("--warmup", type=int, default=None, help="untimed steps per candidate (default 3; 1 with --quick)")
+    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--profile-steps", type=int, default=None, help="profiled full steps (default 5; 2 with --quick)")
+    p.add_argument("--profile-top", type=int, default=12, help="ops listed from the profile")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--quick", action="store_true", help="smoke run: one thread, few repetitions")
+    args = p.parse_args(argv)
+    q = args.quick
+    args.threads = args.threads if args.threads is not None else (1 if q else None)
+    args.repeats = args.repeats if args.repeats is not None else (3 if q else 25)
+    args.warmup = args.warmup if args.warmup is not None else (1 if q else 3)
+    args.profile_steps = args.profile_steps if args.profile_steps is not None else (2 if q else 5)
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    args = parse_args(argv)
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+    gen = torch.Generator().manual_seed(args.seed)
+    info = machine_info()
+    print(f"{info['cpu']}, {info['usable_cores']} cores, torch {info['torch']}, {info['torch_threads']} threads")
+    start = time.perf_counter()
+    throughput = bench_throughput(args, gen)
+    overhead = bench_overhead(args, gen)
+    plain = next(r for r in throughput["rows"] if r["model"] == "cnn_baseline")[OVERHEAD_COLUMN.name]["step_ms"]
+    info["load_average_1min_end"] = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
+    command = ".venv/bin/python benchmarks/bench_train.py " + " ".join(sys.argv[1:] if argv is None else argv)
+    header = [
+        "# Training throughput",
+        "",
+        "Generated by `benchmarks/bench_train.py`; reproduce with:",
+        "",
+        f"    {command.strip()}",
+        "",
+        f"Machine: {info['cpu']}, {info['usable_cores']} usable cores of {info['logical_cores']}, "
+        f"torch {info['torch']}, {info['torch_threads']} torch threads, Python {info['python']}. "
+        f"Median of {args.repeats} interleaved repetitions after {args.warmup} warm-up steps each"
+        + (" (**--quick: a smoke run, not a measurement**)." if args.quick else "."),
+        "",
+    ]
+    md = (
+        "\n".join(header)
+        + "\n"
+        + throughput_markdown(throughput, args.batch_size)
+        + "\n"
+        + overhead_markdown(overhead, plain)
+    )
+    print()
+    print(md)
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "train.md").write_text(md)
+    settings = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
+    record = {
+        "machine": info,
+        "settings": settings,
+        "command": command.strip(),
+        "throughput": throughput,
+        "overhead": overhead,
+        "seconds": time.perf_counter() - start,
+    }
+    (args.out / "train.json").write_text(json.dumps(record, indent=1))
+    print(f"wrote {args.out / 'train.md'} and {args.out / 'train.json'} ({record['seconds']:.0f} s)")
+
+
+if __name__ == "__main__":
+    main()
