@@ -33,6 +33,25 @@ PUBLIC = {
     ],
     "torchstn.sampling": ["Backend", "Mode", "NonFinite", "Padding", "sample", "warp"],
     "torchstn.errors": ["DTypeError", "NonFiniteError", "OptionError", "STNError", "ShapeError"],
+    "torchstn.models": [
+        "STClassifier", "VolumeProjector", "create_model", "cub", "list_models", "make_transform", "mnist",
+        "parameter_count", "register_model", "svhn",
+    ],
+    "torchstn.data": [
+        "Batch", "CACHE_VERSION", "CoLocalisation", "DistortedMNIST", "Elastic", "MNIST", "MNISTAddition",
+        "MNISTSplit", "Projected", "RECIPES", "Recipe", "Rotated", "RotatedTranslatedScaled", "TranslatedCluttered",
+        "Volumetric", "cub", "default_cache_dir", "find_bundled_mnist", "generate", "get_recipe", "load_mnist",
+        "materialise", "read_idx", "svhn",
+    ],
+    "torchstn.train": [
+        "ClassifyTask", "DEFAULTS", "StreamSource", "Task", "TensorSource", "TrainingDiverged", "build_task",
+        "evaluate", "load_checkpoint", "load_config", "save_checkpoint", "train",
+    ],
+    "torchstn.visualize": [
+        "EpochAnimator", "HEAD_COLOURS", "TransformerRecord", "attention_boxes", "capture", "draw_boxes",
+        "draw_record", "grid_outline", "plot_curves", "save_transformer_pictures",
+    ],
+    "torchstn.viz": ["save_sheet", "sheet"],
 }  # fmt: skip
 
 
