@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -35,7 +36,15 @@ from torchstn.modules import (
 )
 from torchstn.transforms import Affine, Affine3D, Attention, Projective, Similarity, ThinPlateSpline, Transform
 
-__all__ = ["STClassifier", "VolumeProjector", "cnn", "fcn", "make_transform", "parameter_count"]
+__all__ = [
+    "STClassifier",
+    "SingleChannelConv2d",
+    "VolumeProjector",
+    "cnn",
+    "fcn",
+    "make_transform",
+    "parameter_count",
+]
 
 Shape = tuple[int, int, int]
 
@@ -71,11 +80,52 @@ def fcn(input_shape: Sequence[int], num_classes: int, hidden: int) -> nn.Sequent
     )
 
 
+class _NativeConv2d(torch.autograd.Function):
+    """Stride-1 conv2d through PyTorch's native CPU kernels (``_slow_conv2d_*``) instead of oneDNN's."""
+
+    @staticmethod
+    def forward(ctx: Any, x: Tensor, weight: Tensor, bias: Tensor | None, padding: tuple[int, int]) -> Tensor:
+        ctx.save_for_backward(x, weight)
+        ctx.padding, ctx.has_bias = list(padding), bias is not None
+        kernel = list(weight.shape[-2:])
+        return torch.ops.aten._slow_conv2d_forward(x, weight, kernel, bias, [1, 1], ctx.padding)  # type: ignore[no-any-return]
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, Tensor | None, Tensor | None, None]:
+        x, weight = ctx.saved_tensors
+        mask = [ctx.needs_input_grad[0], ctx.needs_input_grad[1], ctx.has_bias and ctx.needs_input_grad[2]]
+        kernel = list(weight.shape[-2:])
+        gx, gw, gb = torch.ops.aten._slow_conv2d_backward(
+            grad.contiguous(), x, weight, kernel, [1, 1], ctx.padding, mask
+        )
+        return gx, gw, gb, None
+
+
+class SingleChannelConv2d(nn.Conv2d):
+    """The classifier's first convolution: one input channel, stride 1, odd kernel, "same" padding.
+
+    On CPU it runs through PyTorch's native kernels: oneDNN computes the input gradient of a one-channel
+    convolution several times slower than its forward pass, and that gradient is exactly what a spatial
+    transformer in front of the classifier adds to every step (``benchmarks/bench_train.py`` measures it).
+    Elsewhere (GPU, ``torch.compile``) it is a plain ``nn.Conv2d``. Parameters and ``state_dict`` are the same.
+    """
+
+    def __init__(self, out_channels: int, kernel_size: int) -> None:
+        super().__init__(1, out_channels, kernel_size, padding=kernel_size // 2)
+
+    def forward(self, x: Tensor) -> Tensor:
+        if x.device.type != "cpu" or torch.compiler.is_compiling():
+            return super().forward(x)
+        padding = (int(self.padding[0]), int(self.padding[1]))
+        return _NativeConv2d.apply(x, self.weight, self.bias, padding)  # type: ignore[no-any-return, no-untyped-call]
+
+
 def cnn(input_shape: Sequence[int], num_classes: int, channels: tuple[int, int] = (32, 32)) -> nn.Sequential:
     """conv 9x9 -> maxpool 2 -> conv 7x7 -> maxpool 2 -> linear classifier, "same" padding, ReLU."""
     c, h, w = input_shape
+    first = SingleChannelConv2d(channels[0], 9) if c == 1 else nn.Conv2d(c, channels[0], 9, padding="same")
     return nn.Sequential(
-        nn.Conv2d(c, channels[0], 9, padding="same"),
+        first,
         nn.ReLU(inplace=True),
         nn.MaxPool2d(2),
         nn.Conv2d(channels[0], channels[1], 7, padding="same"),
