@@ -38,13 +38,10 @@ import argparse
 import json
 import math
 import os
-import platform
 import random
-import statistics
 import sys
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -54,7 +51,7 @@ import torch
 from PIL import Image
 from torch import Tensor
 
-import torchstn
+from _common import interleaved, machine_info
 from torchstn.data.datasets import generate
 from torchstn.data.distort import Projected, Recipe, Rotated, RotatedTranslatedScaled, get_recipe
 from torchstn.data.mnist import MNISTSplit, load_mnist
@@ -81,63 +78,6 @@ Job = Callable[[], object]
 # --------------------------------------------------------------------------------------------------------------------
 # Timing
 # --------------------------------------------------------------------------------------------------------------------
-
-
-class ForeignLoad:
-    """Share of the machine's CPU time that *other* processes used since construction (Linux ``/proc/stat``).
-
-    ``share()`` is None where ``/proc/stat`` is unavailable.
-    """
-
-    def __init__(self) -> None:
-        self._start = self._sample()
-
-    @staticmethod
-    def _sample() -> tuple[float, float, float] | None:
-        """(busy CPU seconds, total CPU seconds, this process's CPU seconds)."""
-        try:
-            ticks = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
-        except (OSError, ValueError):
-            return None
-        hz = os.sysconf("SC_CLK_TCK")
-        own = os.times()
-        idle = ticks[3] + ticks[4]  # idle + iowait
-        return (sum(ticks) - idle) / hz, sum(ticks) / hz, own.user + own.system
-
-    def share(self) -> float | None:
-        end = self._sample()
-        if self._start is None or end is None or end[1] <= self._start[1]:
-            return None
-        busy, total, own = (e - s for e, s in zip(end, self._start, strict=True))
-        return max(0.0, busy - own) / total
-
-
-@dataclass(frozen=True)
-class Stats:
-    """Median and interquartile range of one candidate's timed repetitions, in seconds."""
-
-    median_s: float
-    iqr_s: float
-    repeats: int
-
-    @staticmethod
-    def of(seconds: Sequence[float]) -> Stats:
-        q1, _, q3 = statistics.quantiles(seconds, n=4) if len(seconds) > 1 else (seconds[0],) * 3
-        return Stats(statistics.median(seconds), q3 - q1, len(seconds))
-
-
-def interleaved(candidates: dict[str, Job], repeats: int) -> tuple[dict[str, Stats], float | None]:
-    """Time each candidate ``repeats`` times, every repetition running all of them in a rotated order."""
-    names = list(candidates)
-    samples: dict[str, list[float]] = {name: [] for name in names}
-    load = ForeignLoad()
-    for rep in range(repeats):
-        k = rep % len(names)
-        for name in names[k:] + names[:k]:
-            start = time.perf_counter()
-            candidates[name]()
-            samples[name].append(time.perf_counter() - start)
-    return {name: Stats.of(s) for name, s in samples.items()}, load.share()
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -275,7 +215,7 @@ def bench_recipe(name: str, source: MNISTSplit, digits: np.ndarray, args: argpar
     for job in candidates(min(n, WARMUP_SAMPLES)).values():
         job()
     times, share = interleaved(candidates(n), args.repeats)
-    rate = {k: n / t.median_s for k, t in times.items()}
+    rate = {k: n / (t.median_ms / 1e3) for k, t in times.items()}
     row = {
         "recipe": name,
         "shape": list(recipe.shape()),
@@ -376,30 +316,6 @@ def markdown(rows: list[dict[str, Any]], info: dict[str, Any], args: argparse.Na
     return "\n".join(lines) + "\n"
 
 
-def machine_info() -> dict[str, Any]:
-    cpu = platform.processor() or "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {
-        "cpu": cpu,
-        "logical_cores": os.cpu_count(),
-        "usable_cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
-        "torch": torch.__version__,
-        "torchstn": torchstn.__version__,
-        "numpy": np.__version__,
-        "pillow": PIL.__version__,
-        "python": sys.version.split()[0],
-        "platform": platform.platform(),
-        "load_average_1min": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
-    }
-
-
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=(__doc__ or "").split("\n", 1)[0])
     p.add_argument("--out", type=Path, default=Path("benchmarks/results"), help="where data.md and data.json go")
@@ -427,7 +343,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     mnist = load_mnist()
     source = mnist.split(SPLIT)
     digits = (source.images * 255.0).round().to(torch.uint8).numpy()  # a per-sample pipeline holds uint8 digits
-    info = {**machine_info(), "source": Path(mnist.source).name, "mnist_load_s": time.perf_counter() - start}
+    info = machine_info(
+        numpy=np.__version__,
+        pillow=PIL.__version__,
+        source=Path(mnist.source).name,
+        mnist_load_s=time.perf_counter() - start,
+    )
     print(f"{info['cpu']}, {info['usable_cores']} cores, torch {info['torch']}, {info['torch_threads']} threads")
     print(" | ".join(COLUMNS), flush=True)
     rows = [bench_recipe(name, source, digits, args) for name in args.recipes]
