@@ -360,7 +360,7 @@ def bench_affine_forward(shape: Shape, timer: Timer, gen: torch.Generator) -> tu
     params = theta.reshape(shape.batch, 6)
     # kornia takes OpenCV's pixel dst_from_src matrix; with align_corners=False both use pixel centres at i.
     m_pixel = torchstn.normalized_to_pixel(theta, shape.size, shape.out, align_corners=False)[:, :2].contiguous()
-    size = (shape.batch, shape.channels, *shape.out)
+    size = [shape.batch, shape.channels, *shape.out]
 
     def ours() -> Tensor:
         return torchstn.warp(x, params, AFFINE, shape.out)
@@ -398,7 +398,7 @@ def bench_affine_backward(
     x0 = make_image(shape, gen, device)
     theta = make_theta(shape.batch, gen, device)
     weight = torch.randn(shape.batch, shape.channels, *shape.out, generator=gen).to(device)  # loss = (out * w).sum()
-    size = (shape.batch, shape.channels, *shape.out)
+    size = [shape.batch, shape.channels, *shape.out]
 
     # Each candidate owns its leaves, in its natural parametrisation: ours (B, 6), torch (B, 2, 3), kornia pixels.
     x_ours, x_torch, x_kornia = (x0.clone().requires_grad_(input_grad) for _ in range(3))
@@ -508,7 +508,8 @@ def textbook_tps(target: Tensor, source: Tensor, points: Tensor) -> Tensor:
     lhs[:, :k] = basis(t)
     lhs[:, k:, :k] = lhs[:, :k, k:].transpose(1, 2)
     rhs = torch.cat((s, s.new_zeros(b, 3, 2)), dim=1)
-    return basis(pts) @ torch.linalg.solve(lhs, rhs)
+    coef: Tensor = torch.linalg.solve(lhs, rhs)  # (B, K + 3, 2)
+    return basis(pts) @ coef
 
 
 def bench_tps(shape: Shape, timer: Timer, gen: torch.Generator) -> tuple[dict[str, str], dict[str, Any]]:
@@ -600,7 +601,7 @@ GRID_COLUMNS = ["shape", "ours ms", "torch ms", "torch/ours", "max abs diff", "o
 
 def bench_grid(shape: Shape, timer: Timer, gen: torch.Generator) -> tuple[dict[str, str], dict[str, Any]]:
     theta = make_theta(shape.batch, gen, timer.device)
-    size = (shape.batch, shape.channels, *shape.out)
+    size = [shape.batch, shape.channels, *shape.out]
 
     def ours() -> Tensor:
         return torchstn.affine_grid(theta, shape.out, align_corners=False)
