@@ -41,7 +41,8 @@ class ForeignLoad:
         hz = os.sysconf("SC_CLK_TCK")
         own = os.times()
         idle = ticks[3] + ticks[4]  # idle + iowait
-        return (sum(ticks) - idle) / hz, sum(ticks) / hz, own.user + own.system
+        mine = own.user + own.system + own.children_user + own.children_system
+        return (sum(ticks) - idle) / hz, sum(ticks) / hz, mine
 
     def share(self) -> float | None:
         end = self._sample()

@@ -60,6 +60,7 @@ from kornia.geometry.transform import (
 from torch import Tensor
 
 import torchstn
+from _common import ForeignLoad
 from torchstn import Affine, Projective, ThinPlateSpline
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -114,40 +115,6 @@ PROJECTIVE = Projective()
 # --------------------------------------------------------------------------------------------------------------------
 # Timing
 # --------------------------------------------------------------------------------------------------------------------
-
-
-class ForeignLoad:
-    """Share of the machine's CPU time used by *other* processes between two points (Linux ``/proc/stat``).
-
-    A concurrent job on a small machine makes torch's OpenMP threads wait for a busy core, and timings swing by
-    10x; this number says whether a run was clean. ``None`` where ``/proc/stat`` is unavailable.
-    """
-
-    def __init__(self) -> None:
-        self._start = self._sample()
-
-    @staticmethod
-    def _sample() -> tuple[float, float, float] | None:
-        """(busy CPU seconds, total CPU seconds, this process's CPU seconds)."""
-        try:
-            ticks = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
-        except (OSError, ValueError):
-            return None
-        hz = os.sysconf("SC_CLK_TCK")
-        own = os.times()
-        idle = ticks[3] + ticks[4]  # idle + iowait
-        return (
-            (sum(ticks) - idle) / hz,
-            sum(ticks) / hz,
-            own.user + own.system + own.children_user + own.children_system,
-        )
-
-    def share(self) -> float | None:
-        end = self._sample()
-        if self._start is None or end is None or end[1] <= self._start[1]:
-            return None
-        busy, total, own = (e - s for e, s in zip(end, self._start, strict=True))
-        return max(0.0, busy - own) / total
 
 
 def wait_for_idle(max_share: float, timeout_s: float, window_s: float = 1.0, windows: int = 3) -> None:
