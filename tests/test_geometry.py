@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 
 import numpy as np
 import pytest
@@ -103,3 +104,67 @@ def test_affine_rows_accepted_by_pixel_conversion() -> None:
     # Zooming in 2x about the centre (4.5, 4.5): dst = 2 * (src - c) + c.
     expected = torch.tensor([[[2.0, 0.0, -4.5], [0.0, 2.0, -4.5], [0.0, 0.0, 1.0]]], dtype=torch.float64)
     assert_close(m, expected)
+
+
+# --- the affine grid generator: cached-basis GEMM and its broadcast fallback ------------------------------------
+
+
+@pytest.mark.parametrize("align_corners", [False, True])
+@pytest.mark.parametrize("size", [(5, 7), (1, 4), (3, 4, 6)])
+def test_affine_grid_gemm_and_broadcast_paths_agree_with_torch(
+    size: tuple[int, ...], align_corners: bool, gen: torch.Generator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import torch.nn.functional as F
+
+    from torchstn import geometry
+
+    nd = len(size)
+    theta = torch.randn(3, nd, nd + 1, generator=gen, dtype=torch.float64)
+    with warnings.catch_warnings():  # torch warns about unit-size grids with align_corners=True
+        warnings.simplefilter("ignore")
+        theirs = F.affine_grid(theta, [3, 1, *size], align_corners=align_corners)
+    gemm = geometry.affine_grid(theta, size, align_corners)
+    monkeypatch.setattr(geometry, "_BASIS_MAX_POINTS", 0)
+    broadcast = geometry.affine_grid(theta, size, align_corners)
+    for grid in (gemm, broadcast):
+        assert grid.is_contiguous() and grid.shape == theirs.shape
+        torch.testing.assert_close(grid, theirs, atol=1e-14, rtol=0)
+
+
+def test_affine_grid_identity_is_exact_and_gradient_is_a_sum_over_points() -> None:
+    from torchstn.geometry import affine_grid
+
+    theta = torch.eye(2, 3).expand(2, 2, 3).clone().requires_grad_()
+    grid = affine_grid(theta, (4, 6))
+    xs, ys = normalized_coords(6), normalized_coords(4)
+    assert torch.equal(grid[0, :, :, 0], xs.expand(4, 6)) and torch.equal(grid[0, :, :, 1], ys[:, None].expand(4, 6))
+    grid.sum().backward()
+    # d(sum of x over the grid)/d theta[0] = (sum x, sum y, N): the sums of centred coordinates vanish.
+    assert theta.grad is not None
+    expected = torch.tensor([[0.0, 0.0, 24.0], [0.0, 0.0, 24.0]]).expand(2, 2, 3)
+    torch.testing.assert_close(theta.grad, expected, atol=1e-5, rtol=0)
+
+
+def test_affine_grid_basis_made_in_inference_mode_serves_autograd_later() -> None:
+    from torchstn import geometry
+
+    geometry._BASES.clear()
+    with torch.inference_mode():
+        geometry.affine_grid(torch.eye(2, 3)[None], (3, 3))
+    theta = torch.eye(2, 3)[None].requires_grad_()
+    geometry.affine_grid(theta, (3, 3)).sum().backward()  # would fail if the cached basis were an inference tensor
+    assert theta.grad is not None
+
+
+def test_affine_grid_basis_cache_is_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    from torchstn import geometry
+
+    geometry._BASES.clear()
+    one = 6 * (8 * 8 * 2) * 4  # bytes of one float32 8x8 basis
+    monkeypatch.setattr(geometry, "_BASES_MAX_BYTES", 2 * one)
+    for k in range(4):
+        geometry.affine_grid(torch.eye(2, 3)[None], (8, 8), align_corners=bool(k % 2))
+        geometry.affine_grid(torch.eye(2, 3)[None], (8, 8 + k))
+    assert sum(b.numel() * b.element_size() for b in geometry._BASES.values()) <= 2 * one + 6 * 8 * 11 * 2 * 4
+    assert len(geometry._BASES) <= 2
+    geometry._BASES.clear()

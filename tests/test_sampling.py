@@ -264,3 +264,47 @@ def test_sample_preserves_dtype_and_device(device: torch.device, dtype: torch.dt
     out = sample(x, g)
     assert out.shape == (2, 3, 6, 7) and out.dtype == dtype and out.device.type == device.type
     assert math.isfinite(float(out.sum()))
+
+
+# --- warp checks the transform matrix instead of the grid ------------------------------------------------------
+
+
+@pytest.mark.parametrize("family", ["Affine", "Similarity", "Projective", "Attention"])
+def test_warp_refuses_nonfinite_params_naming_them(family: str) -> None:
+    import torchstn
+    from torchstn import transforms
+
+    t = getattr(transforms, family)()
+    params = t.identity_params(3)
+    params[1, 0] = float("nan")
+    x = torch.rand(3, 1, 5, 5)
+    with pytest.raises(NonFiniteError, match=r"params: 1 sample\(s\)"):
+        torchstn.warp(x, params, t)
+    out = torchstn.warp(x, params, t, nonfinite="propagate")
+    assert torch.isnan(out[1]).all() and torch.isfinite(out[[0, 2]]).all()
+
+
+def test_warp_still_catches_a_grid_that_overflows_from_finite_params() -> None:
+    import torchstn
+    from torchstn.transforms import Affine, Projective
+
+    big = torch.full((1, 6), 3e38)  # finite entries, but x * a + y * b + c overflows to inf
+    with pytest.raises(NonFiniteError, match="grid"):
+        torchstn.warp(torch.rand(1, 1, 4, 4), big, Affine())
+    steep = Projective().identity_params(1)
+    steep[0, 0] = 1e33  # finite, but divided by a denominator clamped to eps it exceeds float32's range
+    steep[0, 6] = 4.0 / 3.0  # the denominator 4/3 x + 1 vanishes at the first pixel centre, x = -0.75
+    assert torch.isinf(Projective().grid(steep, (4, 4))).any()
+    with pytest.raises(NonFiniteError, match="grid"):
+        torchstn.warp(torch.rand(1, 1, 4, 4), steep, Projective())
+
+
+def test_multi_head_transformer_refuses_nonfinite_params() -> None:
+    from torchstn.modules import SpatialTransformer
+    from torchstn.transforms import Affine
+
+    st = SpatialTransformer(torch.nn.Identity(), Affine())
+    params = Affine().identity_params(4).view(2, 2, 6).clone()
+    params[1, 1, 2] = float("inf")
+    with pytest.raises(NonFiniteError, match="params"):
+        st.sample_with(torch.rand(2, 1, 5, 5), params)

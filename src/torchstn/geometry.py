@@ -10,12 +10,16 @@ Convention (library-wide, see the README):
       pixels' *centres* and pixel ``i`` sits at ``2 i / (n - 1) - 1`` (0 when ``n == 1``, as in PyTorch).
     * Pixel coordinates (``pixel_*`` helpers) put pixel ``i``'s centre at ``i`` (OpenCV's convention).
 
-Every grid generator writes a contiguous grid from broadcast multiply-adds: ``F.grid_sample`` is about three
-times slower on a non-contiguous grid, and ``F.affine_grid`` itself costs more than the sampling it feeds.
+Every grid generator writes a contiguous grid (``F.grid_sample`` is about three times slower on a non-contiguous
+one). :func:`affine_grid` is one GEMM of the ``(B, 6)`` matrix entries against a cached basis that already has the
+grid's interleaved ``(x, y)`` layout, about 3-9x faster than ``F.affine_grid`` on CPU (which builds a base grid per
+sample and runs B tiny matrix products); see benchmarks/results/warp.md.
 """
 
 from __future__ import annotations
 
+import math
+from collections import OrderedDict
 from collections.abc import Sequence
 
 import torch
@@ -81,6 +85,46 @@ def _rows(src_from_dst: Tensor, name: str, nd: int) -> Tensor:
     return src_from_dst[:, :nd]
 
 
+# Cached affine bases, keyed by (size, align_corners, device, dtype); least recently used first.
+_BASES: OrderedDict[tuple[tuple[int, ...], bool, torch.device, torch.dtype], Tensor] = OrderedDict()
+# A basis is (nd * (nd + 1)) times the size of one grid: use it only for grids up to this many points, and keep
+# at most _BASES_MAX_BYTES of them; larger grids take the broadcast path.
+_BASIS_MAX_POINTS = 1 << 19
+_BASES_MAX_BYTES = 256 << 20
+
+
+def _affine_basis(size: tuple[int, ...], align_corners: bool, device: torch.device, dtype: torch.dtype) -> Tensor:
+    """``(nd * (nd + 1), N * nd)`` matrix ``M`` such that ``rows.reshape(B, -1) @ M`` is the flattened grid.
+
+    Row ``r * (nd + 1) + j`` holds target coordinate ``j`` (x, y[, z], then 1) in output channel ``r`` of every
+    point and zeros elsewhere, so one GEMM writes the interleaved ``(..., nd)`` grid directly.
+    """
+    key = (size, align_corners, device, dtype)
+    basis = _BASES.get(key)
+    if basis is not None:
+        _BASES.move_to_end(key)
+        return basis
+    nd = len(size)
+    # Built outside inference mode and autograd so that a basis first made under either works everywhere.
+    with torch.inference_mode(False), torch.no_grad():
+        axes = [normalized_coords(n, align_corners, device=device, dtype=dtype) for n in size]  # z, y, x order
+        mesh = torch.meshgrid(*axes, indexing="ij")
+        coords = [m.reshape(-1) for m in reversed(mesh)]  # x, y[, z]
+        coords.append(torch.ones_like(coords[0]))
+        n = coords[0].numel()
+        basis = torch.zeros(nd, nd + 1, n, nd, device=device, dtype=dtype)
+        for r in range(nd):
+            for j, c in enumerate(coords):
+                basis[r, j, :, r] = c
+        basis = basis.reshape(nd * (nd + 1), n * nd)
+    _BASES[key] = basis
+    total = sum(b.numel() * b.element_size() for b in _BASES.values())
+    while total > _BASES_MAX_BYTES and len(_BASES) > 1:
+        _, dropped = _BASES.popitem(last=False)
+        total -= dropped.numel() * dropped.element_size()
+    return basis
+
+
 def affine_grid(src_from_dst: Tensor, size: Sequence[int], align_corners: bool = False) -> Tensor:
     """Sampling grid of an affine transform, a faster drop-in for ``F.affine_grid``.
 
@@ -93,29 +137,34 @@ def affine_grid(src_from_dst: Tensor, size: Sequence[int], align_corners: bool =
     Returns:
         Contiguous grid ``(B, H, W, 2)`` or ``(B, D, H, W, 3)`` of source ``(x, y[, z])`` coordinates.
 
+    The grid is one matrix product of the ``B x nd(nd+1)`` matrix entries with a cached basis (its backward is
+    one more), so it costs about as much as writing the grid once. The basis is kept per size, convention, device
+    and dtype (up to 256 MiB in all); grids of more than 2**19 points are built from broadcast multiply-adds.
+
     Example:
         >>> theta = torch.tensor([[[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]]])
         >>> g = affine_grid(theta, (2, 3))
         >>> torch.allclose(g, torch.nn.functional.affine_grid(theta, [1, 1, 2, 3], align_corners=False))
         True
     """
-    if isinstance(size, Sequence) and len(size) == 3:
-        d, h, w = check_size(size, "size", 3)
-        t = _rows(src_from_dst, "src_from_dst", 3)
-        xs = normalized_coords(w, align_corners, t.device, t.dtype)  # (W,)
-        ys = normalized_coords(h, align_corners, t.device, t.dtype)[:, None]  # (H, 1)
-        zs = normalized_coords(d, align_corners, t.device, t.dtype)[:, None, None]  # (D, 1, 1)
-        c = t[:, :, :, None, None, None]  # (B, 3, 4, 1, 1, 1)
-        comps = [c[:, r, 0] * xs + c[:, r, 1] * ys + c[:, r, 2] * zs + c[:, r, 3] for r in range(3)]
-        return torch.stack(comps, dim=-1)  # (B, D, H, W, 3)
-    h, w = check_size(size, "size", 2)
-    t = _rows(src_from_dst, "src_from_dst", 2)
-    xs = normalized_coords(w, align_corners, device=t.device, dtype=t.dtype)  # (W,)
-    ys = normalized_coords(h, align_corners, device=t.device, dtype=t.dtype)[:, None]  # (H, 1)
-    c = t[:, :, :, None, None]  # (B, 2, 3, 1, 1)
-    gx = c[:, 0, 0] * xs + c[:, 0, 1] * ys + c[:, 0, 2]  # (B, H, W)
-    gy = c[:, 1, 0] * xs + c[:, 1, 1] * ys + c[:, 1, 2]
-    return torch.stack((gx, gy), dim=-1)  # (B, H, W, 2)
+    nd = 3 if isinstance(size, Sequence) and len(size) == 3 else 2
+    shape = check_size(size, "size", nd)
+    t = _rows(src_from_dst, "src_from_dst", nd)
+    b = t.shape[0]
+    if math.prod(shape) <= _BASIS_MAX_POINTS:
+        basis = _affine_basis(shape, bool(align_corners), t.device, t.dtype)
+        return (t.reshape(b, nd * (nd + 1)) @ basis).view(b, *shape, nd)
+    axes = [normalized_coords(n, align_corners, device=t.device, dtype=t.dtype) for n in shape]  # z, y, x order
+    # Broadcastable coordinate arrays: x over the last dimension, y over the one before, z before that.
+    coords = [a.view(-1, *([1] * i)) for i, a in enumerate(reversed(axes))]
+    c = t.reshape(b, nd, nd + 1, *([1] * nd))
+    comps = []
+    for r in range(nd):
+        comp = c[:, r, 0] * coords[0]
+        for j in range(1, nd):
+            comp = comp + c[:, r, j] * coords[j]
+        comps.append(comp + c[:, r, nd])
+    return torch.stack(comps, dim=-1)
 
 
 def safe_denominator(w: Tensor, eps: float = DEFAULT_EPS) -> Tensor:

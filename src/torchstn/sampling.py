@@ -35,7 +35,7 @@ from torch import Tensor
 
 from torchstn._checks import check_choice, check_size, check_tensor
 from torchstn.errors import DTypeError, NonFiniteError, OptionError, ShapeError
-from torchstn.transforms import Transform
+from torchstn.transforms import MatrixTransform, Transform
 
 __all__ = ["Backend", "Mode", "NonFinite", "Padding", "sample", "warp"]
 
@@ -308,5 +308,37 @@ def warp(
         )
     src_size = tuple(input.shape[2:])
     size = src_size if output_size is None else check_size(output_size, "output_size", transform.ndim)
-    grid = transform.grid(params, size, align_corners=align_corners, src_size=src_size)
+    grid, nonfinite = _transform_grid(transform, params, size, src_size, align_corners, nonfinite)
     return sample(input, grid, mode, padding, fill, align_corners, backend=backend, nonfinite=nonfinite)
+
+
+def _transform_grid(
+    transform: Transform,
+    params: Tensor,
+    size: tuple[int, ...],
+    src_size: tuple[int, ...],
+    align_corners: bool,
+    nonfinite: NonFinite,
+) -> tuple[Tensor, NonFinite]:
+    """``transform.grid(...)``, with ``nonfinite="raise"`` checked on the matrix instead of the grid.
+
+    For a matrix family the check needs only the ``(B, 3, 3)`` matrix: if it is finite and small enough that no
+    grid point can overflow (see ``MatrixTransform._grid_bound``), the grid is finite, and the returned mode
+    tells :func:`sample` to skip its grid-wide check (which costs a pass over the grid). Otherwise (other
+    families, or matrices too large to vouch for) the grid is built as usual and ``nonfinite`` is returned
+    unchanged for :func:`sample` to check.
+    """
+    if nonfinite != "raise" or not isinstance(transform, MatrixTransform):
+        return transform.grid(params, size, align_corners=align_corners, src_size=src_size), nonfinite
+    matrix = transform._grid_matrix(params, src_size)
+    lo, hi = torch.aminmax(matrix.detach())
+    if not (bool(torch.isfinite(lo)) and bool(torch.isfinite(hi))):
+        bad = int((~torch.isfinite(matrix)).flatten(1).any(1).sum())
+        raise NonFiniteError(
+            f"params: {bad} sample(s) give a {transform!r} matrix holding NaN or inf "
+            "(pass nonfinite='propagate' to get NaN outputs instead)"
+        )
+    grid = transform._grid_from_matrix(matrix, size, align_corners)
+    if max(-float(lo), float(hi)) <= transform._grid_bound(matrix.dtype):
+        return grid, "ignore"
+    return grid, nonfinite

@@ -11,7 +11,7 @@ from torch import Tensor, nn
 from torchstn._checks import check_choice, check_size
 from torchstn.errors import OptionError, ShapeError
 from torchstn.geometry import affine_grid, projective_grid
-from torchstn.sampling import Backend, FillValue, Mode, NonFinite, Padding, sample, warp
+from torchstn.sampling import Backend, FillValue, Mode, NonFinite, Padding, _transform_grid, sample, warp
 from torchstn.transforms import MatrixTransform, Transform
 
 __all__ = ["ParallelSpatialTransformer", "SerialSpatialTransformer", "SpatialTransformer"]
@@ -104,7 +104,9 @@ class SpatialTransformer(nn.Module):
         b, n, p = params.shape
         src_size = tuple(x.shape[2:])
         size = src_size if self.output_size is None else self.output_size
-        grid = self.transform.grid(params.reshape(b * n, p), size, align_corners=self.align_corners, src_size=src_size)
+        grid, nonfinite = _transform_grid(
+            self.transform, params.reshape(b * n, p), size, src_size, self.align_corners, self.nonfinite
+        )
         # N heads read the same input: stack their grids along the first spatial axis and sample once.
         grid = grid.view(b, n * size[0], *size[1:], self.transform.ndim)  # (B, N*H', W', 2)
         out = sample(
@@ -115,7 +117,7 @@ class SpatialTransformer(nn.Module):
             self.fill,
             self.align_corners,
             backend=self.backend,
-            nonfinite=self.nonfinite,
+            nonfinite=nonfinite,
         )
         out = out.view(b, x.shape[1], n, *size).transpose(1, 2)  # (B, N, C, H', W')
         return out.reshape(b, n * x.shape[1], *size) if self.combine == "concat" else out

@@ -170,7 +170,22 @@ class MatrixTransform(Transform):
     ) -> Tensor:
         out, src = self._sizes(size, src_size)
         params = self.check_params(params)
-        return affine_grid(self._rows(params, src), out, align_corners)
+        return self._grid_from_matrix(self._grid_matrix(params, src), out, align_corners)
+
+    def _grid_matrix(self, params: Tensor, src_size: tuple[int, ...] | None) -> Tensor:
+        """The matrix the grid is built from: the top ``ndim`` rows, or the full matrix when projective."""
+        return self._rows(params, src_size)
+
+    def _grid_from_matrix(self, matrix: Tensor, size: tuple[int, ...], align_corners: bool) -> Tensor:
+        return affine_grid(matrix, size, align_corners)
+
+    def _grid_bound(self, dtype: torch.dtype) -> float:
+        """Largest matrix entry (in magnitude) for which the grid is certain to be finite.
+
+        Every normalised target coordinate lies in [-1, 1], so an affine grid component is a sum of ``ndim + 1``
+        terms each at most the largest entry; a factor of two more covers rounding.
+        """
+        return torch.finfo(dtype).max / (2.0 * (self.ndim + 1))
 
     def map_points(
         self,

@@ -209,7 +209,17 @@ class Projective(MatrixTransform):
     ) -> Tensor:
         out, _ = self._sizes(size, src_size)
         params = self.check_params(params)
-        return projective_grid(self._matrix(params, None), out, align_corners, self.eps)
+        return self._grid_from_matrix(self._matrix(params, None), out, align_corners)
+
+    def _grid_matrix(self, params: Tensor, src_size: tuple[int, ...] | None) -> Tensor:
+        return self._matrix(params, None)
+
+    def _grid_from_matrix(self, matrix: Tensor, size: tuple[int, ...], align_corners: bool) -> Tensor:
+        return projective_grid(matrix, size, align_corners, self.eps)
+
+    def _grid_bound(self, dtype: torch.dtype) -> float:
+        # Numerators are at most 3 * max|m| and the denominator at least eps in magnitude.
+        return torch.finfo(dtype).max * self.eps / 6.0
 
 
 class Affine3D(MatrixTransform):
