@@ -297,3 +297,25 @@ def test_output_size_other_than_the_input(gen: torch.Generator) -> None:
         assert torchstn.warp(x, t.identity_params(2), t, (4, 13)).shape == (2, 3, 4, 13)
     t3 = Affine3D()
     assert torchstn.warp(torch.rand(1, 2, 4, 4, 4), t3.identity_params(1), t3, (2, 3, 5)).shape == (1, 2, 2, 3, 5)
+
+
+def test_tps_caches_made_in_inference_mode_serve_autograd_later() -> None:
+    tps = ThinPlateSpline((3, 3))
+    with torch.inference_mode():
+        tps.grid(tps.identity_params(1), (5, 5))
+        tps.coefficients(tps.identity_params(1))
+    params = tps.identity_params(2).requires_grad_()
+    (tps.grid(params, (5, 5)).sum() + tps.coefficients(params).sum()).backward()
+    assert params.grad is not None and torch.isfinite(params.grad).all()
+
+
+def test_tps_interleaved_and_plain_grid_paths_agree(monkeypatch: pytest.MonkeyPatch) -> None:
+    from torchstn.transforms import _tps
+
+    tps = ThinPlateSpline((4, 4))
+    params = tps.identity_params(3, dtype=torch.float64) + 0.1 * torch.randn(3, 32, dtype=torch.float64)
+    fast = tps.grid(params, (6, 7))
+    monkeypatch.setattr(_tps, "_INTERLEAVED_MAX_POINTS", 0)
+    plain = tps.grid(params, (6, 7))
+    assert fast.is_contiguous() and fast.shape == plain.shape == (3, 6, 7, 2)
+    torch.testing.assert_close(fast, plain, atol=1e-14, rtol=0)

@@ -15,6 +15,8 @@ from torchstn.transforms._base import Transform
 __all__ = ["ThinPlateSpline"]
 
 _Key = tuple[tuple[int, ...], bool, torch.device, torch.dtype]
+# Grids up to this many points use the interleaved weights (4x the memory of M, one GEMM with no copy after it).
+_INTERLEAVED_MAX_POINTS = 1 << 19
 
 
 def _radial(d2: Tensor) -> Tensor:
@@ -31,7 +33,9 @@ class ThinPlateSpline(Transform):
 
     The target grid never changes, so the spline's system ``L = [[U + lambda I, P], [P^T, 0]]`` is solved once
     (in float64) and, for each output size, the matrix ``M (N, K)`` that maps control-point positions to the
-    ``N`` grid points is cached: building a grid is one matrix product, ``grid = M @ params``.
+    ``N`` grid points is cached: building a grid is one matrix product, ``grid = M @ params``. (For grids up to
+    2**19 points the product runs against an interleaved ``(2K, 2N)`` copy of ``M``, so the GEMM writes the
+    ``(B, H, W, 2)`` grid directly, with no transpose copy after it.)
 
     Args:
         grid: Control grid ``(rows, cols)``; the paper uses ``(4, 4)``.
@@ -63,6 +67,7 @@ class ThinPlateSpline(Transform):
         self.roles = ("point",) * self.num_params
         self._solution: dict[tuple[torch.device, torch.dtype], Tensor] = {}
         self._weights: dict[_Key, Tensor] = {}
+        self._interleaved: dict[_Key, Tensor] = {}
 
     def __repr__(self) -> str:
         return f"ThinPlateSpline(grid={self.grid_shape}, regularization={self.regularization:g})"
@@ -90,15 +95,16 @@ class ThinPlateSpline(Transform):
         key = (device, dtype)
         sol = self._solution.get(key)
         if sol is None:
-            k = self.num_controls
-            ctrl = self.control_points(device, torch.float64)
-            lhs = torch.zeros(k + 3, k + 3, device=device, dtype=torch.float64)
-            lhs[:k] = self._basis(ctrl)
-            lhs[:k, :k] += self.regularization * torch.eye(k, device=device, dtype=torch.float64)
-            lhs[k:, :k] = lhs[:k, k:].T
-            rhs = torch.zeros(k + 3, k, device=device, dtype=torch.float64)
-            rhs[:k] = torch.eye(k, device=device, dtype=torch.float64)
-            sol = torch.linalg.solve(lhs, rhs).to(dtype)
+            with torch.inference_mode(False), torch.no_grad():  # usable with autograd later
+                k = self.num_controls
+                ctrl = self.control_points(device, torch.float64)
+                lhs = torch.zeros(k + 3, k + 3, device=device, dtype=torch.float64)
+                lhs[:k] = self._basis(ctrl)
+                lhs[:k, :k] += self.regularization * torch.eye(k, device=device, dtype=torch.float64)
+                lhs[k:, :k] = lhs[:k, k:].T
+                rhs = torch.zeros(k + 3, k, device=device, dtype=torch.float64)
+                rhs[:k] = torch.eye(k, device=device, dtype=torch.float64)
+                sol = torch.linalg.solve(lhs, rhs).to(dtype)
             self._solution[key] = sol
         return sol
 
@@ -116,13 +122,34 @@ class ThinPlateSpline(Transform):
         key: _Key = ((h, w), bool(align_corners), device, dtype)
         m = self._weights.get(key)
         if m is None:
-            xs = normalized_coords(w, align_corners, device=device, dtype=torch.float64)
-            ys = normalized_coords(h, align_corners, device=device, dtype=torch.float64)
-            gy, gx = torch.meshgrid(ys, xs, indexing="ij")
-            pts = torch.stack((gx, gy), dim=-1).reshape(-1, 2)  # (N, 2)
-            m = (self._basis(pts) @ self._solve(device, torch.float64)).to(dtype).contiguous()  # (N, K)
+            with torch.inference_mode(False), torch.no_grad():  # usable later with autograd, whatever the mode now
+                m = self._make_weights(h, w, bool(align_corners), device, dtype)
             self._weights[key] = m
         return m
+
+    def _make_weights(self, h: int, w: int, align_corners: bool, device: torch.device, dtype: torch.dtype) -> Tensor:
+        xs = normalized_coords(w, align_corners, device=device, dtype=torch.float64)
+        ys = normalized_coords(h, align_corners, device=device, dtype=torch.float64)
+        gy, gx = torch.meshgrid(ys, xs, indexing="ij")
+        pts = torch.stack((gx, gy), dim=-1).reshape(-1, 2)  # (N, 2)
+        return (self._basis(pts) @ self._solve(device, torch.float64)).to(dtype).contiguous()  # (N, K)
+
+    def _interleaved_weights(
+        self, size: tuple[int, int], align_corners: bool, device: torch.device, dtype: torch.dtype
+    ) -> Tensor:
+        """``(2K, 2N)``: row ``2k + d`` holds ``M[:, k]`` in output channel ``d`` of every point, zeros elsewhere."""
+        key: _Key = (size, bool(align_corners), device, dtype)
+        big = self._interleaved.get(key)
+        if big is None:
+            m = self.weights(size, align_corners, device, dtype)  # (N, K)
+            n, k = m.shape
+            with torch.inference_mode(False), torch.no_grad():
+                big = torch.zeros(k, 2, n, 2, device=device, dtype=dtype)
+                big[:, 0, :, 0] = m.T
+                big[:, 1, :, 1] = m.T
+                big = big.reshape(2 * k, 2 * n)
+            self._interleaved[key] = big
+        return big
 
     def grid(
         self,
@@ -134,6 +161,9 @@ class ThinPlateSpline(Transform):
     ) -> Tensor:
         out, _ = self._sizes(size, src_size)
         params = self.check_params(params)
+        if out[0] * out[1] <= _INTERLEAVED_MAX_POINTS:
+            big = self._interleaved_weights((out[0], out[1]), align_corners, params.device, params.dtype)
+            return (params @ big).view(-1, out[0], out[1], 2)  # one GEMM writes the grid in place
         m = self.weights(out, align_corners, params.device, params.dtype)  # (N, K)
         # einsum contracts K in one GEMM; a broadcast matmul would run B tiny GEMMs (about 40x slower).
         grid = torch.einsum("nk,bkd->bnd", m, params.reshape(-1, self.num_controls, 2)).contiguous()  # (B, N, 2)
