@@ -46,7 +46,11 @@ COLUMNS = {
         "addition_2xst_fcn_proj",
         "addition_2xst_fcn_tps",
     ],
+    "coloc": ["coloc_attention"],
+    "coloc_clutter": ["coloc_attention"],
 }
+# Columns that reuse another column's config with extra overrides.
+COLUMN_CONFIGS = {"coloc_clutter": ("coloc", ["data.recipe_params.clutter=16"])}
 
 
 def _status(run: Path) -> str | None:
@@ -77,8 +81,9 @@ def main() -> int:
                 if (run / "checkpoints" / "last.pt").exists():
                     cmd = [*exe, "--resume", str(run)]
                 else:
-                    sets = [f"model.name={model}", f"train.seed={seed}", f"name={column}-{model}", *args.set]
-                    cmd = [*exe, "--config", f"configs/{column}.yaml", "--out", str(run), "--set", *sets]
+                    config, extra = COLUMN_CONFIGS.get(column, (column, []))
+                    sets = [f"model.name={model}", f"train.seed={seed}", f"name={column}-{model}", *extra, *args.set]
+                    cmd = [*exe, "--config", f"configs/{config}.yaml", "--out", str(run), "--set", *sets]
                 print(f"[run ] {' '.join(cmd[1:])}", flush=True)
                 if args.dry_run:
                     continue
