@@ -12,12 +12,13 @@ Convention (library-wide, see the README):
 
 Every grid generator writes a contiguous grid (``F.grid_sample`` is about three times slower on a non-contiguous
 one). :func:`affine_grid` is one GEMM of the ``(B, 6)`` matrix entries against a cached basis that already has the
-grid's interleaved ``(x, y)`` layout, about 3-9x faster than ``F.affine_grid`` on CPU (which builds a base grid per
-sample and runs B tiny matrix products); see benchmarks/results/warp.md.
+grid's interleaved ``(x, y)`` layout, several times faster than ``F.affine_grid`` on CPU (which builds a base grid
+per sample and runs B tiny matrix products); see benchmarks/results/warp.md.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections import OrderedDict
 from collections.abc import Sequence
@@ -102,7 +103,8 @@ def _affine_basis(size: tuple[int, ...], align_corners: bool, device: torch.devi
     key = (size, align_corners, device, dtype)
     basis = _BASES.get(key)
     if basis is not None:
-        _BASES.move_to_end(key)
+        with contextlib.suppress(KeyError):  # another thread may have just evicted it; we hold a reference
+            _BASES.move_to_end(key)
         return basis
     nd = len(size)
     # Built outside inference mode and autograd so that a basis first made under either works everywhere.
@@ -118,9 +120,12 @@ def _affine_basis(size: tuple[int, ...], align_corners: bool, device: torch.devi
                 basis[r, j, :, r] = c
         basis = basis.reshape(nd * (nd + 1), n * nd)
     _BASES[key] = basis
-    total = sum(b.numel() * b.element_size() for b in _BASES.values())
+    total = sum(b.numel() * b.element_size() for b in list(_BASES.values()))
     while total > _BASES_MAX_BYTES and len(_BASES) > 1:
-        _, dropped = _BASES.popitem(last=False)
+        try:
+            _, dropped = _BASES.popitem(last=False)
+        except KeyError:  # emptied by another thread
+            break
         total -= dropped.numel() * dropped.element_size()
     return basis
 

@@ -20,7 +20,11 @@ Non-finite grids: with border or reflection padding ``F.grid_sample`` silently r
 first pixel), and nearest sampling with zero padding returns 0: plausible but wrong values. By default
 (``nonfinite="raise"``) a grid holding NaN or inf raises :class:`~torchstn.errors.NonFiniteError`;
 ``"propagate"`` instead makes the output NaN at exactly those output pixels (no host synchronisation, so a NaN
-loss shows up downstream), and ``"ignore"`` skips the check and keeps the backend's behaviour.
+loss shows up downstream), and ``"ignore"`` skips the check and keeps the backend's behaviour. :func:`warp` (and
+so :class:`~torchstn.modules.SpatialTransformer`) checks a matrix family's ``(B, 3, 3)`` matrix instead of the grid,
+which is much cheaper: a finite matrix whose entries are small enough that no grid point can overflow proves the
+grid finite; NaN or inf in it raises naming ``params``; a finite matrix too large to vouch for falls back to the
+grid check.
 """
 
 from __future__ import annotations
