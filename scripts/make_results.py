@@ -157,6 +157,26 @@ def _simple(cells: dict[tuple[str, str], list[dict[str, Any]]], column: str, pap
     return lines
 
 
+COLOC_NOTE = [
+    "Not reproduced. With the paper's hinge loss the attention collapses onto empty background: when every crop",
+    "is blank, the distance between two images' crops is zero while a random crop that catches ink is far away,",
+    "so the loss is (near) zero there as well as at the digits, and from a centred start most crops are blank, so",
+    "the pull towards the other images' (blank) crops wins. `scripts/coloc_variants.py` tried, on 3000 training",
+    "images for 8 epochs each, a whole-image start, bounded scale and translation, random crops at the digit's",
+    "scale instead of the transformer's, the scale locked to the digit's, and margins of 1, 50 and 1000 against",
+    "squared feature distances of 425 (two 3s) and 2285 (a 3 and a blank crop). Every variant drifted to",
+    "blank crops or never left its start; logs and commands in `docs/results/coloc-variants/`.",
+]
+TABLE1_NOTE = [
+    "Notes on Table 1:",
+    "",
+    "- The FCN family underfits at the column's parameter budget (the plain CNN's, 32 and 32 channels): its training",
+    "  error is about its test error (see each run's log.jsonl).",
+    "- P as reconstructed (each corner of the 28x28 image moved by N(0, 5 px) after the 0.75-1.0 scaling) is much",
+    "  harder for every model than the paper's P column, which the paper puts level with E.",
+]
+
+
 def _coloc(cells: dict[tuple[str, str], list[dict[str, Any]]]) -> list[str]:
     """Co-localisation accuracy (% of test images with IoU > 0.5); runs log its complement as test_error."""
     lines = ["| setting | digit | ours (% IoU > 0.5) | paper |", "|---|---|---|---|"]
@@ -225,10 +245,10 @@ def main() -> int:
     ]
     if args.command:
         text += ["", f"Runs trained with: `{args.command}`."]
-    text += ["", "## Table 1: distorted MNIST", "", *_table1(cells)]
+    text += ["", "## Table 1: distorted MNIST", "", *_table1(cells), "", *TABLE1_NOTE]
     text += ["", "## Translated-cluttered MNIST", "", *_simple(cells, "tc", PAPER_TC)]
     text += ["", "## MNIST addition", "", *_simple(cells, "addition", PAPER_ADDITION)]
-    text += ["", "## Co-localisation", "", *_coloc(cells)]
+    text += ["", "## Co-localisation", "", *_coloc(cells), "", *COLOC_NOTE]
     text += ["", "## Training budget of each cell", "", *_budget(cells)]
     text += ["", "Machines:", ""] + [f"- `{m}`" for m in sorted(machines)]
     pics = _pictures(cells, Path(args.pictures))
