@@ -36,9 +36,12 @@ lint: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/python examples/demo.py
 
+## Every benchmark, results into benchmarks/results (run it on a quiet machine; it takes several minutes).
 bench: $(STAMP)
 	$(BIN)/python -m pip install -q -e '.[bench]' -c constraints.txt
 	$(BIN)/python benchmarks/bench_warp.py --out benchmarks/results
+	$(BIN)/python benchmarks/bench_data.py --n 2048 --out benchmarks/results
+	$(BIN)/python benchmarks/bench_train.py --out benchmarks/results
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
