@@ -45,6 +45,7 @@ Outputs ``train.md`` (tables) and ``train.json`` (machine, settings, raw medians
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import os
 import sys
@@ -260,6 +261,19 @@ def overhead_candidates(
         loc(x).backward(g_theta)
         loc_opt.step()
 
+    # The same localisation net with its convolution weights in the default contiguous (NCHW) layout: what
+    # conv_localisation(channels_last=True) saves.
+    loc_nchw = copy.deepcopy(loc)
+    for m in loc_nchw.modules():
+        if isinstance(m, nn.Conv2d):
+            m.weight.data = m.weight.data.clone(memory_format=torch.contiguous_format)
+    loc_nchw_opt = torch.optim.Adam(loc_nchw.parameters(), lr=LR)
+
+    def localisation_nchw() -> None:
+        loc_nchw_opt.zero_grad(set_to_none=True)
+        loc_nchw(x).backward(g_theta)
+        loc_nchw_opt.step()
+
     theta_leaf = theta.detach().clone().requires_grad_(True)
 
     # As warp does it: the non-finite check on the (B, 3, 3) matrix, then the grid; the sampler then skips its
@@ -309,6 +323,7 @@ def overhead_candidates(
         "classifier": classifier_only,
         "classifier_input_grad": classifier_input_grad,
         "localisation": localisation,
+        "localisation_nchw": localisation_nchw,
         "grid": grid_generation,
         "sampling": sampling,
         "finite_check": finite_check,
@@ -324,6 +339,7 @@ def overhead_candidates(
         "classifier": "same classifier on `avg_pool2d(x, 2)`, no transformer",
         "classifier_input_grad": "same, input requires grad",
         "localisation": "localisation net: forward + backward + Adam on its parameters",
+        "localisation_nchw": "the same with NCHW convolution weights (`conv_localisation(channels_last=False)`)",
         "grid": f"grid generation as `warp` does it (matrix check + `{type(transform).__name__}.grid`), fwd + bwd",
         "sampling": f"sampling: `torchstn.sample(..., nonfinite={sample_mode!r})` forward + backward to the grid",
         "finite_check": "of which (in grid generation): the non-finite check on the matrix",
@@ -439,6 +455,7 @@ def overhead_markdown(r: dict[str, Any], plain_cnn_ms: float | None) -> str:
         "| piece | median ms (IQR) | share of overhead |",
         "|---|---:|---:|",
         timed("localisation", overhead),
+        timed("localisation_nchw", overhead, detail=True),
         timed("grid", overhead),
         timed("sampling", overhead),
         timed("finite_check", overhead, detail=True),

@@ -91,3 +91,22 @@ def test_localisation_net_infers_feature_size() -> None:
 def test_too_small_input_is_a_clear_error() -> None:
     with pytest.raises(ShapeError, match="input_shape"):
         conv_localisation((1, 8, 8), Affine(), downsample=2)
+
+
+def test_channels_last_localisation_computes_the_same_values_and_gradients() -> None:
+    torch.manual_seed(0)
+    fast = conv_localisation((3, 20, 20), Affine(), channels=(8, 8), kernel_size=3, hidden=(8,))
+    plain = conv_localisation((3, 20, 20), Affine(), channels=(8, 8), kernel_size=3, hidden=(8,), channels_last=False)
+    nn.init.normal_(fast.head.linear.weight, std=0.1)  # a non-zero head, so the gradient reaches the backbone
+    plain.load_state_dict(fast.state_dict())
+    convs = [m for m in fast.modules() if isinstance(m, nn.Conv2d)]
+    assert convs and all(m.weight.is_contiguous(memory_format=torch.channels_last) for m in convs)
+    assert all(m.weight.is_contiguous() for m in plain.modules() if isinstance(m, nn.Conv2d))
+    x = torch.rand(4, 3, 20, 20)
+    out_fast, out_plain = fast(x), plain(x)
+    torch.testing.assert_close(out_fast, out_plain, rtol=1e-5, atol=1e-6)
+    out_fast.square().sum().backward()
+    out_plain.square().sum().backward()
+    for a, b in zip(fast.parameters(), plain.parameters(), strict=True):
+        assert a.grad is not None and b.grad is not None
+        torch.testing.assert_close(a.grad, b.grad, rtol=1e-4, atol=1e-6)
