@@ -217,18 +217,19 @@ def _budget(cells: dict[tuple[str, str], list[dict[str, Any]]]) -> list[str]:
 
 
 def _pictures(cells: dict[tuple[str, str], list[dict[str, Any]]], out_dir: Path) -> list[str]:
+    """Copy each transformer model's end-of-training pictures (one per transformer) next to the report."""
     lines = []
     out_dir.mkdir(parents=True, exist_ok=True)
     for (column, model), results in sorted(cells.items()):
-        if not model.startswith("st_"):
+        if "st_" not in model and not model.startswith("coloc"):
             continue
-        src = results[0]["run"] / "pictures" / "transformer.png"
-        if src.exists():
-            dst = out_dir / f"{column}-{model}.png"
+        for src in sorted((results[0]["run"] / "pictures").glob("transformer*.png")):
+            suffix = src.stem.removeprefix("transformer").replace("_transformers_", "-")
+            dst = out_dir / f"{column}-{model}{suffix}.png"
             shutil.copyfile(src, dst)
-            lines.append(
-                f"**{COLUMN_NAMES.get(column, column)}, {LABELS.get(model, model)}**\n\n![]({dst.as_posix()})\n"
-            )
+            which = f" (transformer {suffix.lstrip('-')})" if suffix else ""
+            label = f"{COLUMN_NAMES.get(column, column)}, {LABELS.get(model, model)}{which}"
+            lines.append(f"**{label}**\n\n![]({dst.as_posix()})\n")
     return lines
 
 
