@@ -36,8 +36,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import os
-import platform
 import statistics
 import sys
 import time
@@ -60,7 +58,7 @@ from kornia.geometry.transform import (
 from torch import Tensor
 
 import torchstn
-from _common import ForeignLoad
+from _common import ForeignLoad, machine_info
 from torchstn import Affine, Projective, ThinPlateSpline
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -683,26 +681,9 @@ def check_targets(sections: dict[str, Section]) -> Section:
     return section
 
 
-def machine_info(device: torch.device) -> dict[str, Any]:
-    cpu = platform.processor() or "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    info: dict[str, Any] = {
-        "cpu": cpu,
-        "logical_cores": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
-        "python": sys.version.split()[0],
-        "platform": platform.platform(),
-        "torch": torch.__version__,
-        "kornia": kornia.__version__,
-        "torchstn": torchstn.__version__,
-        "device": str(device),
-    }
+def warp_machine_info(device: torch.device) -> dict[str, Any]:
+    """The shared machine description plus kornia's version, the device and the scheduling group."""
+    info = machine_info(kornia=kornia.__version__, device=str(device))
     if device.type == "cuda":
         info["gpu"] = torch.cuda.get_device_name(device)
     with contextlib.suppress(OSError):  # Linux's per-session scheduling group and its nice value (priority)
@@ -754,7 +735,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     device = torch.device(args.device)
     timer = Timer(args.repeats, args.warmup, device, args.max_row_seconds, LOADED_SHARE, args.retries, args.idle_wait)
     gen = torch.Generator().manual_seed(args.seed)  # one seeded stream; the workloads draw from it in order
-    info = machine_info(device)
+    info = warp_machine_info(device)
     print(json.dumps(info, indent=2), flush=True)
     run_load = ForeignLoad()
 
