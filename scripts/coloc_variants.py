@@ -55,6 +55,39 @@ def digit_scale_crops(x: Tensor, crops: Tensor, params: Tensor) -> Tensor:
     return warp(x, torch.cat((s, t), -1), Attention(), crops.shape[-2:])
 
 
+class Normalised(nn.Module):
+    def __init__(self, inner: nn.Module, kind: str) -> None:
+        super().__init__()
+        self.inner, self.kind = inner, kind
+
+    def forward(self, x: Tensor) -> Tensor:
+        e = self.inner(x)
+        return e.softmax(-1) if self.kind == "softmax" else torch.nn.functional.normalize(e, dim=-1)
+
+
+def embedding(encoder: nn.Module, args: argparse.Namespace) -> nn.Module:
+    return encoder if args.embedding == "features" else Normalised(encoder, args.embedding)
+
+
+class VariantTask(ColocTask):
+    positive, pairs = "grad", "one"
+
+    def loss(self, model: nn.Module, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
+        crops, params = model(x, return_params=True)
+        e_n = self.encoder(crops)
+        e_p = e_n.detach() if self.positive == "detach" else e_n
+        e_r = self.encoder(self._random_crops(x, crops, params))
+        d_an = (e_n - e_r).square().sum(-1)
+        if self.pairs == "all":
+            d_ap = (e_n[:, None] - e_p[None]).square().sum(-1)
+            off = ~torch.eye(len(x), dtype=torch.bool)
+            hinge = torch.nn.functional.relu(d_ap - d_an[:, None] + self.margin)[off]
+        else:
+            d_ap = (e_n - e_p.roll(1, dims=0)).square().sum(-1)
+            hinge = torch.nn.functional.relu(d_ap - d_an + self.margin)
+        return hinge.mean(), self._misses(params.detach(), y)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--start", choices=sorted(STARTS), default="digit")
@@ -64,6 +97,9 @@ def main() -> int:
     parser.add_argument("--margin", type=float, default=1.0)
     parser.add_argument("--clutter", type=int, default=0)
     parser.add_argument("--epochs", type=int, default=8)
+    parser.add_argument("--embedding", choices=["features", "unit", "softmax"], default="features")
+    parser.add_argument("--positive", choices=["grad", "detach"], default="grad")
+    parser.add_argument("--pairs", choices=["one", "all"], default="one")
     args = parser.parse_args()
     torch.set_num_threads(1)
     torch.manual_seed(0)
@@ -71,7 +107,7 @@ def main() -> int:
     recipe = get_recipe("colocalisation", digit=3, clutter=args.clutter)
     train = DistortedMNIST(recipe, "train", n=3000, seed=0, mnist=mnist)
     test = DistortedMNIST(recipe, "test", n=500, seed=0, mnist=mnist)
-    encoder = train_encoder(mnist.split("train"), 2, 0)
+    encoder = embedding(train_encoder(mnist.split("train"), 2, 0, keep_head=args.embedding == "softmax"), args)
     x, _ = train.tensors()
     x_test, _ = test.tensors()
     boxes, test_boxes = train.meta["boxes"], test.meta["boxes"]
@@ -92,13 +128,14 @@ def main() -> int:
     if args.lock_scale:
         loc = LockedScale(loc)
     model = SpatialTransformer(loc, t, output_size=(28, 28))
-    task = ColocTask(
+    task = VariantTask(
         TensorSource(train.images, train.labels, meta=train.meta, target="boxes"),
         TensorSource(test.images, test.labels, meta=test.meta, target="boxes"),
         encoder,
         args.margin,
         84,
     )
+    task.positive, task.pairs = args.positive, args.pairs
     if args.negatives == "digit":
         task._random_crops = digit_scale_crops  # type: ignore[method-assign]
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)

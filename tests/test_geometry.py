@@ -131,6 +131,46 @@ def test_affine_grid_gemm_and_broadcast_paths_agree_with_torch(
         torch.testing.assert_close(grid, theirs, atol=1e-14, rtol=0)
 
 
+@pytest.mark.parametrize("size", [(32, 32), (16, 32), (8, 8, 16)])
+def test_affine_grid_padded_layout_equals_the_contiguous_grid(size: tuple[int, ...], gen: torch.Generator) -> None:
+    """Rows of 4 KiB multiples are written batch-strided (each image's grid contiguous), with the same values."""
+    import torch.nn.functional as F
+
+    from torchstn import geometry
+
+    nd = len(size)
+    theta = torch.randn(3, nd, nd + 1, generator=gen)
+    assert geometry._row_pad(math.prod(size), nd, theta.device, theta.dtype) > 0
+    padded = geometry._affine_grid(theta, size, False, contiguous=False)
+    plain = geometry.affine_grid(theta, size)
+    assert not padded.is_contiguous() and plain.is_contiguous()
+    assert padded[0].is_contiguous() and padded.stride(0) > padded[0].numel()
+    assert torch.equal(padded, plain)
+    x = torch.randn(3, 2, *size, generator=gen)
+    assert torch.equal(F.grid_sample(x, padded, align_corners=False), F.grid_sample(x, plain, align_corners=False))
+    # A matrix that needs a gradient gets the contiguous layout (the slice's backward would cost what it saves).
+    grad_grid = geometry._affine_grid(theta.requires_grad_(), size, False, contiguous=False)
+    assert grad_grid.is_contiguous()
+    # Other row lengths, and float64 rows that are no 4 KiB multiple, are never padded.
+    assert geometry._row_pad(42 * 42, 2, theta.device, torch.float32) == 0
+    assert geometry._row_pad(16 * 16, 2, theta.device, torch.float64) > 0  # 4 KiB exactly in float64
+
+
+def test_warp_on_a_padded_grid_matches_torch_for_every_padding_and_backend(gen: torch.Generator) -> None:
+    import torch.nn.functional as F
+
+    from torchstn.transforms import Affine
+
+    x = torch.randn(2, 3, 32, 32, generator=gen, dtype=torch.float64)
+    theta = torch.eye(2, 3, dtype=torch.float64) + 0.2 * torch.randn(2, 2, 3, generator=gen, dtype=torch.float64)
+    ref_grid = F.affine_grid(theta, [2, 3, 32, 32], align_corners=False)
+    for backend in ("torch", "reference"):
+        for padding in ("zeros", "border", "reflection"):
+            ours = torchstn.warp(x, theta.reshape(2, 6), Affine(), padding=padding, backend=backend)
+            theirs = F.grid_sample(x, ref_grid, padding_mode=padding, align_corners=False)
+            torch.testing.assert_close(ours, theirs, atol=1e-12, rtol=0)
+
+
 def test_affine_grid_identity_is_exact_and_gradient_is_a_sum_over_points() -> None:
     from torchstn.geometry import affine_grid
 

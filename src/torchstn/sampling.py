@@ -342,7 +342,7 @@ def _transform_grid(
             f"params: {bad} sample(s) give a {transform!r} matrix holding NaN or inf "
             "(pass nonfinite='propagate' to get NaN outputs instead)"
         )
-    grid = transform._grid_from_matrix(matrix, size, align_corners)
+    grid = transform._grid_from_matrix(matrix, size, align_corners, contiguous=False)
     if max(-float(lo), float(hi)) <= transform._grid_bound(matrix.dtype):
         return grid, "ignore"
     return grid, nonfinite

@@ -10,7 +10,7 @@ from torch import Tensor, nn
 
 from torchstn._checks import check_choice, check_size
 from torchstn.errors import OptionError, ShapeError
-from torchstn.geometry import affine_grid, projective_grid
+from torchstn.geometry import _affine_grid, projective_grid
 from torchstn.sampling import Backend, FillValue, Mode, NonFinite, Padding, _transform_grid, sample, warp
 from torchstn.transforms import MatrixTransform, Transform
 
@@ -236,7 +236,7 @@ class SerialSpatialTransformer(nn.Module):
             if projective:
                 grid = projective_grid(total, size, st.align_corners, transform.eps)
             else:
-                grid = affine_grid(total[:, : transform.ndim], size, st.align_corners)
+                grid = _affine_grid(total[:, : transform.ndim], size, st.align_corners, contiguous=False)
             cur = sample(
                 x, grid, st.mode, st.padding, st.fill, st.align_corners, backend=st.backend, nonfinite=st.nonfinite
             )

@@ -182,8 +182,11 @@ def _encoder_net() -> nn.Sequential:
     )
 
 
-def train_encoder(digits: MNISTSplit, epochs: int, seed: int) -> nn.Module:
-    """Train the encoder (with a temporary classifier) on plain MNIST digits; return it frozen, in eval mode."""
+def train_encoder(digits: MNISTSplit, epochs: int, seed: int, keep_head: bool = False) -> nn.Module:
+    """Train the encoder (with a classifier head) on plain MNIST digits; return it frozen, in eval mode.
+
+    With ``keep_head`` the returned network ends with the 10-way classifier (its logits), otherwise with the
+    128 features before it."""
     torch.manual_seed(seed)
     encoder, head = _encoder_net(), nn.Linear(128, 10)
     opt = torch.optim.Adam([*encoder.parameters(), *head.parameters()], lr=1e-3)
@@ -196,10 +199,11 @@ def train_encoder(digits: MNISTSplit, epochs: int, seed: int) -> nn.Module:
             opt.zero_grad()
             loss.backward()  # type: ignore[no-untyped-call]
             opt.step()
-    encoder.eval()
-    for p in encoder.parameters():
+    net = nn.Sequential(encoder, head) if keep_head else encoder
+    net.eval()
+    for p in net.parameters():
         p.requires_grad_(False)
-    return encoder
+    return net
 
 
 class ColocTask(Task):

@@ -9,7 +9,7 @@ from torch import Tensor
 
 from torchstn._checks import check_size, check_tensor
 from torchstn.errors import DTypeError, ShapeError
-from torchstn.geometry import DEFAULT_EPS, affine_grid, invert, transform_points
+from torchstn.geometry import DEFAULT_EPS, _affine_grid, invert, transform_points
 
 __all__ = ["MatrixTransform", "Transform"]
 
@@ -176,8 +176,11 @@ class MatrixTransform(Transform):
         """The matrix the grid is built from: the top ``ndim`` rows, or the full matrix when projective."""
         return self._rows(params, src_size)
 
-    def _grid_from_matrix(self, matrix: Tensor, size: tuple[int, ...], align_corners: bool) -> Tensor:
-        return affine_grid(matrix, size, align_corners)
+    def _grid_from_matrix(
+        self, matrix: Tensor, size: tuple[int, ...], align_corners: bool, contiguous: bool = True
+    ) -> Tensor:
+        """The grid of ``matrix``; ``contiguous=False`` allows a batch-strided layout (see ``_affine_grid``)."""
+        return _affine_grid(matrix, size, align_corners, contiguous=contiguous)
 
     def _grid_bound(self, dtype: torch.dtype) -> float:
         """Largest matrix entry (in magnitude) for which the grid is certain to be finite.

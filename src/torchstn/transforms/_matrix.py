@@ -214,7 +214,9 @@ class Projective(MatrixTransform):
     def _grid_matrix(self, params: Tensor, src_size: tuple[int, ...] | None) -> Tensor:
         return self._matrix(params, None)
 
-    def _grid_from_matrix(self, matrix: Tensor, size: tuple[int, ...], align_corners: bool) -> Tensor:
+    def _grid_from_matrix(
+        self, matrix: Tensor, size: tuple[int, ...], align_corners: bool, contiguous: bool = True
+    ) -> Tensor:
         return projective_grid(matrix, size, align_corners, self.eps)
 
     def _grid_bound(self, dtype: torch.dtype) -> float:
