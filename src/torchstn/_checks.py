@@ -63,7 +63,7 @@ def check_tensor(
         elif part in dims and dims[part] != size:
             raise ShapeError(f"{name}: expected {part}={dims[part]} in shape ({spec}), got {_fmt(x.shape)}")
         else:
-            dims[part] = int(size)
+            dims[part] = size  # not int(size): under export that would pin a symbolic (dynamic) size
     if nonempty and x.numel() == 0:
         raise ShapeError(f"{name}: expected a non-empty tensor of shape ({spec}), got {_fmt(x.shape)}")
     return dims
@@ -90,3 +90,14 @@ def check_choice(value: object, name: str, choices: Sequence[str]) -> str:
     if not isinstance(value, str) or value not in choices:
         raise OptionError(f"{name}: expected one of {', '.join(repr(c) for c in choices)}, got {value!r}")
     return value
+
+
+def capturing_graph() -> bool:
+    """True while a graph is being captured for export: ``torch.export`` (and so ``torch.onnx.export``), the
+    TorchScript ONNX exporter, or ``torch.jit.trace``.
+
+    A captured graph cannot raise on values it has not seen, and reading a value on the host (``bool(t)``) fails
+    there, so value checks such as the non-finite one are skipped while capturing.
+    """
+    tracing = torch.jit.is_tracing()  # type: ignore[attr-defined,no-untyped-call]
+    return bool(torch.compiler.is_exporting() or torch.onnx.is_in_onnx_export() or tracing)

@@ -6,6 +6,7 @@
   ``--resume RUN`` continues a stopped run exactly where it stopped.
 * ``torchstn eval RUN`` re-evaluates a run's checkpoint on its test split.
 * ``torchstn visualize RUN`` redraws what the run's transformers learnt.
+* ``torchstn export RUN`` writes the run's model as ONNX (``RUN/model.onnx``) and checks it with onnxruntime.
 * ``torchstn models`` lists the registered models.
 """
 
@@ -141,6 +142,16 @@ def _cmd_visualize(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_export(args: argparse.Namespace) -> int:
+    from torchstn.export import export_onnx
+
+    _, model, task = _load_run(Path(args.run))
+    example = task.test.batch(torch.arange(min(args.batch, len(task.test))))[0]
+    out = Path(args.out) if args.out else Path(args.run) / "model.onnx"
+    print(export_onnx(model, example, out, check=not args.no_check, opset=args.opset))
+    return 0
+
+
 def _cmd_models(args: argparse.Namespace) -> int:
     from torchstn.models import list_models
 
@@ -186,6 +197,14 @@ def build_parser() -> argparse.ArgumentParser:
     vis.add_argument("--count", type=int, default=16)
     vis.add_argument("--out", default=None)
     vis.set_defaults(func=_cmd_visualize)
+
+    ex = sub.add_parser("export", help="export a run's model to ONNX (dynamic batch), checked with onnxruntime")
+    ex.add_argument("run")
+    ex.add_argument("--out", default=None, help="ONNX file (default: RUN/model.onnx)")
+    ex.add_argument("--batch", type=int, default=2, help="example batch taken from the test split (default: 2)")
+    ex.add_argument("--opset", type=int, default=None, help="ONNX opset (default: the exporter's)")
+    ex.add_argument("--no-check", action="store_true", help="skip the onnxruntime comparison")
+    ex.set_defaults(func=_cmd_export)
 
     mod = sub.add_parser("models", help="list the registered models")
     mod.add_argument("filter", nargs="?", default="")

@@ -26,7 +26,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from torchstn._checks import check_size, check_tensor
+from torchstn._checks import capturing_graph, check_size, check_tensor
 from torchstn.errors import ShapeError
 
 __all__ = [
@@ -182,7 +182,9 @@ def _affine_grid(src_from_dst: Tensor, size: Sequence[int], align_corners: bool,
     t = _rows(src_from_dst, "src_from_dst", nd)
     b = t.shape[0]
     points = math.prod(shape)
-    if points <= _BASIS_MAX_POINTS:
+    # While compiling or capturing a graph for export the basis would be a traced (fake) tensor: never cache one
+    # there; the broadcast multiply-adds export as plain elementwise ops (and a compiler fuses them).
+    if points <= _BASIS_MAX_POINTS and not (capturing_graph() or torch.compiler.is_compiling()):
         pad = 0
         if not contiguous and not (t.requires_grad and torch.is_grad_enabled()):
             pad = _row_pad(points, nd, t.device, t.dtype)

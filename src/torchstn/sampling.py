@@ -25,6 +25,10 @@ so :class:`~torchstn.modules.SpatialTransformer`) checks a matrix family's ``(B,
 which is much cheaper: a finite matrix whose entries are small enough that no grid point can overflow proves the
 grid finite; NaN or inf in it raises naming ``params``; a finite matrix too large to vouch for falls back to the
 grid check.
+
+Export: a graph captured by ``torch.export``, ``torch.onnx.export`` or ``torch.jit.trace`` cannot raise on
+values it has not seen, so there ``"raise"`` skips its check (as ``"ignore"``); pass ``nonfinite="propagate"`` to
+have the exported graph give NaN outputs for non-finite grids instead.
 """
 
 from __future__ import annotations
@@ -37,7 +41,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from torchstn._checks import check_choice, check_size, check_tensor
+from torchstn._checks import capturing_graph, check_choice, check_size, check_tensor
 from torchstn.errors import DTypeError, NonFiniteError, OptionError, ShapeError
 from torchstn.transforms import MatrixTransform, Transform
 
@@ -143,7 +147,7 @@ def sample(
     """
     kernel = _check_sample_args(input, grid, mode, padding, fill, backend, nonfinite)
     finite: Tensor | None = None
-    if nonfinite == "raise":
+    if nonfinite == "raise" and not capturing_graph():
         # min and max propagate NaN and see inf: one cheap reduction (isfinite().all() costs more than the grid).
         lo, hi = torch.aminmax(grid)
         if not (bool(torch.isfinite(lo)) and bool(torch.isfinite(hi))):
@@ -323,6 +327,7 @@ def _transform_grid(
     src_size: tuple[int, ...],
     align_corners: bool,
     nonfinite: NonFinite,
+    contiguous: bool = False,
 ) -> tuple[Tensor, NonFinite]:
     """``transform.grid(...)``, with ``nonfinite="raise"`` checked on the matrix instead of the grid.
 
@@ -330,9 +335,10 @@ def _transform_grid(
     grid point can overflow (see ``MatrixTransform._grid_bound``), the grid is finite, and the returned mode
     tells :func:`sample` to skip its grid-wide check (which costs a pass over the grid). Otherwise (other
     families, or matrices too large to vouch for) the grid is built as usual and ``nonfinite`` is returned
-    unchanged for :func:`sample` to check.
+    unchanged for :func:`sample` to check. Without ``contiguous`` an affine grid may come batch-strided (each
+    image's grid contiguous; see ``geometry._affine_grid``): pass it when the caller reshapes across images.
     """
-    if nonfinite != "raise" or not isinstance(transform, MatrixTransform):
+    if nonfinite != "raise" or not isinstance(transform, MatrixTransform) or capturing_graph():
         return transform.grid(params, size, align_corners=align_corners, src_size=src_size), nonfinite
     matrix = transform._grid_matrix(params, src_size)
     lo, hi = torch.aminmax(matrix.detach())
@@ -342,7 +348,7 @@ def _transform_grid(
             f"params: {bad} sample(s) give a {transform!r} matrix holding NaN or inf "
             "(pass nonfinite='propagate' to get NaN outputs instead)"
         )
-    grid = transform._grid_from_matrix(matrix, size, align_corners, contiguous=False)
+    grid = transform._grid_from_matrix(matrix, size, align_corners, contiguous=contiguous)
     if max(-float(lo), float(hi)) <= transform._grid_bound(matrix.dtype):
         return grid, "ignore"
     return grid, nonfinite

@@ -160,6 +160,20 @@ def test_shared_localisation_with_heads_tiles_and_stacks(gen: torch.Generator) -
     torch.testing.assert_close(cat, out.reshape(2, 12, 8, 8))
 
 
+@pytest.mark.parametrize("out_size", [(8, 8), (16, 32)])  # 16x32 grids are 4 KiB rows: the batch-strided layout
+def test_heads_equal_separate_warps(gen: torch.Generator, out_size: tuple[int, int]) -> None:
+    t = Affine()
+    loc = conv_localisation((1, 16, 16), t, channels=(4,), kernel_size=3, hidden=(8,), num_heads=3)
+    with torch.no_grad():
+        loc.head.linear.weight.normal_(0, 0.1, generator=gen)
+    st = SpatialTransformer(loc, t, output_size=out_size).eval()
+    x = torch.rand(2, 1, 16, 16, generator=gen)
+    with torch.no_grad():
+        out, params = st(x, return_params=True)
+        for k in range(3):
+            torch.testing.assert_close(out[:, k], torchstn.warp(x, params[:, k], t, out_size), rtol=0, atol=1e-5)
+
+
 def test_parallel_independent_transformers(gen: torch.Generator) -> None:
     sts = [_st(Affine()), _st(Projective())]
     x = torch.rand(2, 2, 12, 16, generator=gen)

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 import torch
 
-from torchstn.cli import main
+from torchstn.cli import _load_run, main
 from torchstn.train import TrainingDiverged, load_checkpoint, load_config, train
 from torchstn.train.tasks import ClassifyTask
 
@@ -211,3 +211,23 @@ def test_box_iou_hand_checked() -> None:
     a = torch.tensor([[0.0, 0, 28, 28], [0.0, 0, 10, 10]])
     b = torch.tensor([[0.0, 0, 28, 28], [5.0, 5, 15, 15]])
     torch.testing.assert_close(box_iou(a, b), torch.tensor([1.0, 25 / 175]))
+
+
+def test_command_line_export_writes_a_checked_onnx_file(
+    tiny_mnist: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    pytest.importorskip("onnxscript")
+    ort = pytest.importorskip("onnxruntime")
+    out = tmp_path / "cli"
+    args = ["train", "--out", str(out), "--quiet", "--set", *_flags(tiny_mnist, tmp_path), "model.name=st_fcn_aff"]
+    assert main(args) == 0
+    assert main(["export", str(out), "--batch", "3"]) == 0
+    path = Path(capsys.readouterr().out.strip().splitlines()[-1])
+    assert path == out / "model.onnx" and path.is_file()
+    # The file reproduces the trained model on test inputs (export_onnx checked it too; this is an independent run).
+    _, model, task = _load_run(out)
+    x = task.test.batch(torch.arange(5))[0]
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    got = torch.from_numpy(session.run(None, {session.get_inputs()[0].name: x.numpy()})[0])
+    with torch.no_grad():
+        torch.testing.assert_close(got, model(x), atol=1e-5, rtol=0)

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from torchstn._checks import check_tensor
+from torchstn._checks import capturing_graph, check_tensor
 from torchstn.errors import OptionError
 from torchstn.geometry import normalized_coords
 from torchstn.transforms._base import Transform
@@ -122,6 +122,12 @@ class ThinPlateSpline(Transform):
         key: _Key = ((h, w), bool(align_corners), device, dtype)
         m = self._weights.get(key)
         if m is None:
+            if capturing_graph():
+                raise OptionError(
+                    f"size: the thin-plate-spline weights for an output of {(h, w)} are solved once in float64 and "
+                    "cannot be built inside an exported graph (the solve has no ONNX operator); run the model once "
+                    "on an input of the export size first (torchstn.export.export_onnx does)"
+                )
             with torch.inference_mode(False), torch.no_grad():  # usable later with autograd, whatever the mode now
                 m = self._make_weights(h, w, bool(align_corners), device, dtype)
             self._weights[key] = m
@@ -136,11 +142,15 @@ class ThinPlateSpline(Transform):
 
     def _interleaved_weights(
         self, size: tuple[int, int], align_corners: bool, device: torch.device, dtype: torch.dtype
-    ) -> Tensor:
-        """``(2K, 2N)``: row ``2k + d`` holds ``M[:, k]`` in output channel ``d`` of every point, zeros elsewhere."""
+    ) -> Tensor | None:
+        """``(2K, 2N)``: row ``2k + d`` holds ``M[:, k]`` in output channel ``d`` of every point, zeros elsewhere.
+
+        ``None`` while a graph is captured and none is cached (the caller then uses the plain weights)."""
         key: _Key = (size, bool(align_corners), device, dtype)
         big = self._interleaved.get(key)
         if big is None:
+            if capturing_graph():
+                return None
             m = self.weights(size, align_corners, device, dtype)  # (N, K)
             n, k = m.shape
             with torch.inference_mode(False), torch.no_grad():
@@ -163,7 +173,8 @@ class ThinPlateSpline(Transform):
         params = self.check_params(params)
         if out[0] * out[1] <= _INTERLEAVED_MAX_POINTS:
             big = self._interleaved_weights((out[0], out[1]), align_corners, params.device, params.dtype)
-            return (params @ big).view(-1, out[0], out[1], 2)  # one GEMM writes the grid in place
+            if big is not None:
+                return (params @ big).view(-1, out[0], out[1], 2)  # one GEMM writes the grid in place
         m = self.weights(out, align_corners, params.device, params.dtype)  # (N, K)
         # einsum contracts K in one GEMM; a broadcast matmul would run B tiny GEMMs (about 40x slower).
         grid = torch.einsum("nk,bkd->bnd", m, params.reshape(-1, self.num_controls, 2)).contiguous()  # (B, N, 2)
