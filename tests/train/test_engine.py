@@ -231,3 +231,57 @@ def test_command_line_export_writes_a_checked_onnx_file(
     got = torch.from_numpy(session.run(None, {session.get_inputs()[0].name: x.numpy()})[0])
     with torch.no_grad():
         torch.testing.assert_close(got, model(x), atol=1e-5, rtol=0)
+
+
+class _FixedCrops(torch.nn.Module):
+    """A stand-in transformer: learnable crops and attention params, whatever the input."""
+
+    def __init__(self, crops: torch.Tensor) -> None:
+        super().__init__()
+        self.crops = torch.nn.Parameter(crops)
+
+    def forward(self, x: torch.Tensor, return_params: bool = False) -> Any:
+        params = torch.tensor([[1 / 3, 0.0, 0.0]]).expand(len(x), 3)
+        return (self.crops, params) if return_params else self.crops
+
+
+@pytest.mark.parametrize("positive", ["detach", "grad"])
+@pytest.mark.parametrize("pairs", ["all", "one"])
+def test_colocalisation_loss_matches_an_explicit_loop(positive: str, pairs: str, gen: torch.Generator) -> None:
+    from torchstn.train.tasks import ColocTask, TensorSource
+
+    n = 4
+    x = torch.rand(n, 1, 12, 12, generator=gen)
+    source = TensorSource(x, torch.zeros(n, 4), meta={"boxes": torch.zeros(n, 4)}, target="boxes")
+    task = ColocTask(source, source, torch.nn.Flatten(), 1.0, 12, positive=positive, pairs=pairs)
+    model = _FixedCrops(torch.rand(n, 1, 4, 4, generator=gen))
+    torch.manual_seed(3)
+    loss, _ = task.loss(model, x, torch.zeros(n, 4))
+    (grad,) = torch.autograd.grad(loss, model.crops)
+
+    torch.manual_seed(3)  # the same random negatives
+    negatives = task._random_crops(x, model.crops.detach(), torch.full((n, 3), 1 / 3)).flatten(1)
+    crops = model.crops.detach().clone().requires_grad_()
+    e = crops.flatten(1)
+    terms = []
+    for a in range(n):
+        partners = [m for m in range(n) if m != a] if pairs == "all" else [(a - 1) % n]
+        for m in partners:
+            pos = e[m].detach() if positive == "detach" else e[m]
+            d_ap, d_an = (e[a] - pos).square().sum(), (e[a] - negatives[a]).square().sum()
+            terms.append(torch.relu(d_ap - d_an + 1.0))
+    expected = torch.stack(terms).mean()
+    expected.backward()
+    torch.testing.assert_close(loss, expected)
+    assert crops.grad is not None
+    torch.testing.assert_close(grad, crops.grad)
+
+
+def test_colocalisation_options_are_checked() -> None:
+    from torchstn.train.tasks import ColocTask, TensorSource
+
+    source = TensorSource(torch.rand(2, 1, 8, 8), torch.zeros(2))
+    with pytest.raises(ValueError, match="coloc.positive"):
+        ColocTask(source, source, torch.nn.Flatten(), 1.0, 8, positive="both")
+    with pytest.raises(ValueError, match="coloc.negatives"):
+        ColocTask(source, source, torch.nn.Flatten(), 1.0, 8, negatives="blank")

@@ -105,7 +105,13 @@ class SpatialTransformer(nn.Module):
         src_size = tuple(x.shape[2:])
         size = src_size if self.output_size is None else self.output_size
         grid, nonfinite = _transform_grid(
-            self.transform, params.reshape(b * n, p), size, src_size, self.align_corners, self.nonfinite, contiguous=True
+            self.transform,
+            params.reshape(b * n, p),
+            size,
+            src_size,
+            self.align_corners,
+            self.nonfinite,
+            contiguous=True,
         )
         # N heads read the same input: stack their grids along the first spatial axis and sample once.
         grid = grid.view(b, n * size[0], *size[1:], self.transform.ndim)  # (B, N*H', W', 2)

@@ -55,7 +55,7 @@ DEFAULTS: dict[str, Any] = {
         "eval_batch_size": 1024,
         "checkpoint_every": 1,  # epochs
     },
-    "coloc": {"encoder_epochs": 2, "margin": 1.0},
+    "coloc": {"encoder_epochs": 2, "margin": 1.0, "positive": "detach", "pairs": "all", "negatives": "crop"},
     "visualize": {"enabled": True, "count": 16},
 }
 

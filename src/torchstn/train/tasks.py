@@ -211,28 +211,67 @@ class ColocTask(Task):
 
     For a batch of images of one class, with ``T(I)`` the transformer's crop and ``e`` a frozen MNIST encoder:
     ``max(0, |e(T(I_n)) - e(T(I_m))|^2 - |e(T(I_n)) - e(R(I_n))|^2 + margin)``, where ``I_m`` is another image
-    of the batch and ``R(I_n)`` a random crop of ``I_n`` at the transformer's scale. Scored by the fraction of
-    test images whose crop box has IoU <= 0.5 with the true box (the error, in %).
+    of the batch and ``R(I_n)`` a random crop of ``I_n``. Scored by the fraction of test images whose crop box has
+    IoU <= 0.5 with the true box (the error, in %).
+
+    The loss is the paper's; three choices the paper leaves open decide whether it trains (see RESULTS.md and
+    ``scripts/coloc_variants.py``, which measured each):
+
+    * ``positive="detach"``: the gradient reaches each crop through its anchor terms only, not through its role
+      as another image's positive. With ``"grad"`` a crop that catches the digit is pulled towards the other
+      images' (mostly blank) crops, and from any start training collapses onto empty background.
+    * ``pairs="all"``: every ordered pair ``(n, m != n)`` of the batch, rather than one ``m`` per anchor
+      (``"one"``); an anchor then sees the few crops that already hold the digit.
+    * ``negatives="crop"``: ``R(I_n)`` is a random crop of the output's size in pixels (28x28, the encoder's input)
+      anywhere inside the image; ``"transformer"`` crops at the transformer's current scale instead.
     """
 
-    def __init__(self, train: Source, test: Source, encoder: nn.Module, margin: float, image_size: int) -> None:
+    def __init__(
+        self,
+        train: Source,
+        test: Source,
+        encoder: nn.Module,
+        margin: float,
+        image_size: int,
+        *,
+        positive: str = "detach",
+        pairs: str = "all",
+        negatives: str = "crop",
+    ) -> None:
         super().__init__(train, test)
+        for name, value, choices in (
+            ("positive", positive, ("detach", "grad")),
+            ("pairs", pairs, ("all", "one")),
+            ("negatives", negatives, ("crop", "transformer")),
+        ):
+            if value not in choices:
+                raise ValueError(f"coloc.{name}: expected one of {choices}, got {value!r}")
         self.encoder, self.margin, self.image_size = encoder, margin, image_size
+        self.positive, self.pairs, self.negatives = positive, pairs, negatives
 
     def _random_crops(self, x: Tensor, crops: Tensor, params: Tensor) -> Tensor:
         from torchstn.sampling import warp
         from torchstn.transforms import Attention
 
-        s = params[:, :1].detach()
-        t = (torch.rand(len(x), 2) * 2 - 1) * (1 - s)  # random windows of the same size, inside the image
+        if self.negatives == "crop":
+            s = torch.full((len(x), 1), crops.shape[-1] / x.shape[-1], dtype=x.dtype, device=x.device)
+        else:
+            s = params[:, :1].detach()
+        t = (torch.rand(len(x), 2, dtype=x.dtype, device=x.device) * 2 - 1) * (1 - s)  # windows inside the image
         return warp(x, torch.cat((s, t), -1), Attention(), crops.shape[-2:])
 
     def loss(self, model: nn.Module, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
         crops, params = model(x, return_params=True)
         e_n = self.encoder(crops)
-        e_m = e_n.roll(1, dims=0)
-        e_r = self.encoder(self._random_crops(x, crops, params))
-        hinge = F.relu((e_n - e_m).square().sum(-1) - (e_n - e_r).square().sum(-1) + self.margin)
+        e_p = e_n.detach() if self.positive == "detach" else e_n
+        d_an = (e_n - self.encoder(self._random_crops(x, crops, params))).square().sum(-1)
+        if self.pairs == "all" and len(x) > 1:
+            d_ap = (e_n[:, None] - e_p[None]).square().sum(-1)  # (N, N)
+            off = ~torch.eye(len(x), dtype=torch.bool, device=x.device)
+            hinge = F.relu(d_ap - d_an[:, None] + self.margin)[off]
+        else:
+            d_ap = (e_n - e_p.roll(1, dims=0)).square().sum(-1)
+            hinge = F.relu(d_ap - d_an + self.margin)
         return hinge.mean(), self._misses(params.detach(), y)
 
     def _misses(self, params: Tensor, boxes: Tensor) -> Tensor:
@@ -308,5 +347,15 @@ def build_task(config: dict[str, Any]) -> Task:
         test = TensorSource(test.images, test.labels, None, test.meta, target="boxes")
         mnist = load_mnist(config["data"]["mnist"])
         encoder = train_encoder(mnist.split(config["data"]["train_split"]), config["coloc"]["encoder_epochs"], 0)
-        return ColocTask(train, test, encoder, config["coloc"]["margin"], int(train.images.shape[-1]))
+        c = config["coloc"]
+        return ColocTask(
+            train,
+            test,
+            encoder,
+            c["margin"],
+            int(train.images.shape[-1]),
+            positive=c["positive"],
+            pairs=c["pairs"],
+            negatives=c["negatives"],
+        )
     raise ValueError(f"task: expected 'classify' or 'coloc', got {kind!r}")
