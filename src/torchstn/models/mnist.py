@@ -28,6 +28,7 @@ from torch import Tensor, nn
 
 from torchstn.models._registry import register_model
 from torchstn.modules import (
+    Bounds,
     LocalisationNet,
     ParallelSpatialTransformer,
     SpatialTransformer,
@@ -320,13 +321,21 @@ for _t in ("aff", "proj", "tps"):
 
 
 @register_model
-def coloc_attention(input_shape: Shape = (1, 84, 84), output_size: tuple[int, int] = (28, 28)) -> nn.Module:
+def coloc_attention(
+    input_shape: Shape = (1, 84, 84), output_size: tuple[int, int] = (28, 28), bounded: bool = True
+) -> nn.Module:
     """Co-localisation: an attention ST (localisation: conv 8@9x9 stride 4 -> maxpool 2 -> FC 8 -> FC 8 -> FC 3)
-    sampling a 28x28 crop for the MNIST encoder. It starts at a crop of the image centre at the digit's scale
-    (``s = 28 / 84``) rather than the whole image, so its first crops already look like digits."""
+    sampling a 28x28 crop for the MNIST encoder. It starts at a crop of the image centre at the crop's scale
+    (``s = 28 / 84``) rather than the whole image, so its first crops already look like digits. With ``bounded``
+    the scale stays in (0.2, 1.05) and the centre within 0.8 of the middle (:class:`~torchstn.modules.Bounds`):
+    unbounded, the crop first wanders out to the whole image and beyond before it settles
+    (docs/results/coloc-variants/)."""
     t = Attention()
-    init = torch.tensor([28.0 / input_shape[-1], 0.0, 0.0])
-    loc = conv_localisation(input_shape, t, channels=(8,), kernel_size=9, stride=4, hidden=(8, 8), init=init)
+    init = torch.tensor([output_size[-1] / input_shape[-1], 0.0, 0.0])
+    bounds = Bounds(translation=0.8, scale=(0.2, 1.05)) if bounded else None
+    loc = conv_localisation(
+        input_shape, t, channels=(8,), kernel_size=9, stride=4, hidden=(8, 8), init=init, bounds=bounds
+    )
     return SpatialTransformer(loc, t, output_size=output_size)
 
 
