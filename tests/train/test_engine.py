@@ -281,7 +281,7 @@ def test_colocalisation_options_are_checked() -> None:
     from torchstn.train.tasks import ColocTask, TensorSource
 
     source = TensorSource(torch.rand(2, 1, 8, 8), torch.zeros(2))
-    with pytest.raises(ValueError, match="coloc.positive"):
+    with pytest.raises(ValueError, match=r"coloc\.positive"):
         ColocTask(source, source, torch.nn.Flatten(), 1.0, 8, positive="both")
-    with pytest.raises(ValueError, match="coloc.negatives"):
+    with pytest.raises(ValueError, match=r"coloc\.negatives"):
         ColocTask(source, source, torch.nn.Flatten(), 1.0, 8, negatives="blank")
