@@ -60,6 +60,7 @@ from torch import Tensor
 import torchstn
 from _common import ForeignLoad, machine_info
 from torchstn import Affine, Projective, ThinPlateSpline
+from torchstn.geometry import _affine_grid
 
 # --------------------------------------------------------------------------------------------------------------------
 # Workloads and targets
@@ -605,6 +606,7 @@ BREAKDOWN_COLUMNS = [
     "warp ms",
     "warp nonfinite='ignore' ms",
     "grid ms",
+    "grid (warp's layout) ms",
     "sample ms",
     "sample nonfinite='ignore' ms",
     "F.grid_sample ms",
@@ -635,6 +637,8 @@ def bench_breakdown(shape: Shape, timer: Timer, gen: torch.Generator) -> tuple[d
         "warp": lambda: torchstn.warp(x, params, AFFINE, shape.out),
         "warp_ignore": lambda: torchstn.warp(x, params, AFFINE, shape.out, nonfinite="ignore"),
         "grid": lambda: AFFINE.grid(params, shape.out),
+        # warp asks for a grid it need not reshape: batch-strided where rows of 4 KiB multiples would alias
+        "grid_warp": lambda: _affine_grid(theta, shape.out, False, contiguous=False),
         "sample": lambda: torchstn.sample(x, grid),
         "sample_ignore": lambda: torchstn.sample(x, grid, nonfinite="ignore"),
         "grid_sample": lambda: F.grid_sample(x, grid, align_corners=False),
@@ -809,7 +813,8 @@ def main(argv: Sequence[str] | None = None) -> None:
                 Section(
                     "breakdown",
                     "6. Where our affine warp's time goes",
-                    "Pieces of `torchstn.warp(x, params, Affine())`, timed in one loop: the grid (`Affine().grid`), "
+                    "Pieces of `torchstn.warp(x, params, Affine())`, timed in one loop: the grid (`Affine().grid`, "
+                    "contiguous, and in the layout warp uses, batch-strided where the rows are a multiple of 4 KiB), "
                     "`torchstn.sample` on a ready grid with its default finite check and with `nonfinite='ignore'` "
                     "(the difference is the check), bare `F.grid_sample`, and forward + backward (theta grad) with "
                     "and without the check; `F.grid_sample fwd+bwd` is the sampler alone with the grid as the leaf "
