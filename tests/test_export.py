@@ -109,3 +109,17 @@ def test_bad_arguments_name_themselves(tmp_path: Path) -> None:
         export_onnx("not a model", torch.rand(1, 1, 4, 4), tmp_path / "m.onnx")  # type: ignore[arg-type]
     with pytest.raises(OptionError, match="check_batch"):
         export_onnx(model, torch.rand(1, 1, 4, 4), tmp_path / "m.onnx", check_batch=0)
+
+
+def test_capture_leaves_the_grid_caches_untouched(gen: torch.Generator) -> None:
+    """Nothing built while a graph is captured (fake tensors) may land in a cache that eager calls use later."""
+    from torchstn import geometry
+
+    st = SpatialTransformer(conv_localisation((1, 16, 16), Affine(), downsample=1), Affine()).eval()
+    geometry._BASES.clear()
+    torch.export.export(st, (torch.rand(2, 1, 16, 16, generator=gen),))
+    assert len(geometry._BASES) == 0
+    x = torch.rand(3, 1, 16, 16, generator=gen)
+    with torch.no_grad():
+        torch.testing.assert_close(st(x), st(x.clone()))  # eager still works, and now fills the cache
+    assert len(geometry._BASES) == 1
