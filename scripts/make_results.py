@@ -159,17 +159,17 @@ def _simple(cells: dict[tuple[str, str], list[dict[str, Any]]], column: str, pap
 
 
 COLOC_NOTE = [
-    "Without clutter the transformer finds the digit in nearly every test image (picture below), with three",
-    "choices the paper leaves open (`torchstn.train.tasks.ColocTask`, the `coloc` section of the config): the",
-    "gradient reaches each crop through its anchor terms only (`positive: detach`), every ordered pair of the batch",
-    "is used (`pairs: all`), and the random crops are 28x28-pixel windows, the encoder's input (`negatives: crop`);",
-    "`coloc_attention` also bounds the crop's scale and centre. Taken literally, with gradients through both crops",
-    "of a pair, the loss collapses: a crop that catches the digit is also another image's positive and is pulled",
-    "towards that image's crop, at first mostly blank, so every crop drifts to empty background (0% in our first",
-    "runs). The table below isolates each choice: without the detached positive, or with random crops at the",
-    "transformer's scale, no variant leaves the background; with all three, 91-95% of test crops hit.",
-    "With clutter (16 random 6x6 pieces of other digits) it is not reproduced: the transformer finds the digit's",
-    "region but settles on a crop about twice the digit's size, so the IoU stays below 0.5 (picture below).",
+    "The transformer finds the digit (pictures below) with four choices the paper leaves open, all in the `coloc`",
+    "config (`torchstn.train.tasks.ColocTask`): the gradient reaches each crop through its anchor terms only",
+    "(`positive: detach`), every ordered pair of the batch is used (`pairs: all`), the random crops are",
+    "28x28-pixel windows, the encoder's input (`negatives: crop`), and the margin is 100 instead of 1, because our",
+    "encoder's squared feature distances are about 425 between two 3s and 2285 between a 3 and a blank crop, so a",
+    "margin of 1 is lost in them; `coloc_attention` also bounds the crop's scale and centre. Taken literally, with",
+    "gradients through both crops of a pair, the loss collapses: a crop that catches the digit is also another",
+    "image's positive and is pulled towards that image's crop, at first mostly blank, so every crop drifts to empty",
+    "background (0% in our first runs). The table below isolates each choice: without the detached positive, or",
+    "with random crops at the transformer's scale, no variant leaves the background; with clutter a margin of 1",
+    "settles on whole-image crops, where the loss is already zero.",
 ]
 COLOC_VARIANTS_NOTE = (
     "Readings of the loss tried by `scripts/coloc_variants.py` (3000 training and 500 test images of the digit 3, "

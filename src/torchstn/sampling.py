@@ -34,6 +34,7 @@ have the exported graph give NaN outputs for non-finite grids instead.
 from __future__ import annotations
 
 import itertools
+import math
 from collections.abc import Sequence
 from typing import Literal
 
@@ -149,8 +150,7 @@ def sample(
     finite: Tensor | None = None
     if nonfinite == "raise" and not capturing_graph():
         # min and max propagate NaN and see inf: one cheap reduction (isfinite().all() costs more than the grid).
-        lo, hi = torch.aminmax(grid)
-        if not (bool(torch.isfinite(lo)) and bool(torch.isfinite(hi))):
+        if not _finite_range(grid)[0]:
             bad = int((~torch.isfinite(grid)).any(-1).sum())
             raise NonFiniteError(f"grid: {bad} grid point(s) hold NaN or inf (pass nonfinite='propagate' to get NaN)")
     elif nonfinite == "propagate":
@@ -320,6 +320,14 @@ def warp(
     return sample(input, grid, mode, padding, fill, align_corners, backend=backend, nonfinite=nonfinite)
 
 
+def _finite_range(t: Tensor) -> tuple[bool, float]:
+    """Whether ``t`` holds no NaN or inf, and its largest magnitude: one reduction and one read to the host
+    (min and max propagate NaN and see inf, so they answer both; ``isfinite`` on the two scalars would cost
+    several more small ops per call)."""
+    lo, hi = torch.stack(torch.aminmax(t)).tolist()
+    return math.isfinite(lo) and math.isfinite(hi), max(-lo, hi)
+
+
 def _transform_grid(
     transform: Transform,
     params: Tensor,
@@ -341,14 +349,14 @@ def _transform_grid(
     if nonfinite != "raise" or not isinstance(transform, MatrixTransform) or capturing_graph():
         return transform.grid(params, size, align_corners=align_corners, src_size=src_size), nonfinite
     matrix = transform._grid_matrix(params, src_size)
-    lo, hi = torch.aminmax(matrix.detach())
-    if not (bool(torch.isfinite(lo)) and bool(torch.isfinite(hi))):
+    finite, largest = _finite_range(matrix.detach())
+    if not finite:
         bad = int((~torch.isfinite(matrix)).flatten(1).any(1).sum())
         raise NonFiniteError(
             f"params: {bad} sample(s) give a {transform!r} matrix holding NaN or inf "
             "(pass nonfinite='propagate' to get NaN outputs instead)"
         )
     grid = transform._grid_from_matrix(matrix, size, align_corners, contiguous=contiguous)
-    if max(-float(lo), float(hi)) <= transform._grid_bound(matrix.dtype):
+    if largest <= transform._grid_bound(matrix.dtype):
         return grid, "ignore"
     return grid, nonfinite
