@@ -86,7 +86,7 @@ def _rows(src_from_dst: Tensor, name: str, nd: int) -> Tensor:
     return src_from_dst[:, :nd]
 
 
-# Cached affine bases, keyed by (size, align_corners, device, dtype); least recently used first.
+# Cached affine bases, keyed by (size, align_corners, device, dtype, row padding); least recently used first.
 _BASES: OrderedDict[tuple[tuple[int, ...], bool, torch.device, torch.dtype, int], Tensor] = OrderedDict()
 # A basis is (nd * (nd + 1)) times the size of one grid: use it only for grids up to this many points, and keep
 # at most _BASES_MAX_BYTES of them; larger grids take the broadcast path.
