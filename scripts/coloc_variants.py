@@ -32,9 +32,8 @@ from torchstn.data.datasets import DistortedMNIST
 from torchstn.data.distort import get_recipe
 from torchstn.modules import Bounds, SpatialTransformer, conv_localisation
 from torchstn.sampling import warp
-from torchstn.train.tasks import ColocTask, TensorSource, box_iou, train_encoder
+from torchstn.train.tasks import ColocTask, TensorSource, train_encoder
 from torchstn.transforms import Attention
-from torchstn.visualize import attention_boxes
 
 DIGIT_SCALE = 28 / 84
 STARTS = {"digit": DIGIT_SCALE, "half": 0.5, "whole": 1.0}
@@ -128,7 +127,7 @@ def main() -> int:
             total += loss.item() * len(idx)
         with torch.no_grad():
             _, p = model(x_test, return_params=True)
-            hit = (box_iou(attention_boxes(p, (84, 84)), test_boxes.float()) > 0.5).float().mean().item()
+            hit = 1 - task._misses(p, test_boxes).item() / len(x_test)
         print(
             f"epoch {epoch} loss {total / len(x):.3f} hit {100 * hit:.1f}% scale {p[:, 0].mean():.3f} "
             f"{time.time() - start:.0f}s",

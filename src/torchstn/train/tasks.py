@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from torchstn._checks import check_choice
 from torchstn.data import DistortedMNIST, MNISTSplit, get_recipe, load_mnist
 from torchstn.data.distort import Recipe
 
@@ -239,15 +240,10 @@ class ColocTask(Task):
         negatives: str = "crop",
     ) -> None:
         super().__init__(train, test)
-        for name, value, choices in (
-            ("positive", positive, ("detach", "grad")),
-            ("pairs", pairs, ("all", "one")),
-            ("negatives", negatives, ("crop", "transformer")),
-        ):
-            if value not in choices:
-                raise ValueError(f"coloc.{name}: expected one of {choices}, got {value!r}")
         self.encoder, self.margin, self.image_size = encoder, margin, image_size
-        self.positive, self.pairs, self.negatives = positive, pairs, negatives
+        self.positive = check_choice(positive, "coloc.positive", ("detach", "grad"))
+        self.pairs = check_choice(pairs, "coloc.pairs", ("all", "one"))
+        self.negatives = check_choice(negatives, "coloc.negatives", ("crop", "transformer"))
 
     def _random_crops(self, x: Tensor, crops: Tensor, params: Tensor) -> Tensor:
         from torchstn.sampling import warp
