@@ -134,7 +134,8 @@ class Rotated(Recipe):
         src = self.source_index(index, source)
         angle = d.uniform("angle", 1, *self.angle)[:, 0]
         rows = _similarity_rows(angle, torch.ones_like(angle), torch.zeros(len(index), 2, dtype=torch.float64), 28)
-        img = warp(source.images[src, None], rows.float().reshape(-1, 6), Affine())
+        # backend="torch": the data must not depend on whether this machine built the fused kernel.
+        img = warp(source.images[src, None], rows.float().reshape(-1, 6), Affine(), backend="torch")
         return Batch(_to_uint8(img), source.labels[src], {"angle": angle, "matrix": rows})
 
 
@@ -163,7 +164,8 @@ class RotatedTranslatedScaled(Recipe):
 
     def render(self, digits: Tensor, drawn: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
         rows = _similarity_rows(drawn["angle"], drawn["scale"], drawn["offset"], self.canvas)
-        img = warp(digits[:, None], rows.float().reshape(-1, 6), Affine(), (self.canvas, self.canvas))
+        # backend="torch": the data must not depend on whether this machine built the fused kernel.
+        img = warp(digits[:, None], rows.float().reshape(-1, 6), Affine(), (self.canvas, self.canvas), backend="torch")
         return img, rows
 
     def generate(self, source: MNISTSplit, index: Tensor, seed: int, stream: str) -> Batch:

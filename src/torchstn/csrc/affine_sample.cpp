@@ -1,0 +1,345 @@
+// Fused affine warp for the CPU: grid generation and bilinear sampling in one pass.
+//
+// torch's path writes a (B, H', W', 2) grid (F.affine_grid) and then reads it back in F.grid_sample. Here each
+// output pixel's source point is computed from the (B, 2, 3) matrix where it is needed, so the grid never exists.
+// The arithmetic follows ATen's grid sampler (GridSampler.h) step by step (unnormalise, pad, floor, the four
+// bilinear weights and, in the backward, the same gradient terms) so the results agree with
+// F.grid_sample(input, affine_grid(theta)) to rounding.
+//
+// Ops (registered as torch.ops.torchstn.*; see torchstn/_ext.py):
+//   affine_bilinear(input (B,C,H,W), theta (B,2,3), xs (W'), ys (H'), padding, align_corners) -> (B,C,H',W')
+//   affine_bilinear_backward(grad_out, input, theta, xs, ys, padding, align_corners, input_grad)
+//       -> (grad_input or an empty tensor, grad_theta (B,2,3))
+// xs and ys are the normalised target coordinates of the output columns and rows. padding: 0 zeros, 1 border,
+// 2 reflection. All tensors contiguous, on the CPU, of one floating dtype (the Python wrapper guarantees it).
+
+#include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <cmath>
+#include <cstdint>
+#include <tuple>
+#include <vector>
+#include <algorithm>
+
+namespace {
+
+constexpr int64_t kZeros = 0;
+constexpr int64_t kBorder = 1;
+constexpr int64_t kReflection = 2;
+
+template <typename T, bool align_corners>
+inline T unnormalize(T coord, int64_t size, T* grad) {
+  if constexpr (align_corners) {
+    *grad = static_cast<T>(size - 1) / 2;
+    return ((coord + 1) / 2) * static_cast<T>(size - 1);
+  }
+  *grad = static_cast<T>(size) / 2;
+  return ((coord + 1) * static_cast<T>(size) - 1) / 2;
+}
+
+template <typename T>
+inline T clip(T in, int64_t limit, T* grad) {
+  const T max = static_cast<T>(limit - 1);
+  *grad = (in > T(0)) & (in < max) ? T(1) : T(0);
+  return in <= T(0) ? T(0) : (in >= max ? max : in);
+}
+
+template <typename T>
+inline T reflect(T in, int64_t twice_low, int64_t twice_high, T* grad) {
+  if (twice_low == twice_high) {
+    *grad = 0;
+    return 0;
+  }
+  const T min = static_cast<T>(twice_low) / 2;
+  const T span = static_cast<T>(twice_high - twice_low) / 2;
+  T mult = 1;
+  in = in - min;
+  if (in < static_cast<T>(0)) {
+    mult = -1;
+    in = -in;
+  }
+  const T extra = std::fmod(in, span);
+  const int64_t flips = static_cast<int64_t>(std::floor(in / span));
+  if (flips % 2 == 0) {
+    *grad = mult;
+    return extra + min;
+  }
+  *grad = -mult;
+  return span - extra + min;
+}
+
+// Pixel coordinate of a normalised one after padding, and d(pixel)/d(normalised) in *grad.
+template <typename T, int64_t padding, bool align_corners>
+inline T source_index(T coord, int64_t size, T* grad) {
+  T g_un;
+  T c = unnormalize<T, align_corners>(coord, size, &g_un);
+  if constexpr (padding == kBorder) {
+    T g_clip;
+    c = clip(c, size, &g_clip);
+    *grad = g_un * g_clip;
+  } else if constexpr (padding == kReflection) {
+    T g_ref, g_clip;
+    c = align_corners ? reflect(c, 0, 2 * (size - 1), &g_ref) : reflect(c, -1, 2 * size - 1, &g_ref);
+    c = clip(c, size, &g_clip);
+    *grad = g_un * g_ref * g_clip;
+  } else {
+    *grad = g_un;
+  }
+  return c;
+}
+
+// Per-row scratch: for each output pixel of one row, the offset of its top-left tap, a 4-bit mask of the taps
+// that lie inside the image (bit 0 top-left, 1 top-right, 2 bottom-left, 3 bottom-right; 0 when the point is far
+// outside, NaN included), its fractional offsets from the top-left tap and d(pixel)/d(grid) for the backward.
+// Offsets are 32-bit (the wrapper only sends images of fewer than 2**31 pixels), which lets the compiler
+// vectorise the loop that fills them.
+template <typename T>
+struct Row {
+  std::vector<int32_t> off, mask;
+  std::vector<T> dx, dy, mx, my;
+  explicit Row(int64_t n) : off(n), mask(n), dx(n), dy(n), mx(n), my(n) {}
+};
+
+// Fill the row buffers for output row y: source point (t0 x + t1 y + t2, t3 x + t4 y + t5) for each x in xs.
+// The buffers are restrict-qualified parameters so that the compiler vectorises the loop without alias checks.
+template <typename T, int64_t padding, bool align_corners>
+void row_taps_padded(const T* __restrict__ t, T y, const T* __restrict__ xs, int64_t Wo, int64_t H, int64_t W,
+                     int32_t* __restrict__ off, int32_t* __restrict__ mask, T* __restrict__ dxs,
+                     T* __restrict__ dys, T* __restrict__ mxs, T* __restrict__ mys) {
+  const T cx = t[1] * y + t[2];
+  const T cy = t[4] * y + t[5];
+  const T t0 = t[0];
+  const T t3 = t[3];
+  const T fw = static_cast<T>(W);
+  const T fh = static_cast<T>(H);
+  const int32_t w32 = static_cast<int32_t>(W);
+  const int32_t h32 = static_cast<int32_t>(H);
+  for (int64_t j = 0; j < Wo; ++j) {
+    const T x = xs[j];
+    T mx, my;
+    const T ix = source_index<T, padding, align_corners>(t0 * x + cx, W, &mx);
+    const T iy = source_index<T, padding, align_corners>(t3 * x + cy, H, &my);
+    const bool inside = (ix >= T(-1)) & (ix <= fw) & (iy >= T(-1)) & (iy <= fh);
+    const T fx = std::floor(inside ? ix : T(-2));
+    const T fy = std::floor(inside ? iy : T(-2));
+    const int32_t x0 = static_cast<int32_t>(fx);
+    const int32_t y0 = static_cast<int32_t>(fy);
+    const int32_t vx0 = (x0 >= 0) & (x0 < w32);
+    const int32_t vx1 = (x0 >= -1) & (x0 < w32 - 1);
+    const int32_t vy0 = (y0 >= 0) & (y0 < h32);
+    const int32_t vy1 = (y0 >= -1) & (y0 < h32 - 1);
+    mask[j] = (vy0 & vx0) | ((vy0 & vx1) << 1) | ((vy1 & vx0) << 2) | ((vy1 & vx1) << 3);
+    off[j] = y0 * w32 + x0;
+    dxs[j] = ix - fx;
+    dys[j] = iy - fy;
+    mxs[j] = mx;
+    mys[j] = my;
+  }
+}
+
+template <typename T>
+void row_taps(const T* t, T y, const T* xs, int64_t Wo, int64_t H, int64_t W, int64_t padding, bool align_corners,
+              Row<T>& row) {
+  int32_t* off = row.off.data();
+  int32_t* mask = row.mask.data();
+  T* dx = row.dx.data();
+  T* dy = row.dy.data();
+  T* mx = row.mx.data();
+  T* my = row.my.data();
+#define TORCHSTN_ROW(PAD, ALIGN) row_taps_padded<T, PAD, ALIGN>(t, y, xs, Wo, H, W, off, mask, dx, dy, mx, my)
+  if (align_corners) {
+    if (padding == kBorder) return TORCHSTN_ROW(kBorder, true);
+    if (padding == kReflection) return TORCHSTN_ROW(kReflection, true);
+    return TORCHSTN_ROW(kZeros, true);
+  }
+  if (padding == kBorder) return TORCHSTN_ROW(kBorder, false);
+  if (padding == kReflection) return TORCHSTN_ROW(kReflection, false);
+  return TORCHSTN_ROW(kZeros, false);
+#undef TORCHSTN_ROW
+}
+
+template <typename T>
+void forward_kernel(const T* in, const T* theta, const T* xs, const T* ys, T* out, int64_t B, int64_t C, int64_t H,
+                    int64_t W, int64_t Ho, int64_t Wo, int64_t padding, bool align_corners) {
+  const int64_t plane = H * W;
+  const int64_t out_plane = Ho * Wo;
+  const int64_t grain = std::max<int64_t>(1, 16384 / std::max<int64_t>(1, Wo * C));
+  at::parallel_for(0, B * Ho, grain, [&](int64_t begin, int64_t end) {
+    Row<T> row(Wo);
+    for (int64_t r = begin; r < end; ++r) {
+      const int64_t b = r / Ho;
+      const int64_t i = r % Ho;
+      row_taps(theta + b * 6, ys[i], xs, Wo, H, W, padding, align_corners, row);
+      const int32_t* __restrict__ off = row.off.data();
+      const int32_t* __restrict__ mask = row.mask.data();
+      const T* __restrict__ dxs = row.dx.data();
+      const T* __restrict__ dys = row.dy.data();
+      for (int64_t c = 0; c < C; ++c) {
+        const T* __restrict__ s = in + (b * C + c) * plane;
+        T* __restrict__ dst = out + (b * C + c) * out_plane + i * Wo;
+        for (int64_t j = 0; j < Wo; ++j) {
+          const T dx = dxs[j];
+          const T dy = dys[j];
+          const T ex = 1 - dx;
+          const T ey = 1 - dy;
+          const int64_t o = off[j];
+          const int32_t m = mask[j];
+          if (m == 15) {
+            dst[j] = (s[o] * ex + s[o + 1] * dx) * ey + (s[o + W] * ex + s[o + W + 1] * dx) * dy;
+          } else {
+            T v = 0;
+            if (m & 1) v += s[o] * (ex * ey);
+            if (m & 2) v += s[o + 1] * (dx * ey);
+            if (m & 4) v += s[o + W] * (ex * dy);
+            if (m & 8) v += s[o + W + 1] * (dx * dy);
+            dst[j] = v;
+          }
+        }
+      }
+    }
+  });
+}
+
+template <typename T>
+void backward_kernel(const T* gout, const T* in, const T* theta, const T* xs, const T* ys, T* gin, T* gtheta,
+                     int64_t B, int64_t C, int64_t H, int64_t W, int64_t Ho, int64_t Wo, int64_t padding,
+                     bool align_corners) {
+  using acc_t = double;
+  const int64_t plane = H * W;
+  const int64_t out_plane = Ho * Wo;
+  // One image per task: each writes only its own grad_input planes and theta row, so no two threads collide.
+  at::parallel_for(0, B, 1, [&](int64_t begin, int64_t end) {
+    Row<T> row(Wo);
+    std::vector<T> gix(Wo), giy(Wo);
+    for (int64_t b = begin; b < end; ++b) {
+      const T* t = theta + b * 6;
+      acc_t acc[6] = {0, 0, 0, 0, 0, 0};
+      for (int64_t i = 0; i < Ho; ++i) {
+        const T y = ys[i];
+        row_taps(t, y, xs, Wo, H, W, padding, align_corners, row);
+        const int32_t* __restrict__ off = row.off.data();
+        const int32_t* __restrict__ mask = row.mask.data();
+        const T* __restrict__ dxs = row.dx.data();
+        const T* __restrict__ dys = row.dy.data();
+        T* __restrict__ gx = gix.data();
+        T* __restrict__ gy = giy.data();
+        std::fill(gix.begin(), gix.end(), T(0));
+        std::fill(giy.begin(), giy.end(), T(0));
+        for (int64_t c = 0; c < C; ++c) {
+          const T* __restrict__ s = in + (b * C + c) * plane;
+          const T* __restrict__ g = gout + (b * C + c) * out_plane + i * Wo;
+          T* __restrict__ sg = gin == nullptr ? nullptr : gin + (b * C + c) * plane;
+          for (int64_t j = 0; j < Wo; ++j) {
+            const int32_t m = mask[j];
+            if (m == 0) continue;
+            const T go = g[j];
+            const T dx = dxs[j];
+            const T dy = dys[j];
+            const T ex = 1 - dx;
+            const T ey = 1 - dy;
+            const int64_t o = off[j];
+            const T v00 = (m & 1) ? s[o] : T(0);
+            const T v01 = (m & 2) ? s[o + 1] : T(0);
+            const T v10 = (m & 4) ? s[o + W] : T(0);
+            const T v11 = (m & 8) ? s[o + W + 1] : T(0);
+            gx[j] += ((v01 - v00) * ey + (v11 - v10) * dy) * go;
+            gy[j] += ((v10 - v00) * ex + (v11 - v01) * dx) * go;
+            if (sg != nullptr) {
+              if (m & 1) sg[o] += ex * ey * go;
+              if (m & 2) sg[o + 1] += dx * ey * go;
+              if (m & 4) sg[o + W] += ex * dy * go;
+              if (m & 8) sg[o + W + 1] += dx * dy * go;
+            }
+          }
+        }
+        const T* __restrict__ mxs = row.mx.data();
+        const T* __restrict__ mys = row.my.data();
+        acc_t sx = 0, sxx = 0, sy = 0, syx = 0;
+        for (int64_t j = 0; j < Wo; ++j) {
+          const acc_t ggx = static_cast<acc_t>(gx[j] * mxs[j]);
+          const acc_t ggy = static_cast<acc_t>(gy[j] * mys[j]);
+          sxx += ggx * xs[j];
+          sx += ggx;
+          syx += ggy * xs[j];
+          sy += ggy;
+        }
+        acc[0] += sxx;
+        acc[1] += sx * y;
+        acc[2] += sx;
+        acc[3] += syx;
+        acc[4] += sy * y;
+        acc[5] += sy;
+      }
+      for (int k = 0; k < 6; ++k) gtheta[b * 6 + k] = static_cast<T>(acc[k]);
+    }
+  });
+}
+
+void check_inputs(const at::Tensor& input, const at::Tensor& theta, const at::Tensor& xs, const at::Tensor& ys) {
+  TORCH_CHECK(input.dim() == 4, "torchstn::affine_bilinear: input must be (B, C, H, W)");
+  TORCH_CHECK(theta.dim() == 3 && theta.size(0) == input.size(0) && theta.size(1) == 2 && theta.size(2) == 3,
+              "torchstn::affine_bilinear: theta must be (B, 2, 3)");
+  TORCH_CHECK(xs.dim() == 1 && ys.dim() == 1, "torchstn::affine_bilinear: xs and ys must be 1D");
+  for (const at::Tensor* t : {&input, &theta, &xs, &ys}) {
+    TORCH_CHECK(t->device().is_cpu(), "torchstn::affine_bilinear: CPU tensors only");
+    TORCH_CHECK(t->is_contiguous(), "torchstn::affine_bilinear: contiguous tensors only");
+    TORCH_CHECK(t->scalar_type() == input.scalar_type(), "torchstn::affine_bilinear: one dtype for all tensors");
+  }
+}
+
+at::Tensor affine_bilinear(const at::Tensor& input, const at::Tensor& theta, const at::Tensor& xs,
+                           const at::Tensor& ys, int64_t padding, bool align_corners) {
+  check_inputs(input, theta, xs, ys);
+  TORCH_CHECK(padding >= kZeros && padding <= kReflection, "torchstn::affine_bilinear: padding must be 0, 1 or 2");
+  const int64_t B = input.size(0), C = input.size(1), H = input.size(2), W = input.size(3);
+  const int64_t Ho = ys.size(0), Wo = xs.size(0);
+  at::Tensor out = at::empty({B, C, Ho, Wo}, input.options());
+  if (out.numel() == 0) return out;
+  AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "torchstn_affine_bilinear", [&] {
+    forward_kernel<scalar_t>(input.const_data_ptr<scalar_t>(), theta.const_data_ptr<scalar_t>(),
+                             xs.const_data_ptr<scalar_t>(), ys.const_data_ptr<scalar_t>(),
+                             out.mutable_data_ptr<scalar_t>(), B, C, H, W, Ho, Wo, padding, align_corners);
+  });
+  return out;
+}
+
+std::tuple<at::Tensor, at::Tensor> affine_bilinear_backward(const at::Tensor& grad_out, const at::Tensor& input,
+                                                            const at::Tensor& theta, const at::Tensor& xs,
+                                                            const at::Tensor& ys, int64_t padding,
+                                                            bool align_corners, bool input_grad) {
+  check_inputs(input, theta, xs, ys);
+  TORCH_CHECK(padding >= kZeros && padding <= kReflection, "torchstn::affine_bilinear: padding must be 0, 1 or 2");
+  const int64_t B = input.size(0), C = input.size(1), H = input.size(2), W = input.size(3);
+  const int64_t Ho = ys.size(0), Wo = xs.size(0);
+  TORCH_CHECK(grad_out.sizes() == at::IntArrayRef({B, C, Ho, Wo}) && grad_out.is_contiguous() &&
+                  grad_out.scalar_type() == input.scalar_type() && grad_out.device().is_cpu(),
+              "torchstn::affine_bilinear_backward: grad_out must be a contiguous (B, C, H', W') CPU tensor");
+  at::Tensor gin = input_grad ? at::zeros_like(input) : at::empty({0}, input.options());
+  at::Tensor gtheta = at::empty({B, 2, 3}, input.options());
+  if (B == 0) return {gin, gtheta};
+  AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "torchstn_affine_bilinear_backward", [&] {
+    backward_kernel<scalar_t>(grad_out.const_data_ptr<scalar_t>(), input.const_data_ptr<scalar_t>(),
+                              theta.const_data_ptr<scalar_t>(), xs.const_data_ptr<scalar_t>(),
+                              ys.const_data_ptr<scalar_t>(),
+                              input_grad ? gin.mutable_data_ptr<scalar_t>() : nullptr,
+                              gtheta.mutable_data_ptr<scalar_t>(), B, C, H, W, Ho, Wo, padding, align_corners);
+  });
+  return {gin, gtheta};
+}
+
+}  // namespace
+
+TORCH_LIBRARY(torchstn, m) {
+  m.def("affine_bilinear(Tensor input, Tensor theta, Tensor xs, Tensor ys, int padding, bool align_corners) -> Tensor");
+  m.def(
+      "affine_bilinear_backward(Tensor grad_out, Tensor input, Tensor theta, Tensor xs, Tensor ys, int padding, "
+      "bool align_corners, bool input_grad) -> (Tensor, Tensor)");
+}
+
+TORCH_LIBRARY_IMPL(torchstn, CPU, m) {
+  m.impl("affine_bilinear", &affine_bilinear);
+  m.impl("affine_bilinear_backward", &affine_bilinear_backward);
+}

@@ -1,0 +1,264 @@
+"""The fused CPU kernel (torchstn.ext): agreement with F.affine_grid + F.grid_sample, gradients, dispatch."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import torchstn
+from torchstn import ext
+from torchstn.errors import NonFiniteError, OptionError
+from torchstn.transforms import Affine, Attention, Projective, Similarity, ThinPlateSpline, Translation
+
+if not ext.available():
+    if os.environ.get("TORCHSTN_REQUIRE_EXT") == "1":
+        pytest.fail("the fused kernel does not load: build it with `make ext` (python -m torchstn.ext build)")
+    pytest.skip("the fused kernel is not built (python -m torchstn.ext build)", allow_module_level=True)
+
+PADDINGS = ("zeros", "border", "reflection")
+
+
+def _theta(b: int, scale: float, gen: torch.Generator, dtype: torch.dtype = torch.float64) -> torch.Tensor:
+    return torch.eye(2, 3, dtype=dtype) + scale * torch.randn(b, 2, 3, generator=gen, dtype=dtype)
+
+
+def _torch_path(x: torch.Tensor, theta: torch.Tensor, size: tuple[int, int], padding: str, ac: bool) -> torch.Tensor:
+    grid = F.affine_grid(theta, [x.shape[0], x.shape[1], *size], align_corners=ac)
+    return F.grid_sample(x, grid, padding_mode=padding, align_corners=ac)
+
+
+@pytest.mark.filterwarnings("ignore:Since version 1.3.0, affine_grid")  # torch's note on unit sizes
+@pytest.mark.parametrize("padding", PADDINGS)
+@pytest.mark.parametrize("align_corners", [False, True])
+@pytest.mark.parametrize(
+    ("in_size", "out_size", "scale"),
+    [((7, 9), (5, 11), 0.3), ((12, 10), (12, 10), 1.5), ((1, 6), (3, 4), 0.5), ((5, 5), (1, 1), 0.2)],
+)
+def test_fused_matches_torch_values_and_gradients(
+    padding: str,
+    align_corners: bool,
+    in_size: tuple[int, int],
+    out_size: tuple[int, int],
+    scale: float,
+    gen: torch.Generator,
+) -> None:
+    """Forward, input gradient and matrix gradient against torch's path, float64, many points outside the image."""
+    x = torch.randn(3, 2, *in_size, generator=gen, dtype=torch.float64, requires_grad=True)
+    theta = _theta(3, scale, gen).requires_grad_()
+    ours = torchstn.warp(x, theta.reshape(3, 6), Affine(), out_size, padding=padding, align_corners=align_corners,
+                         backend="fused")  # fmt: skip
+    ref = _torch_path(x, theta, out_size, padding, align_corners)
+    torch.testing.assert_close(ours, ref, rtol=0, atol=1e-12)
+    w = torch.randn(ref.shape, generator=gen, dtype=torch.float64)
+    g_ours = torch.autograd.grad(ours, (x, theta), w)
+    g_ref = torch.autograd.grad(ref, (x, theta), w)
+    for a, b in zip(g_ours, g_ref, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
+
+
+def test_fused_on_integer_coordinates(gen: torch.Generator) -> None:
+    """Source points exactly on pixel centres and on the image's edges (floor boundaries, the -1 and W limits).
+
+    Values and input gradients must agree. The matrix gradient is not compared here: on a kink of the bilinear
+    kernel it is one-sided, and which side depends on the last bit of the coordinate, which the two paths round
+    differently (torch's grid is a GEMM); the random-matrix test compares it away from kinks."""
+    x = torch.randn(2, 3, 6, 8, generator=gen, dtype=torch.float64, requires_grad=True)
+    # Scale 2 with align_corners=True maps output pixels onto every other input pixel centre, and the edges onto
+    # the first and last centres; the translation then pushes half the points exactly onto -1 and W.
+    theta = torch.tensor([[[2.0, 0.0, 0.0], [0.0, 2.0, 0.0]], [[1.0, 0.0, 2.0 / 7], [0.0, 1.0, -2.0 / 5]]],
+                         dtype=torch.float64, requires_grad=True)  # fmt: skip
+    for padding in PADDINGS:
+        ours = torchstn.warp(x, theta.reshape(2, 6), Affine(), padding=padding, align_corners=True, backend="fused")
+        ref = _torch_path(x, theta, (6, 8), padding, True)
+        torch.testing.assert_close(ours, ref, rtol=0, atol=1e-12)
+        (g_ours,) = torch.autograd.grad(ours.sum(), x)
+        (g_ref,) = torch.autograd.grad(ref.sum(), x)
+        torch.testing.assert_close(g_ours, g_ref, rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("padding", PADDINGS)
+def test_fused_gradcheck(padding: str, gen: torch.Generator) -> None:
+    x = torch.randn(2, 2, 5, 6, generator=gen, dtype=torch.float64, requires_grad=True)
+    p = _theta(2, 0.3, gen).reshape(2, 6).requires_grad_()
+    assert torch.autograd.gradcheck(
+        lambda x, p: torchstn.warp(x, p, Affine(), (4, 7), padding=padding, backend="fused"), (x, p)
+    )
+
+
+def test_fused_float32_against_float64(gen: torch.Generator) -> None:
+    """float32 results against the float64 answer at SVHN's size: as close as torch's own float32 path, or closer
+    (the matrix gradient is summed in float64)."""
+    x64 = torch.rand(8, 3, 64, 64, generator=gen, dtype=torch.float64)
+    t64 = _theta(8, 0.1, gen)
+    w64 = torch.randn(8, 3, 64, 64, generator=gen, dtype=torch.float64)
+    x32, t32 = x64.float().requires_grad_(), t64.float().requires_grad_()
+    out32 = torchstn.warp(x32, t32.reshape(8, 6), Affine(), backend="fused")
+    g32 = torch.autograd.grad(out32, (x32, t32), w64.float())
+    x64.requires_grad_()
+    t64.requires_grad_()
+    ref = _torch_path(x64, t64, (64, 64), "zeros", False)
+    g64 = torch.autograd.grad(ref, (x64, t64), w64)
+    torch.testing.assert_close(out32.double(), ref, rtol=0, atol=1e-5)
+    xt, tt = x64.detach().float().requires_grad_(), t64.detach().float().requires_grad_()
+    gt = torch.autograd.grad(_torch_path(xt, tt, (64, 64), "zeros", False), (xt, tt), w64.float())
+    for ours, theirs, exact in zip(g32, gt, g64, strict=True):
+        err = float((ours.double() - exact).norm() / exact.norm())
+        assert err < 1e-5
+        assert err <= float((theirs.double() - exact).norm() / exact.norm())
+
+
+@pytest.mark.parametrize("transform", [Attention(), Similarity(), Translation()], ids=repr)
+def test_auto_takes_the_kernel_for_every_affine_family(transform: torchstn.Transform, gen: torch.Generator) -> None:
+    x = torch.rand(4, 3, 9, 13, generator=gen, dtype=torch.float64)
+    p = transform.identity_params(4, dtype=torch.float64) + 0.1 * torch.randn(
+        4, transform.num_params, generator=gen, dtype=torch.float64
+    )
+    fused = torchstn.warp(x, p, transform, (7, 8), backend="fused")
+    auto = torchstn.warp(x, p, transform, (7, 8))
+    plain = torchstn.warp(x, p, transform, (7, 8), backend="torch")
+    torch.testing.assert_close(fused, auto, rtol=0, atol=0)
+    torch.testing.assert_close(fused, plain, rtol=0, atol=1e-12)
+
+
+def test_auto_uses_the_kernel(monkeypatch: pytest.MonkeyPatch, gen: torch.Generator) -> None:
+    """backend='auto' goes through the kernel where it applies, and around it where it does not."""
+    calls: list[str] = []
+    real = torchstn.sampling._fused_affine
+
+    def spy(*args: object, **kwargs: object) -> torch.Tensor:
+        calls.append("fused")
+        return real(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(torchstn.sampling, "_fused_affine", spy)
+    x = torch.rand(2, 1, 8, 8, generator=gen)
+    p = Affine().identity_params(2)
+    torchstn.warp(x, p, Affine())
+    assert calls == ["fused"]
+    torchstn.warp(x, p, Affine(), mode="nearest")
+    torchstn.warp(x, p, Affine(), nonfinite="propagate")
+    torchstn.warp(x, p, Affine(), backend="torch")
+    torchstn.warp(x.double(), Projective().identity_params(2, dtype=torch.float64), Projective())
+    assert calls == ["fused"]
+    st = torchstn.SpatialTransformer(torchstn.mlp_localisation((1, 8, 8), Affine()), Affine())
+    st(x)
+    assert calls == ["fused", "fused"]
+
+
+def test_fill_padding_through_the_kernel(gen: torch.Generator) -> None:
+    x = torch.rand(3, 3, 6, 7, generator=gen, dtype=torch.float64)
+    p = _theta(3, 0.6, gen).reshape(3, 6)
+    fill = torch.tensor([0.5, -1.0, 2.0], dtype=torch.float64)
+    ours = torchstn.warp(x, p, Affine(), padding="fill", fill=fill, backend="fused")
+    plain = torchstn.warp(x, p, Affine(), padding="fill", fill=fill, backend="torch")
+    torch.testing.assert_close(ours, plain, rtol=0, atol=1e-12)
+
+
+def test_fused_refuses_what_it_cannot_run(gen: torch.Generator) -> None:
+    x = torch.rand(2, 1, 8, 8, generator=gen)
+    with pytest.raises(OptionError, match=r"backend: 'fused'.*affine-family"):
+        torchstn.warp(x, Projective().identity_params(2), Projective(), backend="fused")
+    with pytest.raises(OptionError, match=r"backend: 'fused'.*affine-family"):
+        torchstn.warp(x, ThinPlateSpline().identity_params(2), ThinPlateSpline(), backend="fused")
+    with pytest.raises(OptionError, match=r"backend: 'fused'.*bilinear"):
+        torchstn.warp(x, Affine().identity_params(2), Affine(), mode="bicubic", backend="fused")
+    with pytest.raises(OptionError, match=r"backend: 'fused'.*float32 or float64"):
+        torchstn.warp(x.half(), Affine().identity_params(2).half(), Affine(), backend="fused")
+    with pytest.raises(OptionError, match=r"backend: 'fused'.*propagate"):
+        torchstn.warp(x, Affine().identity_params(2), Affine(), nonfinite="propagate", backend="fused")
+    with pytest.raises(OptionError, match="fill"):
+        torchstn.warp(x, Affine().identity_params(2), Affine(), padding="fill", backend="fused")
+    # a ready-made grid has nothing to fuse: sample() reads it with F.grid_sample
+    grid = torchstn.affine_grid(torch.eye(2, 3).expand(2, 2, 3), (8, 8))
+    torch.testing.assert_close(torchstn.sample(x, grid, backend="fused"), torchstn.sample(x, grid))
+
+
+def test_nonfinite_params_with_the_kernel(gen: torch.Generator) -> None:
+    x = torch.rand(2, 1, 8, 8, generator=gen)
+    p = Affine().identity_params(2)
+    p[1, 2] = float("nan")
+    with pytest.raises(NonFiniteError, match="params"):
+        torchstn.warp(x, p, Affine(), backend="fused")
+    out = torchstn.warp(x, p, Affine(), backend="fused", nonfinite="ignore")  # the kernel reads NaN as outside
+    assert torch.isfinite(out).all()
+    torch.testing.assert_close(out[0], x[0], rtol=0, atol=1e-6)
+    assert (out[1] == 0).all()
+    huge = Affine().identity_params(2)
+    huge[:, 0] = 1e30  # finite, far outside: every tap is padding, and nothing overflows an integer conversion
+    assert (torchstn.warp(x, huge, Affine(), backend="fused") == 0).all()
+    torch.testing.assert_close(
+        torchstn.warp(x, huge, Affine(), padding="border", backend="fused"),
+        torchstn.warp(x, huge, Affine(), padding="border", backend="torch"),
+    )
+
+
+def test_second_order_gradients_are_refused(gen: torch.Generator) -> None:
+    x = torch.rand(2, 1, 6, 6, generator=gen, dtype=torch.float64, requires_grad=True)
+    p = Affine().identity_params(2, dtype=torch.float64).requires_grad_()
+    (g,) = torch.autograd.grad(torchstn.warp(x, p, Affine(), backend="fused").sum(), p, create_graph=True)
+    with pytest.raises(RuntimeError, match=r"first-order gradients only.*reference"):
+        torch.autograd.grad(g.sum(), x)
+    # without create_graph the backward builds no graph at all
+    (g,) = torch.autograd.grad(torchstn.warp(x, p, Affine(), backend="fused").sum(), p)
+    assert g.grad_fn is None
+
+
+def test_results_do_not_depend_on_the_thread_count(gen: torch.Generator) -> None:
+    x = torch.rand(6, 3, 20, 24, generator=gen, requires_grad=True)
+    p = _theta(6, 0.2, gen, torch.float32).reshape(6, 6).requires_grad_()
+    before = torch.get_num_threads()
+    results = []
+    try:
+        for threads in (1, 2):
+            torch.set_num_threads(threads)
+            out = torchstn.warp(x, p, Affine(), backend="fused")
+            results.append((out, *torch.autograd.grad(out.square().sum(), (x, p))))
+    finally:
+        torch.set_num_threads(before)
+    for a, b in zip(*results, strict=True):
+        assert torch.equal(a, b)
+
+
+def test_inference_mode_then_training(gen: torch.Generator) -> None:
+    """The cached target coordinates are built outside inference mode, so a later autograd call can save them."""
+    torchstn.sampling._coords_cache.clear()
+    x = torch.rand(2, 1, 11, 13, generator=gen)
+    p = Affine().identity_params(2)
+    with torch.inference_mode():
+        torchstn.warp(x, p, Affine(), backend="fused")
+    p = p.clone().requires_grad_()
+    torchstn.warp(x, p, Affine(), backend="fused").sum().backward()
+    assert p.grad is not None
+
+
+def test_build_key_and_status_command(tmp_path: object) -> None:
+    key = ext.build_dir()
+    assert key.name.startswith("torchstn_ext-")
+    assert key == ext.build_dir()  # stable within a machine
+    done = subprocess.run([sys.executable, "-m", "torchstn.ext", "status"], capture_output=True, text=True, check=False)
+    assert done.returncode == 0, done.stderr
+    assert "loads" in done.stdout
+    env = {**os.environ, "TORCHSTN_EXT": "0"}
+    off = subprocess.run(
+        [sys.executable, "-m", "torchstn.ext", "status"], capture_output=True, text=True, check=False, env=env
+    )
+    assert off.returncode == 1
+    assert "disabled" in off.stdout
+
+
+def test_a_missing_build_is_not_compiled_implicitly(tmp_path: object) -> None:
+    """With an empty cache directory, warp keeps working on F.grid_sample and compiles nothing."""
+    code = (
+        "import torch, torchstn; from torchstn import ext; "
+        "x = torch.rand(1, 1, 4, 4); p = torchstn.Affine().identity_params(1); "
+        "out = torchstn.warp(x, p, torchstn.Affine()); "
+        "assert torch.allclose(out, x, atol=1e-6); assert not ext.available(); print('ok')"
+    )
+    env = {**os.environ, "TORCHSTN_EXT_DIR": str(tmp_path)}
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False, env=env)
+    assert done.returncode == 0, done.stderr
+    assert list(os.scandir(str(tmp_path))) == []
