@@ -59,7 +59,7 @@ from torch import Tensor
 
 import torchstn
 from _common import ForeignLoad, machine_info
-from torchstn import Affine, Projective, ThinPlateSpline
+from torchstn import Affine, Projective, ThinPlateSpline, ext
 from torchstn.geometry import _affine_grid
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -605,6 +605,7 @@ BREAKDOWN_COLUMNS = [
     "shape",
     "warp ms",
     "warp nonfinite='ignore' ms",
+    "warp grid path ms",
     "grid ms",
     "grid (warp's layout) ms",
     "sample ms",
@@ -612,6 +613,7 @@ BREAKDOWN_COLUMNS = [
     "F.grid_sample ms",
     "warp fwd+bwd ms",
     "warp fwd+bwd nonfinite='ignore' ms",
+    "warp fwd+bwd grid path ms",
     "F.grid_sample fwd+bwd ms",
 ]
 
@@ -636,6 +638,7 @@ def bench_breakdown(shape: Shape, timer: Timer, gen: torch.Generator) -> tuple[d
     candidates: dict[str, Callable[[], object]] = {
         "warp": lambda: torchstn.warp(x, params, AFFINE, shape.out),
         "warp_ignore": lambda: torchstn.warp(x, params, AFFINE, shape.out, nonfinite="ignore"),
+        "warp_grid_path": lambda: torchstn.warp(x, params, AFFINE, shape.out, backend="torch"),
         "grid": lambda: AFFINE.grid(params, shape.out),
         # warp asks for a grid it need not reshape: batch-strided where rows of 4 KiB multiples would alias
         "grid_warp": lambda: _affine_grid(theta, shape.out, False, contiguous=False),
@@ -645,6 +648,9 @@ def bench_breakdown(shape: Shape, timer: Timer, gen: torch.Generator) -> tuple[d
         "warp_fwd_bwd": backward(p_leaf, lambda: torchstn.warp(x, p_leaf, AFFINE, shape.out)),
         "warp_fwd_bwd_ignore": backward(
             p_leaf, lambda: torchstn.warp(x, p_leaf, AFFINE, shape.out, nonfinite="ignore")
+        ),
+        "warp_fwd_bwd_grid_path": backward(
+            p_leaf, lambda: torchstn.warp(x, p_leaf, AFFINE, shape.out, backend="torch")
         ),
         "grid_sample_fwd_bwd": backward(g_leaf, lambda: F.grid_sample(x, g_leaf, align_corners=False)),
     }
@@ -687,7 +693,8 @@ def check_targets(sections: dict[str, Section]) -> Section:
 
 def warp_machine_info(device: torch.device) -> dict[str, Any]:
     """The shared machine description plus kornia's version, the device and the scheduling group."""
-    info = machine_info(kornia=kornia.__version__, device=str(device))
+    # Whether warp's default backend could take the compiled kernel (torchstn.ext) on this machine.
+    info = machine_info(kornia=kornia.__version__, device=str(device), fused_kernel=ext.available())
     if device.type == "cuda":
         info["gpu"] = torch.cuda.get_device_name(device)
     with contextlib.suppress(OSError):  # Linux's per-session scheduling group and its nice value (priority)
@@ -813,7 +820,9 @@ def main(argv: Sequence[str] | None = None) -> None:
                 Section(
                     "breakdown",
                     "6. Where our affine warp's time goes",
-                    "Pieces of `torchstn.warp(x, params, Affine())`, timed in one loop: the grid (`Affine().grid`, "
+                    "Pieces of `torchstn.warp(x, params, Affine())`, timed in one loop: the warp (the fused kernel "
+                    "where it is loaded) and the same warp on the grid path (`backend='torch'`: grid, then "
+                    "`F.grid_sample`), the grid (`Affine().grid`, "
                     "contiguous, and in the layout warp uses, batch-strided where the rows are a multiple of 4 KiB), "
                     "`torchstn.sample` on a ready grid with its default finite check and with `nonfinite='ignore'` "
                     "(the difference is the check), bare `F.grid_sample`, and forward + backward (theta grad) with "
@@ -837,6 +846,7 @@ def write_results(args: argparse.Namespace, info: dict[str, Any], sections: dict
     rows = info["foreign_cpu_share_rows"]
     load = "unknown" if rows is None else f"median {fmt_share(rows['median'])}, max {fmt_share(rows['max'])}"
     autogroup = f" Scheduling group: `{info['autogroup']}`." if "autogroup" in info else ""
+    kernel = "loaded, so ours is the fused warp" if info["fused_kernel"] else "not built, so ours is the grid path"
     header = [
         "# Warp benchmark",
         "",
@@ -844,7 +854,7 @@ def write_results(args: argparse.Namespace, info: dict[str, Any], sections: dict
         "",
         f"Machine: {info['cpu']}, {info['logical_cores']} logical cores, torch threads {info['torch_threads']}, "
         f"device {info['device']}{gpu}; torch {info['torch']}, kornia {info['kornia']}, torchstn "
-        f"{info['torchstn']}, Python {info['python']}.",
+        f"{info['torchstn']}, Python {info['python']}. Fused kernel (torchstn.ext): {kernel}.",
         "",
         f"Median of {args.repeats} interleaved repetitions (fewer, at least {min(args.repeats, MIN_REPEATS)}, where a "
         f"row would take over {args.max_row_seconds:g} s; see `repeats` in warp.json) after up to {args.warmup} "
