@@ -12,9 +12,10 @@ Two backends share one interface, :func:`sample`:
   and padding mode, for both ``align_corners`` values.
 
 :func:`warp` has a third, ``"fused"``: the compiled CPU kernel of :mod:`torchstn.ext`, which samples an affine
-warp straight from its matrix without building the grid (about twice as fast as the grid path). ``"auto"`` takes
-it whenever it applies and has been built; ``"fused"`` insists on it and raises :class:`~torchstn.errors.OptionError`
-saying why when it cannot run.
+warp straight from its matrix without building the grid (timed against the grid path in
+``benchmarks/results/warp.md``, section 6). ``"auto"`` takes it whenever it applies and has been built; ``"fused"``
+insists on it and raises :class:`~torchstn.errors.OptionError` saying why when it cannot run. Its gradients are
+first order only.
 
 Padding: ``"zeros"``, ``"border"``, ``"reflection"`` (PyTorch's), and ``"fill"``, a constant per channel that
 PyTorch lacks. ``"fill"`` samples ``input - fill`` with zero padding and adds ``fill`` back: every kernel's
@@ -25,7 +26,8 @@ Non-finite grids: with border or reflection padding ``F.grid_sample`` silently r
 first pixel), and nearest sampling with zero padding returns 0: plausible but wrong values. By default
 (``nonfinite="raise"``) a grid holding NaN or inf raises :class:`~torchstn.errors.NonFiniteError`;
 ``"propagate"`` instead makes the output NaN at exactly those output pixels (no host synchronisation, so a NaN
-loss shows up downstream), and ``"ignore"`` skips the check and keeps the backend's behaviour. :func:`warp` (and
+loss shows up downstream), and ``"ignore"`` skips the check and keeps the backend's behaviour (the fused kernel
+reads a NaN source point as lying outside the image: 0 whatever the padding). :func:`warp` (and
 so :class:`~torchstn.modules.SpatialTransformer`) checks a matrix family's ``(B, 3, 3)`` matrix instead of the grid,
 which is much cheaper: a finite matrix whose entries are small enough that no grid point can overflow proves the
 grid finite; NaN or inf in it raises naming ``params``; a finite matrix too large to vouch for falls back to the
@@ -47,7 +49,6 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from torchstn import ext
 from torchstn._checks import capturing_graph, check_choice, check_size, check_tensor
 from torchstn.errors import DTypeError, NonFiniteError, OptionError, ShapeError
 from torchstn.geometry import normalized_coords
@@ -365,6 +366,8 @@ def _fused_unsupported(input: Tensor, transform: Transform, mode: str, padding: 
         return "nonfinite='propagate' needs the grid"
     if input.shape[-1] * input.shape[-2] >= 2**31:
         return "the image has 2**31 pixels or more"
+    from torchstn import ext  # here, not at the top: `python -m torchstn.ext` must not find it imported already
+
     if not ext.available():
         return "the kernel is not built (run `python -m torchstn.ext build`) or TORCHSTN_EXT=0"
     return None

@@ -203,6 +203,50 @@ void forward_kernel(const T* in, const T* theta, const T* xs, const T* ys, T* ou
   });
 }
 
+// One channel of one output row: add each point's d(loss)/d(source x, y) to gx, gy and, with INPUT_GRAD, scatter
+// its gradient onto the four taps. Points whose taps are all inside (nearly all of them) skip the tap tests.
+template <typename T, bool INPUT_GRAD>
+inline void backward_row(const T* __restrict__ s, const T* __restrict__ g, T* __restrict__ sg,
+                         const int32_t* __restrict__ off, const int32_t* __restrict__ mask, const T* __restrict__ dxs,
+                         const T* __restrict__ dys, T* __restrict__ gx, T* __restrict__ gy, int64_t Wo, int64_t W) {
+  for (int64_t j = 0; j < Wo; ++j) {
+    const int32_t m = mask[j];
+    if (m == 0) continue;
+    const T go = g[j];
+    const T dx = dxs[j];
+    const T dy = dys[j];
+    const T ex = 1 - dx;
+    const T ey = 1 - dy;
+    const int64_t o = off[j];
+    T v00, v01, v10, v11;
+    if (m == 15) {
+      v00 = s[o];
+      v01 = s[o + 1];
+      v10 = s[o + W];
+      v11 = s[o + W + 1];
+      if constexpr (INPUT_GRAD) {
+        sg[o] += ex * ey * go;
+        sg[o + 1] += dx * ey * go;
+        sg[o + W] += ex * dy * go;
+        sg[o + W + 1] += dx * dy * go;
+      }
+    } else {
+      v00 = (m & 1) ? s[o] : T(0);
+      v01 = (m & 2) ? s[o + 1] : T(0);
+      v10 = (m & 4) ? s[o + W] : T(0);
+      v11 = (m & 8) ? s[o + W + 1] : T(0);
+      if constexpr (INPUT_GRAD) {
+        if (m & 1) sg[o] += ex * ey * go;
+        if (m & 2) sg[o + 1] += dx * ey * go;
+        if (m & 4) sg[o + W] += ex * dy * go;
+        if (m & 8) sg[o + W + 1] += dx * dy * go;
+      }
+    }
+    gx[j] += ((v01 - v00) * ey + (v11 - v10) * dy) * go;
+    gy[j] += ((v10 - v00) * ex + (v11 - v01) * dx) * go;
+  }
+}
+
 template <typename T>
 void backward_kernel(const T* gout, const T* in, const T* theta, const T* xs, const T* ys, T* gin, T* gtheta,
                      int64_t B, int64_t C, int64_t H, int64_t W, int64_t Ho, int64_t Wo, int64_t padding,
@@ -232,27 +276,10 @@ void backward_kernel(const T* gout, const T* in, const T* theta, const T* xs, co
           const T* __restrict__ s = in + (b * C + c) * plane;
           const T* __restrict__ g = gout + (b * C + c) * out_plane + i * Wo;
           T* __restrict__ sg = gin == nullptr ? nullptr : gin + (b * C + c) * plane;
-          for (int64_t j = 0; j < Wo; ++j) {
-            const int32_t m = mask[j];
-            if (m == 0) continue;
-            const T go = g[j];
-            const T dx = dxs[j];
-            const T dy = dys[j];
-            const T ex = 1 - dx;
-            const T ey = 1 - dy;
-            const int64_t o = off[j];
-            const T v00 = (m & 1) ? s[o] : T(0);
-            const T v01 = (m & 2) ? s[o + 1] : T(0);
-            const T v10 = (m & 4) ? s[o + W] : T(0);
-            const T v11 = (m & 8) ? s[o + W + 1] : T(0);
-            gx[j] += ((v01 - v00) * ey + (v11 - v10) * dy) * go;
-            gy[j] += ((v10 - v00) * ex + (v11 - v01) * dx) * go;
-            if (sg != nullptr) {
-              if (m & 1) sg[o] += ex * ey * go;
-              if (m & 2) sg[o + 1] += dx * ey * go;
-              if (m & 4) sg[o + W] += ex * dy * go;
-              if (m & 8) sg[o + W + 1] += dx * dy * go;
-            }
+          if (sg != nullptr) {
+            backward_row<T, true>(s, g, sg, off, mask, dxs, dys, gx, gy, Wo, W);
+          } else {
+            backward_row<T, false>(s, g, sg, off, mask, dxs, dys, gx, gy, Wo, W);
           }
         }
         const T* __restrict__ mxs = row.mx.data();
