@@ -262,3 +262,26 @@ def test_a_missing_build_is_not_compiled_implicitly(tmp_path: object) -> None:
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False, env=env)
     assert done.returncode == 0, done.stderr
     assert list(os.scandir(str(tmp_path))) == []
+
+
+@pytest.mark.parametrize("combine", ["stack", "concat"])
+def test_heads_share_one_input_in_the_kernel(combine: str, gen: torch.Generator) -> None:
+    """N matrices per image (a multi-head transformer): values and gradients, the input's summed over the heads,
+    against the grid path; padding='fill' with a per-sample fill exercises the heads' fill expansion."""
+    loc = torchstn.mlp_localisation((2, 9, 10), Attention(), num_heads=3)
+    (head,) = (m for m in loc.modules() if isinstance(m, torchstn.LocalisationHead))
+    with torch.no_grad():  # move the heads apart, and make them depend on the input
+        head.linear.bias.add_(0.3 * torch.randn(head.linear.bias.shape, generator=gen))
+        head.linear.weight.add_(0.05 * torch.randn(head.linear.weight.shape, generator=gen))
+    fill = torch.rand(4, 2, generator=gen, dtype=torch.float64)
+    kw = {"output_size": (5, 6), "combine": combine, "padding": "fill", "fill": fill}
+    fused = torchstn.SpatialTransformer(loc, Attention(), backend="fused", **kw).double()  # type: ignore[arg-type]
+    plain = torchstn.SpatialTransformer(loc, Attention(), backend="torch", **kw).double()  # type: ignore[arg-type]
+    x = torch.rand(4, 2, 9, 10, generator=gen, dtype=torch.float64, requires_grad=True)
+    a, b = fused(x), plain(x)
+    assert a.shape == b.shape == ((4, 3, 2, 5, 6) if combine == "stack" else (4, 6, 5, 6))
+    torch.testing.assert_close(a, b, rtol=0, atol=1e-12)
+    w = torch.randn(a.shape, generator=gen, dtype=torch.float64)
+    leaves = (x, *loc.parameters())
+    for ga, gb in zip(torch.autograd.grad(a, leaves, w), torch.autograd.grad(b, leaves, w), strict=True):
+        torch.testing.assert_close(ga, gb, rtol=1e-10, atol=1e-10)

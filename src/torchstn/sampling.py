@@ -329,22 +329,48 @@ def warp(
         )
     src_size = tuple(input.shape[2:])
     size = src_size if output_size is None else check_size(output_size, "output_size", transform.ndim)
-    if backend in ("auto", "fused") and not capturing_graph() and not torch.compiler.is_compiling():
-        why = _fused_unsupported(input, transform, mode, padding, nonfinite)
-        if why is None:
-            _check_fill(padding, fill)
-            shift = _fill_tensor(fill, input) if padding == "fill" and fill is not None else None
-            assert isinstance(transform, MatrixTransform)  # _fused_unsupported checked it
-            rows, left = _checked_matrix(transform, params, src_size, nonfinite)
-            if left == "ignore":  # the matrix proves every source point finite (or the caller waived the check)
-                src = input if shift is None else input - shift
-                out = _fused_affine(src, rows, size, padding, align_corners)
-                return out if shift is None else out + shift
-            why = "the matrix is too large to prove its grid finite; the grid path checks it"
-        if backend == "fused":
-            raise OptionError(f"backend: 'fused' cannot run this warp: {why}")
+    out = _try_fused(input, params, transform, size, mode, padding, fill, align_corners, backend, nonfinite)
+    if out is not None:
+        return out
     grid, nonfinite = _transform_grid(transform, params, size, src_size, align_corners, nonfinite)
     return sample(input, grid, mode, padding, fill, align_corners, backend=backend, nonfinite=nonfinite)
+
+
+def _try_fused(
+    input: Tensor,
+    params: Tensor,
+    transform: Transform,
+    size: tuple[int, ...],
+    mode: str,
+    padding: str,
+    fill: FillValue | None,
+    align_corners: bool,
+    backend: str,
+    nonfinite: NonFinite,
+) -> Tensor | None:
+    """The warp through the fused kernel, or None where it does not apply (``backend="fused"`` raises instead).
+
+    ``params`` may hold ``N >= 1`` rows per image, ``(B * N, P)`` (several heads reading one input); the output is
+    then ``(B * N, C, H', W')``, row ``k`` warping image ``k // N``.
+    """
+    if backend not in ("auto", "fused") or capturing_graph() or torch.compiler.is_compiling():
+        return None  # a captured graph keeps to standard operators: the grid path
+    why = _fused_unsupported(input, transform, mode, padding, nonfinite)
+    if why is None:
+        _check_fill(padding, fill)
+        assert isinstance(transform, MatrixTransform)  # _fused_unsupported checked it
+        rows, left = _checked_matrix(transform, params, tuple(input.shape[2:]), nonfinite)
+        if left == "ignore":  # the matrix proves every source point finite (or the caller waived the check)
+            if padding != "fill" or fill is None:
+                return _fused_affine(input, rows, size, padding, align_corners)
+            shift = _fill_tensor(fill, input)  # (1 or B, C, 1, 1)
+            out = _fused_affine(input - shift, rows, size, padding, align_corners)
+            heads = rows.shape[0] // input.shape[0]
+            return out + (shift.repeat_interleave(heads, dim=0) if shift.shape[0] > 1 else shift)
+        why = "the matrix is too large to prove its grid finite; the grid path checks it"
+    if backend == "fused":
+        raise OptionError(f"backend: 'fused' cannot run this warp: {why}")
+    return None
 
 
 _FUSED_PADDING = {"zeros": 0, "border": 1, "reflection": 2, "fill": 0}
@@ -441,7 +467,7 @@ class _FusedAffineBackward(torch.autograd.Function):
 
 
 def _fused_affine(input: Tensor, rows: Tensor, size: tuple[int, ...], padding: str, align_corners: bool) -> Tensor:
-    """Warp with the compiled kernel: ``rows`` is the ``(B, 2, 3)`` source-from-target matrix."""
+    """Warp with the compiled kernel: ``rows`` is the ``(B * N, 2, 3)`` source-from-target matrix."""
     xs = _target_coords(size[1], align_corners, input.dtype)
     ys = _target_coords(size[0], align_corners, input.dtype)
     out: Tensor = _FusedAffine.apply(  # type: ignore[no-untyped-call]

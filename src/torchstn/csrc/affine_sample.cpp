@@ -6,12 +6,13 @@
 // bilinear weights and, in the backward, the same gradient terms) so the results agree with
 // F.grid_sample(input, affine_grid(theta)) to rounding.
 //
-// Ops (registered as torch.ops.torchstn.*; see torchstn/_ext.py):
-//   affine_bilinear(input (B,C,H,W), theta (B,2,3), xs (W'), ys (H'), padding, align_corners) -> (B,C,H',W')
+// Ops (registered as torch.ops.torchstn.*; see torchstn/ext.py):
+//   affine_bilinear(input (B,C,H,W), theta (B*N,2,3), xs (W'), ys (H'), padding, align_corners) -> (B*N,C,H',W')
 //   affine_bilinear_backward(grad_out, input, theta, xs, ys, padding, align_corners, input_grad)
-//       -> (grad_input or an empty tensor, grad_theta (B,2,3))
-// xs and ys are the normalised target coordinates of the output columns and rows. padding: 0 zeros, 1 border,
-// 2 reflection. All tensors contiguous, on the CPU, of one floating dtype (the Python wrapper guarantees it).
+//       -> (grad_input or an empty tensor, grad_theta (B*N,2,3))
+// N >= 1 matrices per image (several heads reading one input): matrix k warps image k / N. xs and ys are the
+// normalised target coordinates of the output columns and rows. padding: 0 zeros, 1 border, 2 reflection. All
+// tensors contiguous, on the CPU, of one floating dtype (the Python wrapper guarantees it).
 
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
@@ -162,24 +163,25 @@ void row_taps(const T* t, T y, const T* xs, int64_t Wo, int64_t H, int64_t W, in
 }
 
 template <typename T>
-void forward_kernel(const T* in, const T* theta, const T* xs, const T* ys, T* out, int64_t B, int64_t C, int64_t H,
-                    int64_t W, int64_t Ho, int64_t Wo, int64_t padding, bool align_corners) {
+void forward_kernel(const T* in, const T* theta, const T* xs, const T* ys, T* out, int64_t B, int64_t N, int64_t C,
+                    int64_t H, int64_t W, int64_t Ho, int64_t Wo, int64_t padding, bool align_corners) {
   const int64_t plane = H * W;
   const int64_t out_plane = Ho * Wo;
   const int64_t grain = std::max<int64_t>(1, 16384 / std::max<int64_t>(1, Wo * C));
-  at::parallel_for(0, B * Ho, grain, [&](int64_t begin, int64_t end) {
+  at::parallel_for(0, B * N * Ho, grain, [&](int64_t begin, int64_t end) {
     Row<T> row(Wo);
     for (int64_t r = begin; r < end; ++r) {
-      const int64_t b = r / Ho;
+      const int64_t k = r / Ho;  // the matrix, and the output image
+      const int64_t b = k / N;   // the input image
       const int64_t i = r % Ho;
-      row_taps(theta + b * 6, ys[i], xs, Wo, H, W, padding, align_corners, row);
+      row_taps(theta + k * 6, ys[i], xs, Wo, H, W, padding, align_corners, row);
       const int32_t* __restrict__ off = row.off.data();
       const int32_t* __restrict__ mask = row.mask.data();
       const T* __restrict__ dxs = row.dx.data();
       const T* __restrict__ dys = row.dy.data();
       for (int64_t c = 0; c < C; ++c) {
         const T* __restrict__ s = in + (b * C + c) * plane;
-        T* __restrict__ dst = out + (b * C + c) * out_plane + i * Wo;
+        T* __restrict__ dst = out + (k * C + c) * out_plane + i * Wo;
         for (int64_t j = 0; j < Wo; ++j) {
           const T dx = dxs[j];
           const T dy = dys[j];
@@ -249,17 +251,19 @@ inline void backward_row(const T* __restrict__ s, const T* __restrict__ g, T* __
 
 template <typename T>
 void backward_kernel(const T* gout, const T* in, const T* theta, const T* xs, const T* ys, T* gin, T* gtheta,
-                     int64_t B, int64_t C, int64_t H, int64_t W, int64_t Ho, int64_t Wo, int64_t padding,
+                     int64_t B, int64_t N, int64_t C, int64_t H, int64_t W, int64_t Ho, int64_t Wo, int64_t padding,
                      bool align_corners) {
   using acc_t = double;
   const int64_t plane = H * W;
   const int64_t out_plane = Ho * Wo;
-  // One image per task: each writes only its own grad_input planes and theta row, so no two threads collide.
+  // One input image per task, with all its matrices: each task writes only its own grad_input planes and theta
+  // rows, so no two threads collide.
   at::parallel_for(0, B, 1, [&](int64_t begin, int64_t end) {
     Row<T> row(Wo);
     std::vector<T> gix(Wo), giy(Wo);
-    for (int64_t b = begin; b < end; ++b) {
-      const T* t = theta + b * 6;
+    for (int64_t k = begin * N; k < end * N; ++k) {
+      const int64_t b = k / N;
+      const T* t = theta + k * 6;
       acc_t acc[6] = {0, 0, 0, 0, 0, 0};
       for (int64_t i = 0; i < Ho; ++i) {
         const T y = ys[i];
@@ -274,7 +278,7 @@ void backward_kernel(const T* gout, const T* in, const T* theta, const T* xs, co
         std::fill(giy.begin(), giy.end(), T(0));
         for (int64_t c = 0; c < C; ++c) {
           const T* __restrict__ s = in + (b * C + c) * plane;
-          const T* __restrict__ g = gout + (b * C + c) * out_plane + i * Wo;
+          const T* __restrict__ g = gout + (k * C + c) * out_plane + i * Wo;
           T* __restrict__ sg = gin == nullptr ? nullptr : gin + (b * C + c) * plane;
           if (sg != nullptr) {
             backward_row<T, true>(s, g, sg, off, mask, dxs, dys, gx, gy, Wo, W);
@@ -300,15 +304,16 @@ void backward_kernel(const T* gout, const T* in, const T* theta, const T* xs, co
         acc[4] += sy * y;
         acc[5] += sy;
       }
-      for (int k = 0; k < 6; ++k) gtheta[b * 6 + k] = static_cast<T>(acc[k]);
+      for (int e = 0; e < 6; ++e) gtheta[k * 6 + e] = static_cast<T>(acc[e]);
     }
   });
 }
 
 void check_inputs(const at::Tensor& input, const at::Tensor& theta, const at::Tensor& xs, const at::Tensor& ys) {
   TORCH_CHECK(input.dim() == 4, "torchstn::affine_bilinear: input must be (B, C, H, W)");
-  TORCH_CHECK(theta.dim() == 3 && theta.size(0) == input.size(0) && theta.size(1) == 2 && theta.size(2) == 3,
-              "torchstn::affine_bilinear: theta must be (B, 2, 3)");
+  TORCH_CHECK(theta.dim() == 3 && theta.size(1) == 2 && theta.size(2) == 3 && input.size(0) > 0 &&
+                  theta.size(0) % input.size(0) == 0,
+              "torchstn::affine_bilinear: theta must be (B * N, 2, 3) for an input of B > 0 images");
   TORCH_CHECK(xs.dim() == 1 && ys.dim() == 1, "torchstn::affine_bilinear: xs and ys must be 1D");
   for (const at::Tensor* t : {&input, &theta, &xs, &ys}) {
     TORCH_CHECK(t->device().is_cpu(), "torchstn::affine_bilinear: CPU tensors only");
@@ -322,13 +327,14 @@ at::Tensor affine_bilinear(const at::Tensor& input, const at::Tensor& theta, con
   check_inputs(input, theta, xs, ys);
   TORCH_CHECK(padding >= kZeros && padding <= kReflection, "torchstn::affine_bilinear: padding must be 0, 1 or 2");
   const int64_t B = input.size(0), C = input.size(1), H = input.size(2), W = input.size(3);
+  const int64_t N = theta.size(0) / B;
   const int64_t Ho = ys.size(0), Wo = xs.size(0);
-  at::Tensor out = at::empty({B, C, Ho, Wo}, input.options());
+  at::Tensor out = at::empty({B * N, C, Ho, Wo}, input.options());
   if (out.numel() == 0) return out;
   AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "torchstn_affine_bilinear", [&] {
     forward_kernel<scalar_t>(input.const_data_ptr<scalar_t>(), theta.const_data_ptr<scalar_t>(),
                              xs.const_data_ptr<scalar_t>(), ys.const_data_ptr<scalar_t>(),
-                             out.mutable_data_ptr<scalar_t>(), B, C, H, W, Ho, Wo, padding, align_corners);
+                             out.mutable_data_ptr<scalar_t>(), B, N, C, H, W, Ho, Wo, padding, align_corners);
   });
   return out;
 }
@@ -340,19 +346,19 @@ std::tuple<at::Tensor, at::Tensor> affine_bilinear_backward(const at::Tensor& gr
   check_inputs(input, theta, xs, ys);
   TORCH_CHECK(padding >= kZeros && padding <= kReflection, "torchstn::affine_bilinear: padding must be 0, 1 or 2");
   const int64_t B = input.size(0), C = input.size(1), H = input.size(2), W = input.size(3);
+  const int64_t N = theta.size(0) / B;
   const int64_t Ho = ys.size(0), Wo = xs.size(0);
-  TORCH_CHECK(grad_out.sizes() == at::IntArrayRef({B, C, Ho, Wo}) && grad_out.is_contiguous() &&
+  TORCH_CHECK(grad_out.sizes() == at::IntArrayRef({B * N, C, Ho, Wo}) && grad_out.is_contiguous() &&
                   grad_out.scalar_type() == input.scalar_type() && grad_out.device().is_cpu(),
-              "torchstn::affine_bilinear_backward: grad_out must be a contiguous (B, C, H', W') CPU tensor");
+              "torchstn::affine_bilinear_backward: grad_out must be a contiguous (B * N, C, H', W') CPU tensor");
   at::Tensor gin = input_grad ? at::zeros_like(input) : at::empty({0}, input.options());
-  at::Tensor gtheta = at::empty({B, 2, 3}, input.options());
-  if (B == 0) return {gin, gtheta};
+  at::Tensor gtheta = at::empty({B * N, 2, 3}, input.options());
   AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "torchstn_affine_bilinear_backward", [&] {
     backward_kernel<scalar_t>(grad_out.const_data_ptr<scalar_t>(), input.const_data_ptr<scalar_t>(),
                               theta.const_data_ptr<scalar_t>(), xs.const_data_ptr<scalar_t>(),
                               ys.const_data_ptr<scalar_t>(),
                               input_grad ? gin.mutable_data_ptr<scalar_t>() : nullptr,
-                              gtheta.mutable_data_ptr<scalar_t>(), B, C, H, W, Ho, Wo, padding, align_corners);
+                              gtheta.mutable_data_ptr<scalar_t>(), B, N, C, H, W, Ho, Wo, padding, align_corners);
   });
   return {gin, gtheta};
 }

@@ -11,7 +11,17 @@ from torch import Tensor, nn
 from torchstn._checks import check_choice, check_size
 from torchstn.errors import OptionError, ShapeError
 from torchstn.geometry import _affine_grid, projective_grid
-from torchstn.sampling import Backend, FillValue, Mode, NonFinite, Padding, _transform_grid, sample, warp
+from torchstn.sampling import (
+    Backend,
+    FillValue,
+    Mode,
+    NonFinite,
+    Padding,
+    _transform_grid,
+    _try_fused,
+    sample,
+    warp,
+)
 from torchstn.transforms import MatrixTransform, Transform
 
 __all__ = ["ParallelSpatialTransformer", "SerialSpatialTransformer", "SpatialTransformer"]
@@ -104,6 +114,21 @@ class SpatialTransformer(nn.Module):
         b, n, p = params.shape
         src_size = tuple(x.shape[2:])
         size = src_size if self.output_size is None else self.output_size
+        fused = _try_fused(
+            x,
+            params.reshape(b * n, p),
+            self.transform,
+            size,
+            self.mode,
+            self.padding,
+            self.fill,
+            self.align_corners,
+            self.backend,
+            self.nonfinite,
+        )
+        if fused is not None:  # (B * N, C, H', W'), the heads of each image together
+            out = fused.view(b, n, x.shape[1], *size)
+            return out.reshape(b, n * x.shape[1], *size) if self.combine == "concat" else out
         grid, nonfinite = _transform_grid(
             self.transform,
             params.reshape(b * n, p),
