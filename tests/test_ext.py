@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -194,6 +195,15 @@ def test_nonfinite_params_with_the_kernel(gen: torch.Generator) -> None:
         torchstn.warp(x, huge, Affine(), padding="border", backend="fused"),
         torchstn.warp(x, huge, Affine(), padding="border", backend="torch"),
     )
+    # reflection folds any finite coordinate back into the image (torch's own kernel converts the fold count to an
+    # integer, undefined this far out, so there is nothing to compare with): values stay within the input's range
+    reflected = torchstn.warp(x, huge, Affine(), padding="reflection", backend="fused")
+    assert torch.isfinite(reflected).all()
+    assert reflected.min() >= x.min() - 1e-6
+    assert reflected.max() <= x.max() + 1e-6
+    for padding in PADDINGS:  # a NaN point reads as outside whatever the padding
+        out = torchstn.warp(x, p, Affine(), padding=padding, backend="fused", nonfinite="ignore")
+        assert (out[1] == 0).all()
 
 
 def test_second_order_gradients_are_refused(gen: torch.Generator) -> None:
@@ -233,6 +243,18 @@ def test_inference_mode_then_training(gen: torch.Generator) -> None:
     p = p.clone().requires_grad_()
     torchstn.warp(x, p, Affine(), backend="fused").sum().backward()
     assert p.grad is not None
+
+
+def test_cache_root(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("TORCHSTN_EXT_DIR", str(tmp_path))
+    assert ext.cache_root() == tmp_path
+    assert ext.build_dir().parent == tmp_path
+    monkeypatch.delenv("TORCHSTN_EXT_DIR")
+    if sys.prefix != sys.base_prefix:  # the test suite runs in the project's virtual environment
+        assert ext.cache_root().is_relative_to(sys.prefix)
+    monkeypatch.setattr(sys, "prefix", sys.base_prefix)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert ext.cache_root() == tmp_path / "xdg" / "torchstn" / "ext"
 
 
 def test_build_key_and_status_command(tmp_path: object) -> None:

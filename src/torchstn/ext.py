@@ -10,8 +10,8 @@ sampling and any padding, on the CPU, in float32 or float64, once the kernel is 
 devices and dtypes, graphs being compiled or exported) takes the ``F.grid_sample`` path.
 
 The kernel is compiled on the machine that runs it (a C++ compiler, ninja and setuptools are needed: the ``ext``
-extra installs the Python ones), once per torch version, source and CPU, and cached under
-``$TORCHSTN_EXT_DIR`` (default ``~/.cache/torchstn/ext``)::
+extra installs ninja, torch brings setuptools), once per torch version, source and CPU, and cached (see
+:func:`cache_root`: inside the virtual environment when there is one, ``$TORCHSTN_EXT_DIR`` to choose)::
 
     python -m torchstn.ext build     # compile (about 30 s) and load
     python -m torchstn.ext status    # where the build lives and whether it loads
@@ -36,7 +36,7 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["ExtensionBuildError", "available", "build", "build_dir", "load"]
+__all__ = ["ExtensionBuildError", "available", "build", "build_dir", "cache_root", "load"]
 
 _NAME = "torchstn_ext"
 _SOURCES = (Path(__file__).parent / "csrc" / "affine_sample.cpp",)
@@ -62,10 +62,21 @@ def _cpu_signature() -> str:
     return "\n".join(sorted(set(keep)))
 
 
+def cache_root() -> Path:
+    """Where builds are kept: ``$TORCHSTN_EXT_DIR`` if set; else, inside a virtual environment, the environment's
+    own ``var/cache/torchstn-ext`` (the build lives and dies with the environment and its torch); else
+    ``$XDG_CACHE_HOME/torchstn/ext`` (default ``~/.cache/torchstn/ext``)."""
+    if os.environ.get("TORCHSTN_EXT_DIR"):
+        return Path(os.environ["TORCHSTN_EXT_DIR"])
+    if sys.prefix != sys.base_prefix:
+        return Path(sys.prefix) / "var" / "cache" / "torchstn-ext"
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "torchstn" / "ext"
+
+
 def build_dir() -> Path:
-    """The directory of this build: ``$TORCHSTN_EXT_DIR/<key>``, the key hashing the sources, the flags, torch's
-    and Python's versions and the CPU."""
-    root = Path(os.environ.get("TORCHSTN_EXT_DIR") or Path.home() / ".cache" / "torchstn" / "ext")
+    """The directory of this build: ``cache_root()/<key>``, the key hashing the sources, the flags, torch's and
+    Python's versions and the CPU."""
+    root = cache_root()
     h = hashlib.sha256()
     for src in _SOURCES:
         h.update(src.read_bytes())

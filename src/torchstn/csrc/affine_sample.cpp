@@ -19,11 +19,11 @@
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <tuple>
 #include <vector>
-#include <algorithm>
 
 namespace {
 
@@ -63,8 +63,10 @@ inline T reflect(T in, int64_t twice_low, int64_t twice_high, T* grad) {
     in = -in;
   }
   const T extra = std::fmod(in, span);
-  const int64_t flips = static_cast<int64_t>(std::floor(in / span));
-  if (flips % 2 == 0) {
+  // The parity of the number of flips, in floating point: converting floor(in / span) to an integer would be
+  // undefined for NaN or huge coordinates (NaN takes the odd branch and stays NaN, which reads as outside).
+  const T flips = std::floor(in / span);
+  if (std::fmod(flips, static_cast<T>(2)) == static_cast<T>(0)) {
     *grad = mult;
     return extra + min;
   }
