@@ -22,7 +22,9 @@ from torchstn.sampling import (
     sample,
     warp,
 )
-from torchstn.transforms import MatrixTransform, Transform
+from torchstn.transforms import Affine, MatrixTransform, Transform
+
+_AFFINE = Affine()  # a composed chain's (B, 2, 3) matrix, read as Affine parameters by the fused kernel
 
 __all__ = ["ParallelSpatialTransformer", "SerialSpatialTransformer", "SpatialTransformer"]
 
@@ -264,6 +266,14 @@ class SerialSpatialTransformer(nn.Module):
             total = m if total is None else total @ m  # src_from_dst of the chain so far
             projective = projective or transform.projective
             size = src_size if st.output_size is None else st.output_size
+            if not projective and transform.ndim == 2:  # the composed affine matrix, through the fused kernel
+                rows = total[:, :2].reshape(-1, 6)
+                out = _try_fused(
+                    x, rows, _AFFINE, size, st.mode, st.padding, st.fill, st.align_corners, st.backend, st.nonfinite
+                )
+                if out is not None:
+                    cur = out
+                    continue
             if projective:
                 grid = projective_grid(total, size, st.align_corners, transform.eps)
             else:
