@@ -64,7 +64,7 @@ from torch import Tensor, nn
 from torch.nn.grad import conv2d_input
 
 from _common import interleaved, machine_info
-from torchstn import ext, sample, warp
+from torchstn import ext, sample
 from torchstn.models import create_model
 from torchstn.models.mnist import STClassifier, parameter_count
 from torchstn.modules import SpatialTransformer
@@ -289,19 +289,7 @@ def overhead_candidates(
 
     def warp_step() -> None:  # what the model runs: the fused kernel where it is loaded, else grid + sample
         theta_leaf.grad = None
-        out = warp(
-            x,
-            theta_leaf,
-            transform,
-            st.output_size,
-            st.mode,
-            st.padding,
-            st.fill,
-            st.align_corners,
-            backend=st.backend,
-            nonfinite=st.nonfinite,
-        )
-        out.backward(g_out)  # type: ignore[no-untyped-call]
+        st.sample_with(x, theta_leaf).backward(g_out)  # type: ignore[no-untyped-call]
 
     grid_leaf = grid0.detach().clone().requires_grad_(True)
 
@@ -360,7 +348,7 @@ def overhead_candidates(
         "classifier_input_grad": "same, input requires grad",
         "localisation": "localisation net: forward + backward + Adam on its parameters",
         "localisation_nchw": "the same with NCHW convolution weights (`conv_localisation(channels_last=False)`)",
-        "warp": f"the warp as the model runs it: `torchstn.warp` forward + backward to the parameters ({kernel})",
+        "warp": f"the warp as the model runs it: `st.sample_with` (`torchstn.warp`) fwd + bwd to the params ({kernel})",
         "grid": f"grid path, grid: matrix check + `{type(transform).__name__}.grid`, fwd + bwd",
         "sampling": f"grid path, sampling: `torchstn.sample(..., nonfinite={sample_mode!r})` fwd + bwd to the grid",
         "finite_check": "of which (in grid generation): the non-finite check on the matrix",
