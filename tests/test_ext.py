@@ -129,13 +129,13 @@ def test_auto_takes_the_kernel_for_every_affine_family(transform: torchstn.Trans
 def test_auto_uses_the_kernel(monkeypatch: pytest.MonkeyPatch, gen: torch.Generator) -> None:
     """backend='auto' goes through the kernel where it applies, and around it where it does not."""
     calls: list[str] = []
-    real = torchstn.sampling._fused_affine
+    real = torchstn.sampling._fused_warp
 
     def spy(*args: object, **kwargs: object) -> torch.Tensor:
         calls.append("fused")
         return real(*args, **kwargs)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(torchstn.sampling, "_fused_affine", spy)
+    monkeypatch.setattr(torchstn.sampling, "_fused_warp", spy)
     x = torch.rand(2, 1, 8, 8, generator=gen)
     p = Affine().identity_params(2)
     torchstn.warp(x, p, Affine())
@@ -143,11 +143,13 @@ def test_auto_uses_the_kernel(monkeypatch: pytest.MonkeyPatch, gen: torch.Genera
     torchstn.warp(x, p, Affine(), mode="nearest")
     torchstn.warp(x, p, Affine(), nonfinite="propagate")
     torchstn.warp(x, p, Affine(), backend="torch")
-    torchstn.warp(x.double(), Projective().identity_params(2, dtype=torch.float64), Projective())
+    torchstn.warp(x, ThinPlateSpline().identity_params(2), ThinPlateSpline())
     assert calls == ["fused"]
+    torchstn.warp(x.double(), Projective().identity_params(2, dtype=torch.float64), Projective())
+    assert calls == ["fused", "fused"]
     st = torchstn.SpatialTransformer(torchstn.mlp_localisation((1, 8, 8), Affine()), Affine())
     st(x)
-    assert calls == ["fused", "fused"]
+    assert calls == ["fused", "fused", "fused"]
 
 
 def test_fill_padding_through_the_kernel(gen: torch.Generator) -> None:
@@ -161,10 +163,11 @@ def test_fill_padding_through_the_kernel(gen: torch.Generator) -> None:
 
 def test_fused_refuses_what_it_cannot_run(gen: torch.Generator) -> None:
     x = torch.rand(2, 1, 8, 8, generator=gen)
-    with pytest.raises(OptionError, match=r"backend: 'fused'.*affine-family"):
-        torchstn.warp(x, Projective().identity_params(2), Projective(), backend="fused")
-    with pytest.raises(OptionError, match=r"backend: 'fused'.*affine-family"):
+    with pytest.raises(OptionError, match=r"backend: 'fused'.*2D matrix transforms"):
         torchstn.warp(x, ThinPlateSpline().identity_params(2), ThinPlateSpline(), backend="fused")
+    vol = torch.rand(2, 1, 4, 4, 4, generator=gen)
+    with pytest.raises(OptionError, match=r"backend: 'fused'.*2D matrix transforms"):
+        torchstn.warp(vol, torchstn.Affine3D().identity_params(2), torchstn.Affine3D(), backend="fused")
     with pytest.raises(OptionError, match=r"backend: 'fused'.*bilinear"):
         torchstn.warp(x, Affine().identity_params(2), Affine(), mode="bicubic", backend="fused")
     with pytest.raises(OptionError, match=r"backend: 'fused'.*float32 or float64"):
@@ -334,3 +337,55 @@ def test_composed_chain_through_the_kernel(gen: torch.Generator) -> None:
         gb = torch.autograd.grad(b.square().sum(), (x, *plain.parameters()))
         for u, v in zip(ga, gb, strict=True):
             torch.testing.assert_close(u, v, rtol=1e-9, atol=1e-10)
+
+
+def _homographies(b: int, gen: torch.Generator, scale: float) -> torch.Tensor:
+    p = Projective().identity_params(b, dtype=torch.float64)
+    p[:, :6] += 0.2 * torch.randn(b, 6, generator=gen, dtype=torch.float64)
+    p[:, 6:] += scale * torch.randn(b, 2, generator=gen, dtype=torch.float64)
+    return p
+
+
+@pytest.mark.parametrize("padding", PADDINGS)
+@pytest.mark.parametrize("align_corners", [False, True])
+@pytest.mark.parametrize("scale", [0.05, 1.5])  # 1.5: the horizon crosses the output, denominators change sign
+def test_projective_through_the_kernel(padding: str, align_corners: bool, scale: float, gen: torch.Generator) -> None:
+    """Values and gradients (input and the 8 parameters) against the grid path (projective_grid + grid_sample).
+
+    Near the horizon source points lie far outside (|coordinate| up to ~1e5 here); reflection folds them back with
+    fmod, which carries the coordinate's rounding (1e-16 relative) into the result, hence 1e-8 and not 1e-12."""
+    x = torch.randn(3, 2, 9, 11, generator=gen, dtype=torch.float64, requires_grad=True)
+    p = _homographies(3, gen, scale).requires_grad_()
+    kw = {"padding": padding, "align_corners": align_corners}
+    a = torchstn.warp(x, p, Projective(), (7, 10), backend="fused", **kw)  # type: ignore[arg-type]
+    b = torchstn.warp(x, p, Projective(), (7, 10), backend="torch", **kw)  # type: ignore[arg-type]
+    tol = 1e-8 if padding == "reflection" and scale > 1 else 1e-12
+    torch.testing.assert_close(a, b, rtol=0, atol=tol)
+    w = torch.randn(a.shape, generator=gen, dtype=torch.float64)
+    for ga, gb in zip(torch.autograd.grad(a, (x, p), w), torch.autograd.grad(b, (x, p), w), strict=True):
+        torch.testing.assert_close(ga, gb, rtol=1e-9, atol=max(tol, 1e-9))
+
+
+def test_projective_clamped_denominator(gen: torch.Generator) -> None:
+    """A denominator exactly 0 at one output column is clamped to +eps, as safe_denominator does, with no
+    gradient through it; the kernel agrees with the grid path there too."""
+    x = torch.rand(1, 1, 6, 8, generator=gen, dtype=torch.float64, requires_grad=True)
+    col = torchstn.geometry.normalized_coords(8, dtype=torch.float64)[3]
+    # den = x - col: zero at output column 3, negative left of it, positive right of it
+    p = torch.tensor([[1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 1.0, 0.0]], dtype=torch.float64)
+    m = Projective().matrix(p).clone()
+    m[:, 2, 2] = -col
+    p = Projective().params_from_matrix(m / m[:, 2:, 2:])  # last entry normalised to 1 (a scaled homography)
+    p = p.requires_grad_()
+    for padding in PADDINGS:
+        a = torchstn.warp(x, p, Projective(), padding=padding, backend="fused", nonfinite="ignore")
+        b = torchstn.warp(x, p, Projective(), padding=padding, backend="torch", nonfinite="ignore")
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-12)
+        for ga, gb in zip(torch.autograd.grad(a.sum(), (x, p)), torch.autograd.grad(b.sum(), (x, p)), strict=True):
+            torch.testing.assert_close(ga, gb, rtol=1e-9, atol=1e-9)
+
+
+def test_projective_gradcheck(gen: torch.Generator) -> None:
+    x = torch.randn(2, 1, 5, 6, generator=gen, dtype=torch.float64, requires_grad=True)
+    p = _homographies(2, gen, 0.1).requires_grad_()
+    assert torch.autograd.gradcheck(lambda x, p: torchstn.warp(x, p, Projective(), (4, 7), backend="fused"), (x, p))

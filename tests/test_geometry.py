@@ -208,3 +208,18 @@ def test_affine_grid_basis_cache_is_bounded(monkeypatch: pytest.MonkeyPatch) -> 
     assert sum(b.numel() * b.element_size() for b in geometry._BASES.values()) <= 2 * one + 6 * 8 * 11 * 2 * 4
     assert len(geometry._BASES) <= 2
     geometry._BASES.clear()
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_safe_denominator_clamps_to_eps_in_the_input_dtype(dtype: torch.dtype) -> None:
+    """The clamp value is eps itself in the tensor's dtype (in float64 not eps rounded through float32), with the
+    sign of the denominator (-0 counts as negative, as signbit says), and no gradient through clamped entries."""
+    from torchstn.geometry import safe_denominator
+
+    w = torch.tensor([0.0, -0.0, 3e-7, -3e-7, 2.0, -2.0], dtype=dtype, requires_grad=True)
+    eps = 1e-6
+    out = safe_denominator(w, eps)
+    e = torch.tensor(eps, dtype=dtype)
+    assert torch.equal(out.detach(), torch.stack([e, -e, e, -e, w[4].detach(), w[5].detach()]))
+    (g,) = torch.autograd.grad(out.sum(), w)
+    assert torch.equal(g, torch.tensor([0, 0, 0, 0, 1, 1], dtype=dtype))

@@ -1,13 +1,13 @@
-"""The optional compiled kernel: a fused affine warp for the CPU.
+"""The optional compiled kernel: fused affine and projective warps for the CPU.
 
 ``F.affine_grid`` + ``F.grid_sample`` writes a ``(B, H', W', 2)`` grid and reads it back. The kernel in
-``csrc/affine_sample.cpp`` computes each output pixel's source point from the ``(B, 2, 3)`` matrix where it is
-needed and samples it bilinearly, forward and backward (input and matrix gradients), so the grid never exists.
-Its arithmetic follows ATen's sampler step by step and agrees with it to rounding (the tests compare them in
-float64). :func:`torchstn.warp` and the modules use it on their own (``backend="auto"``) for an affine-family
-transform (:class:`~torchstn.transforms.Affine`, ``Attention``, ``Similarity``, ``Translation``) with bilinear
-sampling and any padding, on the CPU, in float32 or float64, once the kernel is built; everything else (other
-devices and dtypes, graphs being compiled or exported) takes the ``F.grid_sample`` path.
+``csrc/matrix_warp.cpp`` computes each output pixel's source point from the ``(B, 2, 3)`` or ``(B, 3, 3)`` matrix
+where it is needed and samples it bilinearly, forward and backward (input and matrix gradients), so the grid
+never exists. Its arithmetic follows ATen's sampler step by step and agrees with it to rounding (the tests compare
+them in float64). :func:`torchstn.warp` and the modules use it on their own (``backend="auto"``) for a 2D matrix
+transform (:class:`~torchstn.transforms.Affine`, ``Attention``, ``Similarity``, ``Translation``, ``Projective``)
+with bilinear sampling and any padding, on the CPU, in float32 or float64, once the kernel is built; everything
+else (other devices and dtypes, graphs being compiled or exported) takes the ``F.grid_sample`` path.
 
 The kernel is compiled on the machine that runs it (a C++ compiler, ninja and setuptools are needed: the ``ext``
 extra installs ninja, torch brings setuptools), once per torch version, source and CPU, and cached (see
@@ -39,7 +39,7 @@ import torch
 __all__ = ["ExtensionBuildError", "available", "build", "build_dir", "cache_root", "load"]
 
 _NAME = "torchstn_ext"
-_SOURCES = (Path(__file__).parent / "csrc" / "affine_sample.cpp",)
+_SOURCES = (Path(__file__).parent / "csrc" / "matrix_warp.cpp",)
 # -fno-trapping-math lets the compiler vectorise floor(); -march=native is safe because the build is keyed by the
 # CPU it was made on (see build_dir).
 _CFLAGS = ("-O3", "-march=native", "-fno-trapping-math", "-fopenmp")
@@ -97,7 +97,7 @@ def load(*, build: bool = False, verbose: bool = False) -> bool:
     """Load the kernel into this process; with ``build``, compile it first if there is no build yet.
 
     Returns:
-        Whether ``torch.ops.torchstn.affine_bilinear`` is now available. ``False`` when there is no build (and
+        Whether ``torch.ops.torchstn.warp_bilinear`` is now available. ``False`` when there is no build (and
         ``build`` is false) or ``TORCHSTN_EXT=0``.
 
     Raises:

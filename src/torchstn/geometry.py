@@ -216,7 +216,8 @@ def safe_denominator(w: Tensor, eps: float = DEFAULT_EPS) -> Tensor:
         tensor([ 1.0000e-06, -1.0000e-06,  2.0000e+00])
     """
     small = w.abs() < eps
-    return torch.where(small, torch.where(torch.signbit(w), -eps, eps).to(w.dtype), w)
+    pos = w.new_full((), eps)  # in w's dtype: a Python float would pass through float32 and round eps
+    return torch.where(small, torch.where(torch.signbit(w), -pos, pos), w)
 
 
 def projective_grid(

@@ -11,8 +11,8 @@ Two backends share one interface, :func:`sample`:
   backward and exports to ONNX without a ``GridSample`` operator. It reproduces ``grid_sample`` for every mode
   and padding mode, for both ``align_corners`` values.
 
-:func:`warp` has a third, ``"fused"``: the compiled CPU kernel of :mod:`torchstn.ext`, which samples an affine
-warp straight from its matrix without building the grid (timed against the grid path in
+:func:`warp` has a third, ``"fused"``: the compiled CPU kernel of :mod:`torchstn.ext`, which samples an affine or
+projective warp straight from its matrix without building the grid (timed against the grid path in
 ``benchmarks/results/warp.md``, section 6). ``"auto"`` takes it whenever it applies and has been built; ``"fused"``
 insists on it and raises :class:`~torchstn.errors.OptionError` saying why when it cannot run. Its gradients are
 first order only.
@@ -359,13 +359,14 @@ def _try_fused(
     if why is None:
         _check_fill(padding, fill)
         assert isinstance(transform, MatrixTransform)  # _fused_unsupported checked it
-        rows, left = _checked_matrix(transform, params, tuple(input.shape[2:]), nonfinite)
+        matrix, left = _checked_matrix(transform, params, tuple(input.shape[2:]), nonfinite)
         if left == "ignore":  # the matrix proves every source point finite (or the caller waived the check)
+            eps = transform.eps if transform.projective else 0.0
             if padding != "fill" or fill is None:
-                return _fused_affine(input, rows, size, padding, align_corners)
+                return _fused_warp(input, matrix, size, padding, align_corners, eps)
             shift = _fill_tensor(fill, input)  # (1 or B, C, 1, 1)
-            out = _fused_affine(input - shift, rows, size, padding, align_corners)
-            heads = rows.shape[0] // input.shape[0]
+            out = _fused_warp(input - shift, matrix, size, padding, align_corners, eps)
+            heads = matrix.shape[0] // input.shape[0]
             return out + (shift.repeat_interleave(heads, dim=0) if shift.shape[0] > 1 else shift)
         why = "the matrix is too large to prove its grid finite; the grid path checks it"
     if backend == "fused":
@@ -380,8 +381,10 @@ def _fused_unsupported(input: Tensor, transform: Transform, mode: str, padding: 
     """Why the fused kernel cannot run this warp, or None when it can (cheapest tests first)."""
     if input.device.type != "cpu":
         return f"it runs on the CPU only, got {input.device}"
-    if not isinstance(transform, MatrixTransform) or transform.projective or transform.ndim != 2:
-        return f"it takes 2D affine-family transforms (Affine, Attention, Similarity, Translation), got {transform!r}"
+    if not isinstance(transform, MatrixTransform) or transform.ndim != 2:
+        return (
+            f"it takes 2D matrix transforms (Affine, Attention, Similarity, Translation, Projective), got {transform!r}"
+        )
     if mode != "bilinear":
         return f"it samples bilinearly only, got mode={mode!r}"
     if padding not in _FUSED_PADDING:
@@ -415,29 +418,36 @@ def _target_coords(n: int, align_corners: bool, dtype: torch.dtype) -> Tensor:
     return t
 
 
-class _FusedAffine(torch.autograd.Function):
+class _FusedWarp(torch.autograd.Function):
     """The compiled kernel with its compiled backward (first order; the reference backend has second order)."""
 
     @staticmethod
     def forward(
-        ctx: Any, input: Tensor, rows: Tensor, xs: Tensor, ys: Tensor, padding: int, align_corners: bool
+        ctx: Any,
+        input: Tensor,
+        matrix: Tensor,
+        xs: Tensor,
+        ys: Tensor,
+        padding: int,
+        align_corners: bool,
+        eps: float,
     ) -> Tensor:
-        ctx.save_for_backward(input, rows, xs, ys)
-        ctx.padding, ctx.align_corners = padding, align_corners
-        out: Tensor = torch.ops.torchstn.affine_bilinear(input, rows, xs, ys, padding, align_corners)
+        ctx.save_for_backward(input, matrix, xs, ys)
+        ctx.padding, ctx.align_corners, ctx.eps = padding, align_corners, eps
+        out: Tensor = torch.ops.torchstn.warp_bilinear(input, matrix, xs, ys, padding, align_corners, eps)
         return out
 
     @staticmethod
     def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:
-        input, rows, xs, ys = ctx.saved_tensors
-        need_input, need_rows = ctx.needs_input_grad[:2]
-        grad_input, grad_rows = _FusedAffineBackward.apply(  # type: ignore[no-untyped-call]
-            grad, input, rows, xs, ys, ctx.padding, ctx.align_corners, need_input
+        input, matrix, xs, ys = ctx.saved_tensors
+        need_input, need_matrix = ctx.needs_input_grad[:2]
+        grad_input, grad_matrix = _FusedWarpBackward.apply(  # type: ignore[no-untyped-call]
+            grad, input, matrix, xs, ys, ctx.padding, ctx.align_corners, ctx.eps, need_input
         )
-        return (grad_input if need_input else None, grad_rows if need_rows else None, None, None, None, None)
+        return (grad_input if need_input else None, grad_matrix if need_matrix else None, *(None,) * 5)
 
 
-class _FusedAffineBackward(torch.autograd.Function):
+class _FusedWarpBackward(torch.autograd.Function):
     """The kernel's backward as a node of its own, so that differentiating it (``create_graph=True``, a gradient
     penalty) raises instead of silently giving the second-order terms no gradient."""
 
@@ -446,17 +456,18 @@ class _FusedAffineBackward(torch.autograd.Function):
         ctx: Any,
         grad: Tensor,
         input: Tensor,
-        rows: Tensor,
+        matrix: Tensor,
         xs: Tensor,
         ys: Tensor,
         padding: int,
         align_corners: bool,
+        eps: float,
         need_input: bool,
     ) -> tuple[Tensor, Tensor]:
-        grad_input, grad_rows = torch.ops.torchstn.affine_bilinear_backward(
-            grad.contiguous(), input, rows, xs, ys, padding, align_corners, need_input
+        grad_input, grad_matrix = torch.ops.torchstn.warp_bilinear_backward(
+            grad.contiguous(), input, matrix, xs, ys, padding, align_corners, eps, need_input
         )
-        return grad_input, grad_rows
+        return grad_input, grad_matrix
 
     @staticmethod
     def backward(ctx: Any, *grads: Tensor) -> tuple[None, ...]:
@@ -466,12 +477,15 @@ class _FusedAffineBackward(torch.autograd.Function):
         )
 
 
-def _fused_affine(input: Tensor, rows: Tensor, size: tuple[int, ...], padding: str, align_corners: bool) -> Tensor:
-    """Warp with the compiled kernel: ``rows`` is the ``(B * N, 2, 3)`` source-from-target matrix."""
+def _fused_warp(
+    input: Tensor, matrix: Tensor, size: tuple[int, ...], padding: str, align_corners: bool, eps: float
+) -> Tensor:
+    """Warp with the compiled kernel: ``matrix`` is the ``(B * N, 2, 3)`` affine or ``(B * N, 3, 3)`` projective
+    source-from-target matrix (``eps``: the projective denominator's smallest magnitude)."""
     xs = _target_coords(size[1], align_corners, input.dtype)
     ys = _target_coords(size[0], align_corners, input.dtype)
-    out: Tensor = _FusedAffine.apply(  # type: ignore[no-untyped-call]
-        input.contiguous(), rows.contiguous(), xs, ys, _FUSED_PADDING[padding], align_corners
+    out: Tensor = _FusedWarp.apply(  # type: ignore[no-untyped-call]
+        input.contiguous(), matrix.contiguous(), xs, ys, _FUSED_PADDING[padding], align_corners, float(eps)
     )
     return out
 
