@@ -210,7 +210,8 @@ class Projected(Recipe):
         moved = d.normal("corners", 8, self.corner_std / 14.0).view(-1, 4, 2)  # pixels -> normalised
         dst = _CORNERS * scale[:, :, None] + moved  # where the image corners land
         h = _homography_from_points(dst, _CORNERS.expand_as(dst))
-        img = warp(source.images[src, None], h.reshape(-1, 9)[:, :8].float(), Projective())
+        # backend="torch": the data must not depend on whether this machine built the fused kernel.
+        img = warp(source.images[src, None], h.reshape(-1, 9)[:, :8].float(), Projective(), backend="torch")
         return Batch(_to_uint8(img), source.labels[src], {"scale": scale[:, 0], "corners": dst, "matrix": h})
 
 
