@@ -176,6 +176,13 @@ def test_fused_refuses_what_it_cannot_run(gen: torch.Generator) -> None:
         torchstn.warp(x, Affine().identity_params(2), Affine(), nonfinite="propagate", backend="fused")
     with pytest.raises(OptionError, match="fill"):
         torchstn.warp(x, Affine().identity_params(2), Affine(), padding="fill", backend="fused")
+    for backend in ("fused", "auto"):  # bad options are named as on the grid path
+        with pytest.raises(OptionError, match="padding"):
+            torchstn.warp(x, Affine().identity_params(2), Affine(), padding="wrap", backend=backend)  # type: ignore[arg-type]
+        with pytest.raises(OptionError, match="nonfinite"):
+            torchstn.warp(x, Affine().identity_params(2), Affine(), nonfinite="nan", backend=backend)  # type: ignore[arg-type]
+        with pytest.raises(OptionError, match="mode"):
+            torchstn.warp(x, Affine().identity_params(2), Affine(), mode="area", backend=backend)  # type: ignore[arg-type]
     # a ready-made grid has nothing to fuse: sample() reads it with F.grid_sample
     grid = torchstn.affine_grid(torch.eye(2, 3).expand(2, 2, 3), (8, 8))
     torch.testing.assert_close(torchstn.sample(x, grid, backend="fused"), torchstn.sample(x, grid))
@@ -389,3 +396,23 @@ def test_projective_gradcheck(gen: torch.Generator) -> None:
     x = torch.randn(2, 1, 5, 6, generator=gen, dtype=torch.float64, requires_grad=True)
     p = _homographies(2, gen, 0.1).requires_grad_()
     assert torch.autograd.gradcheck(lambda x, p: torchstn.warp(x, p, Projective(), (4, 7), backend="fused"), (x, p))
+
+
+def test_a_broken_build_warns_and_falls_back(tmp_path: Path) -> None:
+    """A library file that does not load (truncated, another machine's) gives one warning, then the grid path."""
+    code = (
+        "import warnings, torch, torchstn; from torchstn import ext; "
+        "lib = ext.build_dir() / 'torchstn_ext.so'; lib.parent.mkdir(parents=True); lib.write_bytes(b'not a library'); "
+        "x = torch.rand(1, 1, 4, 4); p = torchstn.Affine().identity_params(1)\n"
+        "with warnings.catch_warnings(record=True) as w:\n"
+        "    warnings.simplefilter('always')\n"
+        "    out = torchstn.warp(x, p, torchstn.Affine()); torchstn.warp(x, p, torchstn.Affine())\n"
+        "assert torch.allclose(out, x, atol=1e-6)\n"
+        "msgs = [str(m.message) for m in w if 'grid path' in str(m.message)]\n"
+        "assert len(msgs) == 1 and 'could not load' in msgs[0], msgs\n"
+        "print('ok')"
+    )
+    env = {**os.environ, "TORCHSTN_EXT_DIR": str(tmp_path)}
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False, env=env)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "ok"

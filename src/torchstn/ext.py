@@ -31,6 +31,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -161,7 +162,8 @@ def available() -> bool:
     if _loaded is None:
         try:
             return load()
-        except ExtensionBuildError:
+        except ExtensionBuildError as err:  # a build that does not load: say so once, then use the grid path
+            warnings.warn(f"torchstn: {err}; warping on the grid path instead", RuntimeWarning, stacklevel=2)
             _loaded = False
     return bool(_loaded) and not _disabled()
 

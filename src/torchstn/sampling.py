@@ -355,6 +355,9 @@ def _try_fused(
     """
     if backend not in ("auto", "fused") or capturing_graph() or torch.compiler.is_compiling():
         return None  # a captured graph keeps to standard operators: the grid path
+    check_choice(mode, "mode", _MODES)
+    check_choice(padding, "padding", _PADDINGS)
+    check_choice(nonfinite, "nonfinite", _NONFINITE)
     why = _fused_unsupported(input, transform, mode, padding, nonfinite)
     if why is None:
         _check_fill(padding, fill)
@@ -387,8 +390,6 @@ def _fused_unsupported(input: Tensor, transform: Transform, mode: str, padding: 
         )
     if mode != "bilinear":
         return f"it samples bilinearly only, got mode={mode!r}"
-    if padding not in _FUSED_PADDING:
-        return f"unknown padding {padding!r}"
     if input.dtype not in (torch.float32, torch.float64):
         return f"it takes float32 or float64, got {input.dtype}"
     if nonfinite == "propagate":
