@@ -282,7 +282,15 @@ def test_build_key_and_status_command(tmp_path: object) -> None:
     assert "disabled" in off.stdout
 
 
-def test_a_missing_build_is_not_compiled_implicitly(tmp_path: object) -> None:
+def _python_with_cache(code: str, cache: Path) -> str:
+    """Run ``code`` in a fresh interpreter whose kernel cache is ``cache``; return its output (it must succeed)."""
+    env = {**os.environ, "TORCHSTN_EXT_DIR": str(cache)}
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False, env=env)
+    assert done.returncode == 0, done.stderr
+    return done.stdout.strip()
+
+
+def test_a_missing_build_is_not_compiled_implicitly(tmp_path: Path) -> None:
     """With an empty cache directory, warp keeps working on F.grid_sample and compiles nothing."""
     code = (
         "import torch, torchstn; from torchstn import ext; "
@@ -290,9 +298,7 @@ def test_a_missing_build_is_not_compiled_implicitly(tmp_path: object) -> None:
         "out = torchstn.warp(x, p, torchstn.Affine()); "
         "assert torch.allclose(out, x, atol=1e-6); assert not ext.available(); print('ok')"
     )
-    env = {**os.environ, "TORCHSTN_EXT_DIR": str(tmp_path)}
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False, env=env)
-    assert done.returncode == 0, done.stderr
+    assert _python_with_cache(code, tmp_path) == "ok"
     assert list(os.scandir(str(tmp_path))) == []
 
 
@@ -412,7 +418,4 @@ def test_a_broken_build_warns_and_falls_back(tmp_path: Path) -> None:
         "assert len(msgs) == 1 and 'could not load' in msgs[0], msgs\n"
         "print('ok')"
     )
-    env = {**os.environ, "TORCHSTN_EXT_DIR": str(tmp_path)}
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False, env=env)
-    assert done.returncode == 0, done.stderr
-    assert done.stdout.strip() == "ok"
+    assert _python_with_cache(code, tmp_path) == "ok"

@@ -419,23 +419,17 @@ def _target_coords(n: int, align_corners: bool, dtype: torch.dtype) -> Tensor:
     return t
 
 
+_Options = tuple[int, bool, float]  # the kernel's padding code, align_corners and projective eps
+
+
 class _FusedWarp(torch.autograd.Function):
     """The compiled kernel with its compiled backward (first order; the reference backend has second order)."""
 
     @staticmethod
-    def forward(
-        ctx: Any,
-        input: Tensor,
-        matrix: Tensor,
-        xs: Tensor,
-        ys: Tensor,
-        padding: int,
-        align_corners: bool,
-        eps: float,
-    ) -> Tensor:
+    def forward(ctx: Any, input: Tensor, matrix: Tensor, xs: Tensor, ys: Tensor, options: _Options) -> Tensor:
         ctx.save_for_backward(input, matrix, xs, ys)
-        ctx.padding, ctx.align_corners, ctx.eps = padding, align_corners, eps
-        out: Tensor = torch.ops.torchstn.warp_bilinear(input, matrix, xs, ys, padding, align_corners, eps)
+        ctx.options = options
+        out: Tensor = torch.ops.torchstn.warp_bilinear(input, matrix, xs, ys, *options)
         return out
 
     @staticmethod
@@ -443,9 +437,9 @@ class _FusedWarp(torch.autograd.Function):
         input, matrix, xs, ys = ctx.saved_tensors
         need_input, need_matrix = ctx.needs_input_grad[:2]
         grad_input, grad_matrix = _FusedWarpBackward.apply(  # type: ignore[no-untyped-call]
-            grad, input, matrix, xs, ys, ctx.padding, ctx.align_corners, ctx.eps, need_input
+            grad, input, matrix, xs, ys, ctx.options, need_input
         )
-        return (grad_input if need_input else None, grad_matrix if need_matrix else None, *(None,) * 5)
+        return grad_input if need_input else None, grad_matrix if need_matrix else None, None, None, None
 
 
 class _FusedWarpBackward(torch.autograd.Function):
@@ -454,19 +448,10 @@ class _FusedWarpBackward(torch.autograd.Function):
 
     @staticmethod
     def forward(
-        ctx: Any,
-        grad: Tensor,
-        input: Tensor,
-        matrix: Tensor,
-        xs: Tensor,
-        ys: Tensor,
-        padding: int,
-        align_corners: bool,
-        eps: float,
-        need_input: bool,
+        ctx: Any, grad: Tensor, input: Tensor, matrix: Tensor, xs: Tensor, ys: Tensor, options: _Options, need: bool
     ) -> tuple[Tensor, Tensor]:
         grad_input, grad_matrix = torch.ops.torchstn.warp_bilinear_backward(
-            grad.contiguous(), input, matrix, xs, ys, padding, align_corners, eps, need_input
+            grad.contiguous(), input, matrix, xs, ys, *options, need
         )
         return grad_input, grad_matrix
 
@@ -485,9 +470,8 @@ def _fused_warp(
     source-from-target matrix (``eps``: the projective denominator's smallest magnitude)."""
     xs = _target_coords(size[1], align_corners, input.dtype)
     ys = _target_coords(size[0], align_corners, input.dtype)
-    out: Tensor = _FusedWarp.apply(  # type: ignore[no-untyped-call]
-        input.contiguous(), matrix.contiguous(), xs, ys, _FUSED_PADDING[padding], align_corners, float(eps)
-    )
+    options = (_FUSED_PADDING[padding], align_corners, float(eps))
+    out: Tensor = _FusedWarp.apply(input.contiguous(), matrix.contiguous(), xs, ys, options)  # type: ignore[no-untyped-call]
     return out
 
 
