@@ -419,3 +419,23 @@ def test_a_broken_build_warns_and_falls_back(tmp_path: Path) -> None:
         "print('ok')"
     )
     assert _python_with_cache(code, tmp_path) == "ok"
+
+
+def test_the_build_finds_ninja_beside_the_interpreter(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """ninja from PyPI lives in the environment's bin/, which need not be on PATH (make calls .venv/bin/python
+    without activating the environment): the build puts it first. A failed compile raises with the compiler's
+    output and leaves nothing behind."""
+    seen: dict[str, str] = {}
+
+    def fake_run(cmd: list[str], **kwargs: object) -> subprocess.CompletedProcess[str]:
+        env = kwargs["env"]
+        assert isinstance(env, dict)
+        seen["path"] = env["PATH"]
+        return subprocess.CompletedProcess(cmd, 1, "", "error: the compiler said no")
+
+    monkeypatch.setattr(ext.subprocess, "run", fake_run)
+    monkeypatch.setenv("PATH", "/nonexistent")
+    with pytest.raises(ext.ExtensionBuildError, match="the compiler said no"):
+        ext._compile(tmp_path / "build", verbose=False)
+    assert seen["path"].split(os.pathsep)[0] == str(Path(sys.executable).parent)
+    assert list(tmp_path.iterdir()) == []

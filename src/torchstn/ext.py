@@ -128,9 +128,10 @@ def _compile(directory: Path, verbose: bool) -> None:
     """Compile in a child process (loading the library there, not here, so this process loads it once, from its
     final place) into a fresh directory beside ``directory``, then move it into place: a build interrupted half-way
     (or two processes building at once) never leaves a broken library where :func:`load` looks."""
-    from torch.utils import cpp_extension
-
-    if not cpp_extension.is_ninja_available():
+    # ninja from PyPI (the 'ext' extra) lives beside this interpreter, which need not be on PATH (a virtual
+    # environment used without activating it): put it first for the build.
+    env = {**os.environ, "PATH": os.pathsep.join((str(Path(sys.executable).parent), os.environ.get("PATH", "")))}
+    if shutil.which("ninja", path=env["PATH"]) is None:
         raise ExtensionBuildError("building the kernel needs ninja: pip install ninja (the 'ext' extra)")
     directory.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=directory.name + ".", dir=directory.parent))
@@ -142,7 +143,7 @@ def _compile(directory: Path, verbose: bool) -> None:
     )
     try:
         done = subprocess.run(
-            [sys.executable, "-c", script, str(tmp)], capture_output=not verbose, text=True, check=False
+            [sys.executable, "-c", script, str(tmp)], capture_output=not verbose, text=True, check=False, env=env
         )
         if done.returncode != 0:
             tail = "\n".join((done.stderr or "").strip().splitlines()[-30:])
