@@ -42,7 +42,7 @@ from __future__ import annotations
 
 import itertools
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, Literal
 
 import torch
@@ -168,18 +168,30 @@ def sample(
             raise NonFiniteError(f"grid: {bad} grid point(s) hold NaN or inf (pass nonfinite='propagate' to get NaN)")
     elif nonfinite == "propagate":
         finite = torch.isfinite(grid).all(-1)  # (B, H', W')
-    shift = _fill_tensor(fill, input) if padding == "fill" and fill is not None else None
-    src = input if shift is None else input - shift
-    pad = "zeros" if padding == "fill" else padding
     if backend == "reference":
-        out = reference_sample(src, grid, kernel, pad, align_corners)
+        out = _filled(input, padding, fill, lambda src, pad: reference_sample(src, grid, kernel, pad, align_corners))
     else:
-        out = F.grid_sample(src, grid, mode=kernel, padding_mode=pad, align_corners=align_corners)
-    if shift is not None:
-        out = out + shift
+        out = _filled(
+            input,
+            padding,
+            fill,
+            lambda src, pad: F.grid_sample(src, grid, mode=kernel, padding_mode=pad, align_corners=align_corners),
+        )
     if finite is not None:
         out = torch.where(finite.unsqueeze(1), out, torch.full_like(out, float("nan")))
     return out
+
+
+def _filled(
+    input: Tensor, padding: str, fill: FillValue | None, run: Callable[[Tensor, str], Tensor], heads: int = 1
+) -> Tensor:
+    """``run(input, padding)``, with ``padding="fill"`` built on zero padding: sample ``input - fill`` and add
+    ``fill`` back (see the module docstring). ``run`` may return ``heads`` outputs per image, image-major."""
+    if padding != "fill" or fill is None:
+        return run(input, padding)
+    shift = _fill_tensor(fill, input)  # (1 or B, C, 1, ...)
+    out = run(input - shift, "zeros")
+    return out + (shift.repeat_interleave(heads, dim=0) if heads > 1 and shift.shape[0] > 1 else shift)
 
 
 def _unnormalize(coord: Tensor, n: int, align_corners: bool) -> Tensor:
@@ -365,19 +377,17 @@ def _try_fused(
         matrix, left = _checked_matrix(transform, params, tuple(input.shape[2:]), nonfinite)
         if left == "ignore":  # the matrix proves every source point finite (or the caller waived the check)
             eps = transform.eps if transform.projective else 0.0
-            if padding != "fill" or fill is None:
-                return _fused_warp(input, matrix, size, padding, align_corners, eps)
-            shift = _fill_tensor(fill, input)  # (1 or B, C, 1, 1)
-            out = _fused_warp(input - shift, matrix, size, padding, align_corners, eps)
             heads = matrix.shape[0] // input.shape[0]
-            return out + (shift.repeat_interleave(heads, dim=0) if shift.shape[0] > 1 else shift)
+            return _filled(
+                input, padding, fill, lambda src, pad: _fused_warp(src, matrix, size, pad, align_corners, eps), heads
+            )
         why = "the matrix is too large to prove its grid finite; the grid path checks it"
     if backend == "fused":
         raise OptionError(f"backend: 'fused' cannot run this warp: {why}")
     return None
 
 
-_FUSED_PADDING = {"zeros": 0, "border": 1, "reflection": 2, "fill": 0}
+_FUSED_PADDING = {"zeros": 0, "border": 1, "reflection": 2}
 
 
 def _fused_unsupported(input: Tensor, transform: Transform, mode: str, padding: str, nonfinite: str) -> str | None:
