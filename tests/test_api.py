@@ -32,7 +32,11 @@ PUBLIC = {
         "pixel_from_normalized", "pixel_to_normalized", "projective_grid", "safe_denominator", "transform_points",
     ],
     "torchstn.sampling": ["Backend", "Mode", "NonFinite", "Padding", "sample", "warp"],
-    "torchstn.errors": ["DTypeError", "NonFiniteError", "OptionError", "STNError", "ShapeError"],
+    "torchstn.errors": [
+        "CheckpointError", "ConfigError", "ConfigKeyError", "DTypeError", "DataError", "ExportMismatchError",
+        "ExtensionBuildError", "NonFiniteError", "OptionError", "RunError", "STNError", "ShapeError",
+        "TrainingDiverged",
+    ],
     "torchstn.models": [
         "STClassifier", "VolumeProjector", "create_model", "cub", "list_models", "make_transform", "mnist",
         "parameter_count", "register_model", "svhn",
@@ -67,3 +71,12 @@ def test_errors_subclass_the_builtins() -> None:
     assert issubclass(torchstn.ShapeError, ValueError) and issubclass(torchstn.ShapeError, torchstn.STNError)
     assert issubclass(torchstn.DTypeError, TypeError) and issubclass(torchstn.DTypeError, torchstn.STNError)
     assert issubclass(torchstn.NonFiniteError, ValueError) and issubclass(torchstn.OptionError, ValueError)
+    builtin = {
+        "ConfigError": ValueError, "ConfigKeyError": KeyError, "DataError": ValueError, "CheckpointError": ValueError,
+        "RunError": RuntimeError, "TrainingDiverged": RuntimeError, "ExportMismatchError": RuntimeError,
+        "ExtensionBuildError": RuntimeError,
+    }  # fmt: skip
+    for name, base in builtin.items():
+        cls = getattr(torchstn.errors, name)
+        assert issubclass(cls, torchstn.STNError) and issubclass(cls, base), name
+    assert str(torchstn.errors.ConfigKeyError("config: unknown key 'x'")) == "config: unknown key 'x'"

@@ -1,17 +1,40 @@
 """Exceptions raised by torchstn.
 
-Every error is an :class:`STNError` and also subclasses the builtin that callers would catch anyway, so
-``except ValueError`` keeps working:
+Every error torchstn raises is an :class:`STNError` and also subclasses the builtin that callers would catch
+anyway, so ``except ValueError`` (or ``KeyError``, ``RuntimeError``, ``OSError``) keeps working:
 
 - :class:`ShapeError` (``ValueError``): a tensor or size has the wrong shape, or is empty.
 - :class:`DTypeError` (``TypeError``): a tensor has the wrong dtype, or an argument has the wrong type.
 - :class:`OptionError` (``ValueError``): an option has a value it does not accept (not a choice, out of range).
 - :class:`NonFiniteError` (``ValueError``): a sampling grid or parameter tensor holds NaN or inf.
+- :class:`ConfigError` (``ValueError``): an experiment config has an unknown key or a value of the wrong type;
+  :class:`ConfigKeyError` (also ``KeyError``) for an unknown key.
+- :class:`DataError` (``ValueError``): a dataset file or cache is missing, malformed or disagrees with its recipe.
+- :class:`CheckpointError` (``ValueError``): a checkpoint is not a torchstn checkpoint, or fails its checksum.
+- :class:`RunError` (``RuntimeError``): a run directory cannot be used as asked (exists, locked, finished, not a
+  run directory, not writable).
+- :class:`TrainingDiverged` (``RuntimeError``): the loss became NaN or inf during training.
+- :class:`ExportMismatchError` (``RuntimeError``): an exported model disagrees with the eager one.
+- :class:`ExtensionBuildError` (``RuntimeError``): the fused CPU kernel could not be built or loaded.
 """
 
 from __future__ import annotations
 
-__all__ = ["DTypeError", "NonFiniteError", "OptionError", "STNError", "ShapeError"]
+__all__ = [
+    "CheckpointError",
+    "ConfigError",
+    "ConfigKeyError",
+    "DTypeError",
+    "DataError",
+    "ExportMismatchError",
+    "ExtensionBuildError",
+    "NonFiniteError",
+    "OptionError",
+    "RunError",
+    "STNError",
+    "ShapeError",
+    "TrainingDiverged",
+]
 
 
 class STNError(Exception):
@@ -32,3 +55,38 @@ class NonFiniteError(STNError, ValueError):
 
 class OptionError(STNError, ValueError):
     """An option (mode, padding, backend, eps, ...) has a value it does not accept."""
+
+
+class ConfigError(STNError, ValueError):
+    """An experiment config names an unknown key, or gives a key a value of the wrong type or range."""
+
+
+class ConfigKeyError(ConfigError, KeyError):
+    """A config key, model name or task name that does not exist."""
+
+    def __str__(self) -> str:  # KeyError's str() quotes the message; show it as written
+        return str(self.args[0]) if self.args else ""
+
+
+class DataError(STNError, ValueError):
+    """A dataset file or cache is missing, malformed, or disagrees with what it should hold."""
+
+
+class CheckpointError(STNError, ValueError):
+    """A file is not a torchstn checkpoint, or its contents fail the recorded checksum."""
+
+
+class RunError(STNError, RuntimeError):
+    """A run directory cannot be used as asked (it exists, is locked, is finished, or is not a run directory)."""
+
+
+class TrainingDiverged(STNError, RuntimeError):
+    """The loss became NaN or inf; the last good checkpoint is kept."""
+
+
+class ExportMismatchError(STNError, RuntimeError):
+    """The exported model's outputs differ from the eager model's by more than the tolerance."""
+
+
+class ExtensionBuildError(STNError, RuntimeError):
+    """The compiled kernel could not be built or loaded (no compiler, no ninja, a compile error)."""

@@ -29,13 +29,9 @@ import torch
 from torch import Tensor, nn
 
 from torchstn._checks import check_tensor
-from torchstn.errors import OptionError, ShapeError
+from torchstn.errors import ExportMismatchError, OptionError, ShapeError
 
 __all__ = ["ExportMismatchError", "export_onnx"]
-
-
-class ExportMismatchError(RuntimeError):
-    """The exported model's outputs differ from the eager model's by more than the tolerance."""
 
 
 def export_onnx(

@@ -37,6 +37,8 @@ from pathlib import Path
 
 import torch
 
+from torchstn.errors import ExtensionBuildError
+
 __all__ = ["ExtensionBuildError", "available", "build", "build_dir", "cache_root", "load"]
 
 _NAME = "torchstn_ext"
@@ -47,10 +49,6 @@ _CFLAGS = ("-O3", "-march=native", "-fno-trapping-math", "-fopenmp")
 _LDFLAGS = ("-fopenmp",)
 
 _loaded: bool | None = None  # None: not tried yet in this process
-
-
-class ExtensionBuildError(RuntimeError):
-    """The compiled kernel could not be built or loaded (no compiler, no ninja, a compile error)."""
 
 
 def _cpu_signature() -> str:

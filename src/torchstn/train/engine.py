@@ -39,6 +39,7 @@ import yaml
 from torch import Tensor, nn
 
 import torchstn
+from torchstn.errors import TrainingDiverged
 from torchstn.models import create_model
 from torchstn.modules import SpatialTransformer, identity_penalty, localisation_param_groups
 from torchstn.train.tasks import Task, build_task
@@ -53,10 +54,6 @@ __all__ = [
     "shard",
     "train",
 ]
-
-
-class TrainingDiverged(RuntimeError):
-    """The loss became NaN or inf; the last good checkpoint is kept."""
 
 
 # --- distributed context ----------------------------------------------------------------------------------------
