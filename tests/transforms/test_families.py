@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import math
+import re
 import warnings
+from collections.abc import Callable
 
 import numpy as np
 import pytest
@@ -12,6 +14,7 @@ import torch.nn.functional as F
 
 import torchstn
 from tests.helpers import assert_close
+from torchstn.errors import DTypeError, OptionError, ShapeError
 from torchstn.transforms import (
     Affine,
     Affine3D,
@@ -24,6 +27,9 @@ from torchstn.transforms import (
     Translation,
 )
 
+# An irregular target layout: 7 points scattered over the image, two of them outside it.
+SCATTERED = [(-0.8, -0.7), (0.3, -0.9), (0.9, -0.1), (0.5, 0.6), (-0.2, 0.8), (-0.6, 0.1), (1.1, 1.05)]
+
 FAMILIES_2D: list[Transform] = [
     Affine(),
     Attention(),
@@ -32,6 +38,8 @@ FAMILIES_2D: list[Transform] = [
     Projective(),
     ThinPlateSpline((4, 4)),
     ThinPlateSpline((3, 5), regularization=0.0),
+    ThinPlateSpline.fiducials(k=8, margin=0.05),
+    ThinPlateSpline(control_points=SCATTERED),
 ]
 IDS_2D = [repr(t) for t in FAMILIES_2D]
 
@@ -194,6 +202,143 @@ def test_tps_kernel_is_cached_per_size(gen: torch.Generator) -> None:
     assert t.weights((5, 6)) is a and t.weights((6, 5)) is not a
 
 
+def _independent_tps_grid(
+    targets: np.ndarray, sources: np.ndarray, size: tuple[int, int], align_corners: bool, lam: float
+) -> np.ndarray:
+    """A TPS solved from scratch in float64 numpy per sample: ``f(t_k) = s_k`` (with ``lambda``), on pixel centres.
+
+    Returns ``(B, H, W, 2)``."""
+    k = len(targets)
+    d2 = ((targets[:, None] - targets[None]) ** 2).sum(-1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        u = np.where(d2 > 0, d2 * np.log(d2), 0.0)
+    p = np.concatenate((np.ones((k, 1)), targets), 1)  # (K, 3)
+    lhs = np.block([[u + lam * np.eye(k), p], [p.T, np.zeros((3, 3))]])
+    h, w = size
+    axis = [np.linspace(-1, 1, n) if align_corners else (2 * np.arange(n) + 1) / n - 1 for n in (h, w)]
+    if align_corners:
+        axis = [a if len(a) > 1 else np.zeros(1) for a in axis]
+    gy, gx = np.meshgrid(axis[0], axis[1], indexing="ij")
+    pts = np.stack((gx, gy), -1).reshape(-1, 2)
+    e2 = ((pts[:, None] - targets[None]) ** 2).sum(-1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        basis = np.concatenate((np.where(e2 > 0, e2 * np.log(e2), 0.0), np.ones((len(pts), 1)), pts), 1)
+    out = []
+    for src in sources:  # (K, 2)
+        coef = np.linalg.solve(lhs, np.concatenate((src, np.zeros((3, 2)))))  # (K + 3, 2)
+        out.append((basis @ coef).reshape(h, w, 2))
+    return np.stack(out)
+
+
+@pytest.mark.parametrize(
+    "t",
+    [
+        ThinPlateSpline((4, 4)),
+        ThinPlateSpline.fiducials(),
+        ThinPlateSpline.fiducials(k=10, margin=(0.1, 0.2), regularization=0.05),
+        ThinPlateSpline(control_points=SCATTERED),
+        ThinPlateSpline(control_points=SCATTERED, regularization=0.3),
+    ],
+    ids=repr,
+)
+@pytest.mark.parametrize("align_corners", [False, True])
+def test_tps_grid_equals_an_independent_float64_solve(
+    gen: torch.Generator, t: ThinPlateSpline, align_corners: bool
+) -> None:
+    p = _perturbed(t, 3, gen, 0.05)
+    targets = t.control_points(dtype=torch.float64).numpy()
+    expected = _independent_tps_grid(targets, p.reshape(3, -1, 2).numpy(), (9, 13), align_corners, t.regularization)
+    ours = t.grid(p, (9, 13), align_corners=align_corners)
+    np.testing.assert_allclose(ours.numpy(), expected, rtol=0, atol=1e-10)
+    single = t.grid(p.float(), (9, 13), align_corners=align_corners)  # the float32 path: the same GEMM
+    np.testing.assert_allclose(single.numpy(), expected, rtol=0, atol=2e-5)
+
+
+@pytest.mark.parametrize(
+    "t",
+    [
+        ThinPlateSpline.fiducials(),
+        ThinPlateSpline.fiducials(k=4, margin=0.0),
+        ThinPlateSpline(control_points=SCATTERED),
+    ],
+    ids=repr,
+)
+def test_tps_identity_is_exact_for_every_layout(t: ThinPlateSpline) -> None:
+    for align_corners in (False, True):
+        g = t.grid(t.identity_params(2, dtype=torch.float64), (7, 11), align_corners=align_corners)
+        axes = [torchstn.geometry.normalized_coords(n, align_corners, dtype=torch.float64) for n in (7, 11)]
+        centres = torch.stack(torch.meshgrid(*axes, indexing="ij")[::-1], -1).expand(2, -1, -1, -1)
+        torch.testing.assert_close(g, centres, rtol=0, atol=1e-12)
+        single = t.grid(t.identity_params(2), (7, 11), align_corners=align_corners)  # float32: rounding only
+        torch.testing.assert_close(single, centres.float(), rtol=0, atol=1e-6)
+    x = torch.rand(2, 3, 32, 100, generator=torch.Generator().manual_seed(3), dtype=torch.float64)  # a text strip
+    torch.testing.assert_close(torchstn.warp(x, t.identity_params(2, dtype=torch.float64), t), x, rtol=0, atol=1e-10)
+
+
+def test_tps_fiducials_are_the_aster_layout() -> None:
+    ctrl = ThinPlateSpline.fiducials(k=20, margin=0.05).control_points(dtype=torch.float64)
+    # ASTER: x = linspace(margin, 1 - margin, 10), y = margin (top) and 1 - margin (bottom), in [0, 1] units.
+    xs01 = np.linspace(0.05, 0.95, 10)
+    aster01 = np.concatenate([np.stack((xs01, np.full(10, y)), 1) for y in (0.05, 0.95)])
+    np.testing.assert_allclose(ctrl.numpy(), 2 * aster01 - 1, rtol=0, atol=1e-15)
+    pair = ThinPlateSpline.fiducials(k=6, margin=(0.0, 0.25)).control_points(dtype=torch.float64)
+    assert pair[:, 0].tolist() == [-1.0, 0.0, 1.0] * 2 and pair[:, 1].tolist() == [-0.5] * 3 + [0.5] * 3
+
+
+def test_tps_fiducials_without_margin_are_the_two_row_grid(gen: torch.Generator) -> None:
+    fid, grid = ThinPlateSpline.fiducials(k=20, margin=0.0), ThinPlateSpline((2, 10))
+    torch.testing.assert_close(fid.control_points(dtype=torch.float64), grid.control_points(dtype=torch.float64))
+    p = _perturbed(grid, 2, gen, 0.05)
+    torch.testing.assert_close(fid.grid(p, (8, 25)), grid.grid(p, (8, 25)), rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize(
+    "t", [ThinPlateSpline.fiducials(), ThinPlateSpline(control_points=SCATTERED, regularization=0.0)], ids=repr
+)
+def test_tps_any_layout_moves_its_control_points_and_inverts(gen: torch.Generator, t: ThinPlateSpline) -> None:
+    p = _perturbed(t, 2, gen, 0.03)
+    ctrl = t.control_points(dtype=torch.float64).expand(2, -1, -1)
+    assert_close(t.map_points(p, ctrl).reshape(2, -1), p, scale=1e3)
+    pts = torch.rand(2, 30, 2, generator=gen, dtype=torch.float64) * 1.6 - 0.8
+    assert_close(t.map_points(p, t.map_points(p, pts), inverse=True), pts, scale=1e3)
+
+
+def test_tps_layout_given_as_a_tensor_or_nested_lists_is_the_same() -> None:
+    pts = torch.tensor(SCATTERED, dtype=torch.float64)
+    a, b = ThinPlateSpline(control_points=pts), ThinPlateSpline(control_points=SCATTERED)
+    pts.zero_()  # the transform holds its own copy
+    torch.testing.assert_close(a.control_points(dtype=torch.float64), b.control_points(dtype=torch.float64))
+    assert a.num_controls == 7 and a.num_params == 14 and a.roles == ("point",) * 14 and a.grid_shape is None
+    assert torch.equal(a.weights((5, 6)), b.weights((5, 6)))
+    assert "control_points" in repr(a) and repr(ThinPlateSpline.fiducials()).startswith("ThinPlateSpline.fiducials(")
+
+
+@pytest.mark.parametrize(
+    ("make", "error", "name"),
+    [
+        (lambda: ThinPlateSpline(control_points=[(0.0, 0.0), (1.0, 0.0)]), ShapeError, "control_points"),
+        (lambda: ThinPlateSpline(control_points=torch.zeros(4, 3)), ShapeError, "control_points"),
+        (lambda: ThinPlateSpline(control_points=torch.zeros(8)), ShapeError, "control_points"),
+        (lambda: ThinPlateSpline(control_points=[(-1, -1), (0, 0), (1, 1), (0.5, 0.5)]), OptionError, "one line"),
+        (lambda: ThinPlateSpline(control_points=[(0, 0), (1, 0), (0, 1), (1, 0)]), OptionError, "coincide"),
+        (lambda: ThinPlateSpline(control_points=[(0, 0), (1, 0), (0, float("nan"))]), OptionError, "finite"),
+        (lambda: ThinPlateSpline(control_points=torch.ones(3, 2, dtype=torch.bool)), DTypeError, "control_points"),
+        (lambda: ThinPlateSpline(control_points="aster"), DTypeError, "control_points"),  # type: ignore[arg-type]
+        (lambda: ThinPlateSpline(control_points=[(0, 0), (1,), (0, 1)]), DTypeError, "control_points"),
+        (lambda: ThinPlateSpline((4, 4), control_points=SCATTERED), OptionError, "grid, control_points"),
+        (lambda: ThinPlateSpline.fiducials(k=7), OptionError, "k:"),
+        (lambda: ThinPlateSpline.fiducials(k=2), OptionError, "k:"),
+        (lambda: ThinPlateSpline.fiducials(margin=0.5), OptionError, "margin"),
+        (lambda: ThinPlateSpline.fiducials(margin=-0.1), OptionError, "margin"),
+        (lambda: ThinPlateSpline.fiducials(margin=(0.1, 0.1, 0.1)), OptionError, "margin"),  # type: ignore[arg-type]
+        (lambda: ThinPlateSpline.fiducials(regularization=-1.0), OptionError, "regularization"),
+    ],
+)
+def test_tps_layouts_are_checked(make: Callable[[], object], error: type[Exception], name: str) -> None:
+    with pytest.raises(error, match=re.escape(name)):
+        make()
+
+
 # --- projective -----------------------------------------------------------------------------------------------
 
 
@@ -276,7 +421,18 @@ def test_gradcheck_grid_wrt_params(gen: torch.Generator, t: Transform) -> None:
     assert torch.autograd.gradcheck(lambda p: t.grid(p, size, src_size=size[::-1] if t.ndim == 2 else None), (p,))
 
 
-@pytest.mark.parametrize("t", [Affine(), Similarity(), Projective(), ThinPlateSpline()], ids=repr)
+@pytest.mark.parametrize(
+    "t",
+    [
+        Affine(),
+        Similarity(),
+        Projective(),
+        ThinPlateSpline(),
+        ThinPlateSpline.fiducials(k=6, margin=0.05),
+        ThinPlateSpline(control_points=SCATTERED, regularization=0.1),
+    ],
+    ids=repr,
+)
 def test_gradcheck_warp_wrt_image_and_params(gen: torch.Generator, t: Transform) -> None:
     x = torch.rand(1, 2, 5, 6, generator=gen, dtype=torch.float64, requires_grad=True)
     p = _perturbed(t, 1, gen).requires_grad_()
@@ -309,12 +465,16 @@ def test_tps_caches_made_in_inference_mode_serve_autograd_later() -> None:
     assert params.grad is not None and torch.isfinite(params.grad).all()
 
 
-def test_tps_interleaved_and_plain_grid_paths_agree(monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize(
+    "tps", [ThinPlateSpline((4, 4)), ThinPlateSpline.fiducials(), ThinPlateSpline(control_points=SCATTERED)], ids=repr
+)
+def test_tps_interleaved_and_plain_grid_paths_agree(monkeypatch: pytest.MonkeyPatch, tps: ThinPlateSpline) -> None:
     from torchstn.transforms import _tps
 
-    tps = ThinPlateSpline((4, 4))
-    params = tps.identity_params(3, dtype=torch.float64) + 0.1 * torch.randn(3, 32, dtype=torch.float64)
+    n = tps.num_params
+    params = tps.identity_params(3, dtype=torch.float64) + 0.1 * torch.randn(3, n, dtype=torch.float64)
     fast = tps.grid(params, (6, 7))
+    assert len(tps._interleaved) == 1  # every layout takes the one-GEMM path
     monkeypatch.setattr(_tps, "_INTERLEAVED_MAX_POINTS", 0)
     plain = tps.grid(params, (6, 7))
     assert fast.is_contiguous() and fast.shape == plain.shape == (3, 6, 7, 2)

@@ -12,7 +12,7 @@ family                    params  meaning
 :class:`Similarity`       4       ``(angle, log_scale, tx, ty)``, rotation true in pixel space
 :class:`Translation`      2       ``(tx, ty)``
 :class:`Projective`       8       3x3 homography, last entry fixed to 1
-:class:`ThinPlateSpline`  2K      source positions of K control points on a regular target grid
+:class:`ThinPlateSpline`  2K      source positions of K control points at fixed target points
 :class:`Affine3D`         12      row-major 3x4, for volumes
 ========================  ======  ============================================================
 """
