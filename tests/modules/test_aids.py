@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import inspect
+
+import pytest
 import torch
 from torch import nn
 
+from torchstn.errors import DTypeError, OptionError
 from torchstn.modules import (
     SpatialTransformer,
     identity_penalty,
@@ -36,6 +40,23 @@ def test_param_groups_give_localisation_networks_their_own_rate() -> None:
     assert len(groups[0]["params"]) + len(groups[1]["params"]) == len(list(model.parameters()))
     assert groups[1]["lr"] == 0.1 * 1e-4 and groups[0]["weight_decay"] == 5e-4
     torch.optim.SGD(groups, lr=0.1)  # accepted as is
+
+
+def test_param_groups_default_to_the_trainers_rate() -> None:
+    from torchstn.train import DEFAULTS
+
+    st = SpatialTransformer(mlp_localisation((1, 6, 6), Affine()), Affine())
+    model = nn.Sequential(st, nn.Flatten(), nn.Linear(36, 3))
+    groups = localisation_param_groups(model, 0.05)
+    assert DEFAULTS["train"]["loc_lr_scale"] == 1.0
+    assert [g["lr"] for g in groups] == [0.05, 0.05 * DEFAULTS["train"]["loc_lr_scale"]]
+    assert inspect.signature(localisation_param_groups).parameters["localisation_lr_scale"].default == 1.0
+    with pytest.raises(OptionError, match="localisation_lr_scale"):
+        localisation_param_groups(model, 0.05, 0.0)
+    with pytest.raises(OptionError, match=r"^lr"):
+        localisation_param_groups(model, -1.0)
+    with pytest.raises(DTypeError, match=r"^model"):
+        localisation_param_groups(st.parameters(), 0.05)  # type: ignore[arg-type]
 
 
 def test_tiling_windows_cover_the_image() -> None:

@@ -9,7 +9,7 @@ import torch
 from torch import Tensor, nn
 
 from torchstn._checks import check_tensor
-from torchstn.errors import OptionError
+from torchstn.errors import DTypeError, OptionError
 from torchstn.transforms import Transform
 
 __all__ = ["identity_penalty", "localisation_param_groups", "tiling_params"]
@@ -47,16 +47,19 @@ def _localisation_parameters(model: nn.Module) -> Iterator[nn.Parameter]:
 
 
 def localisation_param_groups(
-    model: nn.Module, lr: float, localisation_lr_scale: float = 0.1, **group_options: Any
+    model: nn.Module, lr: float, localisation_lr_scale: float = 1.0, **group_options: Any
 ) -> list[dict[str, Any]]:
-    """Optimizer parameter groups with a smaller learning rate for every localisation network in ``model``.
+    """Optimizer parameter groups giving every localisation network in ``model`` its own learning rate.
 
-    The paper trains localisation networks at 1/10 of the base rate on SVHN and 1e-4 on CUB.
+    The default scale, 1.0, is the trainer's (``train.loc_lr_scale`` in :data:`torchstn.train.DEFAULTS`) and the
+    paper's MNIST recipe, which gives the localisation networks no rate of their own (they still get a group of
+    their own, so that a schedule or a later change can treat them apart). The paper trains localisation
+    networks at 1/10 of the base rate on SVHN (``localisation_lr_scale=0.1``) and at 1e-4 of it on CUB.
 
     Args:
         model: A model containing :class:`~torchstn.modules.SpatialTransformer` modules.
         lr: Base learning rate.
-        localisation_lr_scale: Factor applied to the localisation networks' learning rate.
+        localisation_lr_scale: Factor applied to the localisation networks' learning rate; default 1.0.
         **group_options: Extra options for both groups (``weight_decay``, ...).
 
     Returns:
@@ -68,8 +71,14 @@ def localisation_param_groups(
         >>> st = SpatialTransformer(mlp_localisation((1, 8, 8), Affine()), Affine())
         >>> model = torch.nn.Sequential(st, torch.nn.Flatten(), torch.nn.Linear(64, 10))
         >>> [g["lr"] for g in localisation_param_groups(model, 0.01)]
+        [0.01, 0.01]
+        >>> [g["lr"] for g in localisation_param_groups(model, 0.01, localisation_lr_scale=0.1)]  # SVHN's recipe
         [0.01, 0.001]
     """
+    if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not lr >= 0:
+        raise OptionError(f"lr: expected a non-negative float, got {lr!r}")
+    if not isinstance(model, nn.Module):
+        raise DTypeError(f"model: expected an nn.Module, got {type(model).__name__}")
     if not localisation_lr_scale > 0:
         raise OptionError(f"localisation_lr_scale: expected a positive float, got {localisation_lr_scale!r}")
     loc = {id(p): p for p in _localisation_parameters(model)}
