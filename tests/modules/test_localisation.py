@@ -308,3 +308,12 @@ def test_builders_name_the_bad_argument(case: tuple[Callable[[], Any], type[Exce
     make, error, name = case
     with pytest.raises(error, match=f"^{name}"):
         make()
+
+
+@pytest.mark.parametrize("mode", ["reflect", "tanh"])
+def test_gradcheck_bounded_points(gen: torch.Generator, mode: str) -> None:
+    bounds = Bounds(point=0.8, translation=0.5, point_mode=mode)  # type: ignore[arg-type]
+    roles = ("point", "translation", "point", "linear")
+    raw = torch.tensor([[0.3, -0.4, 1.1, 2.0], [-2.9, 0.2, 0.5, -1.0]], dtype=torch.float64)  # off the folds
+    raw = (raw + 0.01 * torch.randn(raw.shape, generator=gen, dtype=torch.float64)).requires_grad_()
+    assert torch.autograd.gradcheck(lambda r: bounds.apply(r, roles), (raw,))
