@@ -479,3 +479,11 @@ def test_tps_interleaved_and_plain_grid_paths_agree(monkeypatch: pytest.MonkeyPa
     plain = tps.grid(params, (6, 7))
     assert fast.is_contiguous() and fast.shape == plain.shape == (3, 6, 7, 2)
     torch.testing.assert_close(fast, plain, atol=1e-14, rtol=0)
+
+
+@pytest.mark.parametrize("value", ["0.1", None, True, float("inf")])
+def test_tps_regularization_is_checked(value: object) -> None:
+    with pytest.raises(OptionError, match=r"^regularization"):
+        ThinPlateSpline(regularization=value)  # type: ignore[arg-type]
+    with pytest.raises(OptionError, match=r"^regularization"):
+        ThinPlateSpline(control_points=SCATTERED, regularization=value)  # type: ignore[arg-type]

@@ -113,7 +113,11 @@ class ThinPlateSpline(Transform):
     ) -> None:
         if grid is not None and control_points is not None:
             raise OptionError("grid, control_points: give one target layout, not both")
-        if not (regularization >= 0 and math.isfinite(regularization)):
+        if (
+            isinstance(regularization, bool)
+            or not isinstance(regularization, (int, float))
+            or not (regularization >= 0 and math.isfinite(regularization))
+        ):
             raise OptionError(f"regularization: expected a finite non-negative float, got {regularization!r}")
         self.grid_shape: tuple[int, int] | None = None
         self._targets: Tensor | None = None  # (K, 2) float64 on the CPU, for layouts other than a grid
@@ -151,8 +155,8 @@ class ThinPlateSpline(Transform):
         Each row runs left to right, evenly spaced; the top row comes first. ``margin`` insets the points from the
         image border as ASTER's ``margins`` do, as a fraction of the image's width (x) and height (y), so the
         points span ``x, y in [-(1 - 2 * margin), 1 - 2 * margin]`` in normalised coordinates. ASTER uses
-        ``k=20, margin=0.05`` (the default); RARE and the common TPS-STN of scene-text benchmarks use
-        ``k=20, margin=0`` (the layout of ``ThinPlateSpline((2, 10))``).
+        ``k=20, margin=0.05`` (the default); RARE puts its 20 fiducials on the borders themselves, as does the TPS
+        of the common scene-text benchmark code: ``k=20, margin=0``, the layout of ``ThinPlateSpline((2, 10))``.
 
         The inset matters for bounded parameters: with ``margin > 0`` every fiducial lies strictly inside the
         image, so ``Bounds(point=1.0)`` starts at the identity in either of its modes.
