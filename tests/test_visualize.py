@@ -23,7 +23,7 @@ from torchstn.modules import (
     tiling_params,
 )
 from torchstn.transforms import Affine, Affine3D, Attention, Similarity, ThinPlateSpline, Transform
-from torchstn.visualize import (
+from torchstn.viz import (
     HEAD_COLOURS,
     EpochAnimator,
     TransformerRecord,
@@ -34,8 +34,8 @@ from torchstn.visualize import (
     grid_outline,
     plot_curves,
     save_transformer_pictures,
+    sheet,
 )
-from torchstn.viz import sheet
 
 
 @pytest.fixture
@@ -354,3 +354,62 @@ def test_plot_curves(tmp_path: Path) -> None:
     assert not list(path.parent.glob("*.tmp"))
     with pytest.raises(ShapeError, match="log_rows"):
         plot_curves([], tmp_path / "none.png")
+
+
+# --- files ------------------------------------------------------------------------------------------------------
+
+
+def test_concurrent_writers_of_one_picture_neither_crash_nor_leave_temporaries(tmp_path: Path) -> None:
+    """Two writers of the same target (two ``torchstn data`` runs at once) use unique temporary names."""
+    import threading
+
+    from torchstn._io import stale_temporaries
+    from torchstn.viz import save_sheet
+
+    target = tmp_path / "sheet.png"
+    errors: list[BaseException] = []
+
+    def write(seed: int) -> None:
+        x = torch.rand(4, 1, 8, 8, generator=torch.Generator().manual_seed(seed))
+        try:
+            for _ in range(15):
+                save_sheet(target, x)
+                plot_curves([{"epoch": 0, "loss": 1.0 + seed}, {"epoch": 1, "loss": 0.5}], tmp_path / "curves.png")
+        except BaseException as err:  # pragma: no cover - the failure this test is about
+            errors.append(err)
+
+    threads = [threading.Thread(target=write, args=(s,)) for s in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    assert stale_temporaries(tmp_path) == []
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["curves.png", "sheet.png"]
+    Image.open(target).verify()
+
+
+def test_capture_of_a_composed_chain_keeps_what_the_caller_asked_for(images: Tensor) -> None:
+    """The chain is made to return its composed matrix for the record; its caller still gets what it asked."""
+    t = Affine()
+    chain = SerialSpatialTransformer(
+        [SpatialTransformer(conv_localisation((1, 28, 28), t), t) for _ in range(2)], compose=True
+    )
+
+    class Caller(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.chain = chain
+
+        def forward(self, x: Tensor) -> Tensor:
+            out, params, total = self.chain(x, return_params=True)
+            assert len(params) == 2 and total.shape == (x.shape[0], 3, 3)
+            plain = self.chain(x)
+            assert isinstance(plain, Tensor)
+            return out
+
+    records = capture(Caller(), images)
+    assert [r.name for r in records] == ["chain", "chain"]
+    _, _, total = chain(images, return_params=True)
+    torch.testing.assert_close(records[0].params, total[:, :2].reshape(-1, 6).detach())
+    assert not chain._forward_hooks and not chain._forward_pre_hooks

@@ -19,6 +19,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
+from torchstn._io import atomic_write, atomic_write_text
 from torchstn.data.distort import Batch, Recipe, get_recipe
 from torchstn.data.mnist import MNIST, MNISTSplit, load_mnist
 
@@ -81,15 +82,6 @@ def _sha256(path: Path) -> str:
         for chunk in iter(lambda: f.read(1 << 22), b""):
             h.update(chunk)
     return h.hexdigest()
-
-
-def _atomic_write(path: Path, write: Callable[[Path], object]) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def _load_cached(npz: Path, manifest: Path, expected: dict[str, object]) -> Batch | None:
@@ -158,10 +150,10 @@ def materialise(
         with open(tmp, "wb") as f:
             np.savez(f, **arrays)  # type: ignore[arg-type]
 
-    _atomic_write(npz, write_npz)
+    atomic_write(npz, write_npz)
     record = {"request": request, "sha256": _sha256(npz), "file": npz.name}
     text = json.dumps(record, indent=1, sort_keys=True)
-    _atomic_write(manifest, lambda tmp: tmp.write_text(text))
+    atomic_write_text(manifest, text)
     return batch, npz
 
 
