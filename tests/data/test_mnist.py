@@ -151,7 +151,7 @@ def test_idx_sizes_must_match_their_headers(tmp_path: Path) -> None:
         read_idx(short_header)
     corrupt = tmp_path / "corrupt.gz"
     corrupt.write_bytes(gzip.compress(_idx_header(0x08, (2, 3)) + bytes(6))[:-12])
-    with pytest.raises(DataError, match="corrupt|cannot be read|holds only"):
+    with pytest.raises(DataError, match=r"cannot be read|holds only"):
         read_idx(corrupt)
 
 
@@ -208,7 +208,7 @@ def test_a_stride_zero_array_in_the_pickle_is_refused_before_any_copy(tmp_path: 
     bomb = _pickle_gz(tmp_path / "mnist.pkl.gz", ((_StrideZero(500_000), labels),) * 3)
     assert bomb.stat().st_size < 100_000
     assert _peak_bytes(lambda: load_mnist(bomb)) < 64 * 2**20  # the 4 MB labels; not the 1.5 GB of images
-    with pytest.raises(DataError, match="refusing to call numpy.ndarray"):
+    with pytest.raises(DataError, match=r"refusing to call numpy\.ndarray"):
         load_mnist(bomb)
     huge = _pickle_gz(tmp_path / "huge.pkl.gz", ((_HugeEmpty(10**10), labels),) * 3)
     with pytest.raises(DataError, match="refusing _reconstruct"):

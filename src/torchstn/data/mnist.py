@@ -107,7 +107,7 @@ def _reconstruct(cls: object, shape: object, dtype: object) -> np.ndarray:
     return np._core.multiarray._reconstruct(np.ndarray, (0,), dtype)  # type: ignore[attr-defined,no-any-return]
 
 
-class _NumpyOnlyUnpickler(pickle._Unpickler):  # type: ignore[name-defined,misc]
+class _NumpyOnlyUnpickler(pickle._Unpickler):
     """Admits exactly the globals needed to rebuild numpy arrays; anything else is refused.
 
     It is the pure-Python unpickler, which reads a declared length before allocating it (the C one allocates
@@ -117,7 +117,7 @@ class _NumpyOnlyUnpickler(pickle._Unpickler):  # type: ignore[name-defined,misc]
 
     dispatch: ClassVar[dict[int, Any]] = {
         op: fn
-        for op, fn in pickle._Unpickler.dispatch.items()  # type: ignore[attr-defined]
+        for op, fn in pickle._Unpickler.dispatch.items()
         if op not in (pickle.BYTEARRAY8[0], pickle.NEXT_BUFFER[0], pickle.READONLY_BUFFER[0])
     }
 
