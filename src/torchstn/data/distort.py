@@ -21,8 +21,10 @@ from typing import ClassVar
 import torch
 from torch import Tensor
 
+from torchstn._checks import check_instance
 from torchstn.data._random import Draws
 from torchstn.data.mnist import MNISTSplit
+from torchstn.errors import OptionError
 from torchstn.sampling import warp
 from torchstn.transforms import Affine, Affine3D, Projective, ThinPlateSpline
 
@@ -397,7 +399,8 @@ def get_recipe(name: str, **params: object) -> Recipe:
         >>> get_recipe("rts", canvas=48).shape()
         (1, 48, 48)
     """
+    check_instance(name, "name", str, "a recipe name (str)")
     key = _ALIASES.get(name.lower(), name.lower())
     if key not in RECIPES:
-        raise ValueError(f"name: expected one of {', '.join(sorted(RECIPES))}, got {name!r}")
+        raise OptionError(f"name: expected one of {', '.join(sorted(RECIPES))}, got {name!r}")
     return RECIPES[key](**params)
