@@ -7,6 +7,7 @@ leading ``*`` admits any number of leading dimensions. Internal helpers trust th
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Sequence
 
 import torch
@@ -100,10 +101,10 @@ def check_bool(value: object, name: str) -> bool:
 
 
 def check_int(value: object, name: str, *, minimum: int | None = None) -> int:
-    """Check that ``value`` is an int (not a bool) of at least ``minimum``; return it."""
-    if isinstance(value, bool) or not isinstance(value, int):
+    """Check that ``value`` is an int (not a bool; numpy integers count) of at least ``minimum``; return it."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
         raise DTypeError(f"{name}: expected an int, got {type(value).__name__} {value!r}")
-    if minimum is not None and value < minimum:
+    if minimum is not None and int(value) < minimum:
         raise OptionError(f"{name}: expected an int of at least {minimum}, got {value!r}")
     return int(value)
 
@@ -115,7 +116,7 @@ def check_positive_int(value: object, name: str) -> int:
 
 def check_number(value: object, name: str, *, low: float | None = None, high: float | None = None) -> float:
     """Check that ``value`` is a finite real number (not a bool) in ``[low, high]``; return it as a float."""
-    if isinstance(value, bool) or not isinstance(value, int | float):
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise DTypeError(f"{name}: expected a number, got {type(value).__name__} {value!r}")
     x = float(value)
     if x != x or x in (float("inf"), float("-inf")):

@@ -25,7 +25,7 @@ from torchstn._checks import check_bool, check_instance, check_int, check_positi
 from torchstn._io import atomic_write, atomic_write_text
 from torchstn.data.distort import Batch, Recipe, get_recipe
 from torchstn.data.mnist import MNIST, MNISTSplit, load_mnist
-from torchstn.errors import DataError
+from torchstn.errors import DataError, ShapeError
 
 __all__ = ["CACHE_VERSION", "DistortedMNIST", "default_cache_dir", "generate", "materialise"]
 
@@ -63,6 +63,17 @@ def generate(
         >>> torch.equal(a.images, generate(Rotated(), src, 5, seed=0, split="train", batch_size=5).images)
         True
     """
+    check_instance(recipe, "recipe", Recipe, "a torchstn.data.Recipe")
+    check_instance(source, "source", MNISTSplit, "a torchstn.data.MNISTSplit")
+    if len(source) == 0:
+        raise ShapeError("source: expected at least one digit, got an empty split")
+    check_positive_int(n, "n")
+    check_int(seed, "seed")
+    check_instance(split, "split", str, "a str")
+    if epoch is not None:
+        check_int(epoch, "epoch", minimum=0)
+    check_int(start, "start", minimum=0)
+    check_positive_int(batch_size, "batch_size")
     parts: list[Batch] = []
     for lo in range(start, start + n, batch_size):
         index = torch.arange(lo, min(lo + batch_size, start + n))
@@ -267,6 +278,7 @@ class DistortedMNIST(Dataset[tuple[Tensor, Tensor]]):
 
     def set_epoch(self, epoch: int) -> None:
         """With ``redraw=True``, regenerate the distortions for ``epoch`` (a no-op for fixed sets)."""
+        check_int(epoch, "epoch", minimum=0)
         if self.redraw and epoch != self.epoch:
             self.epoch = epoch
             self.data = generate(self.recipe, self.source, self.n, self.seed, self.split, epoch, 0, self.batch_size)

@@ -10,7 +10,7 @@ from typing import Any
 from PIL import Image
 from torch import Tensor, nn
 
-from torchstn._checks import check_positive_int
+from torchstn._checks import check_int, check_number, check_positive_int
 from torchstn._io import atomic_write
 from torchstn.errors import OptionError
 from torchstn.viz.capture import _drawable, capture
@@ -47,6 +47,11 @@ class EpochAnimator:
     def __init__(
         self, max_items: int = 8, zoom: int = 3, ncols: int = 4, mesh: int | None = None, margin: float = 0.25
     ) -> None:
+        for name, value in {"max_items": max_items, "zoom": zoom, "ncols": ncols}.items():
+            check_positive_int(value, name)  # checked here, not at the first add() after an epoch of training
+        if mesh is not None and (check_int(mesh, "mesh") == 1 or mesh < 0):
+            raise OptionError(f"mesh: expected 0 (border only) or at least 2 lines, got {mesh!r}")
+        check_number(margin, "margin", low=0.0, high=4.0)
         self.draw_kwargs: dict[str, Any] = {
             "max_items": max_items,
             "zoom": zoom,
@@ -63,6 +68,7 @@ class EpochAnimator:
 
     def add(self, model: nn.Module, x: Tensor, epoch: int) -> None:
         """Draw one frame per transformer for the inputs ``x`` ``(B, C, H, W)``, titled with the epoch number."""
+        check_int(epoch, "epoch", minimum=0)
         for stem, rec in _drawable(capture(model, x)):
             title = f"{rec.name or 'transformer'}   epoch {epoch}"
             self.frames.setdefault(stem, []).append(draw_record(rec, title=title, **self.draw_kwargs))

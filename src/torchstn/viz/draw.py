@@ -18,9 +18,9 @@ import torch
 from PIL import Image, ImageDraw
 from torch import Tensor, nn
 
-from torchstn._checks import check_instance, check_number, check_positive_int, check_tensor
+from torchstn._checks import check_instance, check_int, check_number, check_positive_int, check_tensor
 from torchstn._io import atomic_write
-from torchstn.errors import ShapeError
+from torchstn.errors import DTypeError, ShapeError
 from torchstn.transforms._outline import grid_outline
 from torchstn.viz.capture import TransformerRecord, _drawable, capture
 
@@ -110,7 +110,14 @@ def sheet(
     Returns:
         A Pillow image.
     """
-    check_tensor(images, "images", "N,C,H,W", floating=False)
+    dims = check_tensor(images, "images", "N,C,H,W", floating=False)
+    if images.dtype != torch.uint8 and not images.is_floating_point():
+        raise DTypeError(f"images: expected uint8 or floating point in [0, 1], got {images.dtype}")
+    if labels is not None and len(labels) != dims["N"]:
+        raise ShapeError(f"labels: expected {dims['N']} captions (one per image), got {len(labels)}")
+    for name, bx in (("boxes", boxes), ("pred_boxes", pred_boxes)):
+        if bx is not None:
+            check_tensor(bx, name, "N,4", dims=dims, floating=False)
     ncols, zoom = check_positive_int(ncols, "ncols"), check_positive_int(zoom, "zoom")
     rgb = _to_rgb(images)
     n, h, w, _ = rgb.shape
@@ -266,6 +273,8 @@ def save_transformer_pictures(
     Returns:
         The written paths, in the order the transformers ran.
     """
+    if epoch is not None:
+        check_int(epoch, "epoch", minimum=0)
     out = Path(out_dir)
     paths = []
     for stem, rec in _drawable(capture(model, x)):
