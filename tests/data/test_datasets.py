@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -204,3 +205,34 @@ def test_materialise_and_the_dataset_check_their_arguments(mnist: MNIST, tmp_pat
         DistortedMNIST("rts", "validation", mnist=mnist, cache=False)
     with pytest.raises(OptionError, match="batch_size"):
         DistortedMNIST("rts", mnist=mnist, cache=False, batch_size=0)
+
+
+_WRITER = """
+import sys, torch
+from torchstn.data import MNISTSplit, get_recipe, materialise
+from torchstn.viz import save_sheet
+g = torch.Generator().manual_seed(1)
+src = MNISTSplit(torch.rand(12, 28, 28, generator=g), torch.arange(12) % 10)
+out = sys.argv[1]
+for _ in range(8):
+    batch, _ = materialise(get_recipe("rotated"), src, "train", seed=0, cache_dir=out)
+    save_sheet(out + "/sheet.png", batch.images)
+"""
+
+
+def test_two_processes_writing_one_cache_and_sheet_neither_crash_nor_leave_temporaries(tmp_path: Path) -> None:
+    """Two ``torchstn data`` runs at once used to collide on ``NAME.png.tmp`` (defect 11): temporaries are unique."""
+    import subprocess
+    import sys
+
+    from torchstn._io import stale_temporaries
+
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path), "OMP_NUM_THREADS": "1"}
+    procs = [
+        subprocess.Popen([sys.executable, "-c", _WRITER, str(tmp_path)], env=env, stderr=subprocess.PIPE, text=True)
+        for _ in range(2)
+    ]
+    errs = [p.communicate(timeout=240)[1] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], errs
+    assert stale_temporaries(tmp_path) == []
+    assert sorted(p.suffix for p in tmp_path.iterdir()) == [".json", ".npz", ".png"]
