@@ -86,3 +86,23 @@ def test_attention_boxes_agree_with_outline(gen: torch.Generator, align_corners:
     lo, hi = quad.amin(1) + 0.5, quad.amax(1) + 0.5  # pixel centres -> pixel edges
     boxes = attention_boxes(params, (30, 40), align_corners, output_size=(10, 12))
     torch.testing.assert_close(boxes, torch.cat((lo, hi), -1))
+
+
+def test_the_colocalisation_metric_scores_boxes_without_the_drawing_code() -> None:
+    """``ColocTask._misses`` takes its boxes from the geometry layer: scoring imports no picture module."""
+    import os
+    import subprocess
+    import sys
+
+    script = (
+        "import sys, types, torch\n"
+        "from torchstn.train.tasks import ColocTask\n"
+        "me = types.SimpleNamespace(image_size=84)\n"
+        "params = torch.tensor([[0.5, 0.0, 0.0], [0.25, 0.5, 0.5]])\n"
+        "boxes = torch.tensor([[21.0, 21.0, 63.0, 63.0], [0.0, 0.0, 10.0, 10.0]])\n"
+        "print(int(ColocTask._misses(me, params, boxes)))\n"
+        "print(sorted(m for m in sys.modules if m.startswith(('torchstn.viz', 'torchstn.visualize', 'matplotlib'))))\n"
+    )
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, check=True).stdout
+    assert out.split("\n")[:2] == ["1", "[]"]
