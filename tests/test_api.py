@@ -28,14 +28,15 @@ PUBLIC = {
         "Transform", "Translation",
     ],
     "torchstn.geometry": [
-        "DEFAULT_EPS", "affine_grid", "compose", "invert", "normalized_coords", "normalized_to_pixel",
-        "pixel_from_normalized", "pixel_to_normalized", "projective_grid", "safe_denominator", "transform_points",
+        "DEFAULT_EPS", "affine_grid", "attention_boxes", "compose", "invert", "normalized_coords",
+        "normalized_to_pixel", "output_extent", "pixel_from_normalized", "pixel_to_normalized", "projective_grid",
+        "safe_denominator", "transform_points",
     ],
     "torchstn.sampling": ["Backend", "Mode", "NonFinite", "Padding", "sample", "warp"],
     "torchstn.errors": [
-        "CheckpointError", "ConfigError", "ConfigKeyError", "DTypeError", "DataError", "ExportMismatchError",
-        "ExtensionBuildError", "NonFiniteError", "OptionError", "RunError", "STNError", "ShapeError",
-        "TrainingDiverged",
+        "CheckpointError", "ConfigError", "ConfigKeyError", "DTypeError", "DataError", "DataNotFoundError",
+        "ExportMismatchError", "ExtensionBuildError", "MissingDependencyError", "NonFiniteError", "OptionError",
+        "RunError", "STNError", "ShapeError", "TrainingDiverged",
     ],
     "torchstn.models": [
         "STClassifier", "VolumeProjector", "create_model", "cub", "list_models", "make_transform", "mnist",
@@ -55,7 +56,17 @@ PUBLIC = {
         "EpochAnimator", "HEAD_COLOURS", "TransformerRecord", "attention_boxes", "capture", "draw_boxes",
         "draw_record", "grid_outline", "plot_curves", "save_transformer_pictures",
     ],
-    "torchstn.viz": ["save_sheet", "sheet"],
+    # torchstn.visualize is the old name of torchstn.viz, kept as a re-export (the CLI and the engine import it).
+    "torchstn.viz": [
+        "EpochAnimator", "HEAD_COLOURS", "TransformerRecord", "attention_boxes", "capture", "draw_boxes",
+        "draw_record", "grid_outline", "plot_curves", "save_sheet", "save_transformer_pictures", "sheet",
+    ],
+    "torchstn.viz.capture": ["TransformerRecord", "capture"],
+    "torchstn.viz.draw": [
+        "HEAD_COLOURS", "draw_boxes", "draw_record", "save_sheet", "save_transformer_pictures", "sheet",
+    ],
+    "torchstn.viz.animate": ["EpochAnimator"],
+    "torchstn.viz.curves": ["plot_curves"],
 }  # fmt: skip
 
 
@@ -74,7 +85,8 @@ def test_errors_subclass_the_builtins() -> None:
     builtin = {
         "ConfigError": ValueError, "ConfigKeyError": KeyError, "DataError": ValueError, "CheckpointError": ValueError,
         "RunError": RuntimeError, "TrainingDiverged": RuntimeError, "ExportMismatchError": RuntimeError,
-        "ExtensionBuildError": RuntimeError,
+        "ExtensionBuildError": RuntimeError, "DataNotFoundError": FileNotFoundError,
+        "MissingDependencyError": ImportError,
     }  # fmt: skip
     for name, base in builtin.items():
         cls = getattr(torchstn.errors, name)

@@ -332,3 +332,135 @@ def test_valid_calls_pass(size: Sequence[int]) -> None:
     torchstn.affine_grid(AFF if len(size) == 2 else torch.eye(4)[:3].expand(B, 3, 4), size)
     torchstn.compose(EYE, AFF, EYE)
     torchstn.invert(EYE)
+
+
+# ------------------------------------------------------------------------------------- data, pictures and checks
+
+
+def _data_viz_cases() -> dict[str, Case]:
+    from torchstn import viz
+    from torchstn.data import MNIST, DistortedMNIST, MNISTSplit, generate, get_recipe
+
+    src = MNISTSplit(torch.rand(5, 28, 28), torch.arange(5))
+    mnist = MNIST(src, src, src, "synthetic")
+    rts = get_recipe("rts")
+    img = torch.rand(3, 1, 8, 8)
+    aff1 = Affine().identity_params(1)
+    return {
+        "recipe-name-type": (lambda: get_recipe(3), DTypeError, "name"),  # type: ignore[arg-type]
+        "recipe-name": (lambda: get_recipe("bogus"), OptionError, "name"),
+        "recipe-unknown-param": (lambda: get_recipe("rts", bogus=1), OptionError, "rts"),
+        "recipe-canvas-small": (lambda: get_recipe("rts", canvas=20), OptionError, "RotatedTranslatedScaled.canvas"),
+        "recipe-canvas-str": (lambda: get_recipe("rts", canvas="42"), DTypeError, "RotatedTranslatedScaled.canvas"),
+        "recipe-angle-reversed": (lambda: get_recipe("rotated", angle=(10, -10)), OptionError, "Rotated.angle"),
+        "recipe-angle-nan": (lambda: get_recipe("rotated", angle=(float("nan"), 1.0)), OptionError, "Rotated.angle"),
+        "recipe-scale-zero": (lambda: get_recipe("projective", scale=(0.0, 1.0)), OptionError, "Projected.scale"),
+        "recipe-clutter-negative": (lambda: get_recipe("tc", clutter=-1), OptionError, "TranslatedCluttered.clutter"),
+        "recipe-digit": (lambda: get_recipe("colocalisation", digit=10), OptionError, "CoLocalisation.digit"),
+        "recipe-grid": (lambda: get_recipe("elastic", grid=(1, 4)), OptionError, "Elastic.grid"),
+        "recipe-nested": (lambda: get_recipe("addition", rts={"canvas": 42}), DTypeError, "MNISTAddition.rts"),
+        "generate-n": (lambda: generate(rts, src, 0, 0, "train"), OptionError, "n"),
+        "generate-n-str": (lambda: generate(rts, src, "3", 0, "train"), DTypeError, "n"),  # type: ignore[arg-type]
+        "generate-batch-size": (lambda: generate(rts, src, 3, 0, "train", batch_size=0), OptionError, "batch_size"),
+        "generate-seed": (lambda: generate(rts, src, 3, "0", "train"), DTypeError, "seed"),  # type: ignore[arg-type]
+        "generate-source": (lambda: generate(rts, "src", 3, 0, "train"), DTypeError, "source"),  # type: ignore[arg-type]
+        "generate-empty-source": (
+            lambda: generate(rts, MNISTSplit(torch.rand(0, 28, 28), torch.arange(0)), 3, 0, "train"),
+            ShapeError,
+            "source",
+        ),
+        "generate-epoch": (lambda: generate(rts, src, 3, 0, "train", epoch=-1), OptionError, "epoch"),
+        "dataset-recipe": (lambda: DistortedMNIST(3, mnist=mnist, cache=False), DTypeError, "recipe"),  # type: ignore[arg-type]
+        "dataset-split": (lambda: DistortedMNIST("rts", "validation", mnist=mnist, cache=False), OptionError, "split"),
+        "dataset-n": (lambda: DistortedMNIST("rts", mnist=mnist, n=-1, cache=False), OptionError, "n"),
+        "dataset-cache": (lambda: DistortedMNIST("rts", mnist=mnist, cache="no"), DTypeError, "cache"),  # type: ignore[arg-type]
+        "dataset-epoch": (
+            lambda: DistortedMNIST("rts", mnist=mnist, n=2, redraw=True).set_epoch("1"),  # type: ignore[arg-type]
+            DTypeError,
+            "epoch",
+        ),
+        "sheet-rank": (lambda: viz.sheet(torch.rand(3, 8, 8)), ShapeError, "images"),
+        "sheet-int64": (lambda: viz.sheet(torch.zeros(3, 1, 8, 8, dtype=torch.int64)), DTypeError, "images"),
+        "sheet-labels": (lambda: viz.sheet(img, labels=[1]), ShapeError, "labels"),
+        "sheet-boxes": (lambda: viz.sheet(img, boxes=torch.rand(3, 3)), ShapeError, "boxes"),
+        "sheet-pred-boxes": (lambda: viz.sheet(img, pred_boxes=torch.rand(2, 4)), ShapeError, "pred_boxes"),
+        "sheet-ncols": (lambda: viz.sheet(img, ncols=0), OptionError, "ncols"),
+        "sheet-zoom": (lambda: viz.sheet(img, zoom=1.5), DTypeError, "zoom"),  # type: ignore[arg-type]
+        "outline-transform": (lambda: viz.grid_outline("affine", aff1, (8, 8)), DTypeError, "transform"),  # type: ignore[arg-type]
+        "outline-align-corners-str": (
+            lambda: viz.grid_outline(Affine(), aff1, (8, 8), align_corners="False"),  # type: ignore[arg-type]
+            DTypeError,
+            "align_corners",
+        ),
+        "outline-samples": (lambda: viz.grid_outline(Affine(), aff1, (8, 8), samples=1), OptionError, "samples"),
+        "boxes-align-corners-str": (
+            lambda: viz.attention_boxes(torch.rand(1, 3), (8, 8), "False"),  # type: ignore[arg-type]
+            DTypeError,
+            "align_corners",
+        ),
+        "boxes-params": (lambda: viz.attention_boxes(torch.rand(1, 4), (8, 8)), ShapeError, "params"),
+        "draw-boxes-batch": (lambda: viz.draw_boxes(img, torch.rand(2, 4)), ShapeError, "pred_boxes"),
+        "draw-record": (lambda: viz.draw_record("record"), DTypeError, "record"),  # type: ignore[arg-type]
+        "capture-model": (lambda: viz.capture("model", img), DTypeError, "model"),  # type: ignore[arg-type]
+        "capture-x": (lambda: viz.capture(torch.nn.Identity(), "x"), DTypeError, "x"),  # type: ignore[arg-type]
+        "animator-zoom": (lambda: viz.EpochAnimator(zoom=0), OptionError, "zoom"),
+        "animator-mesh": (lambda: viz.EpochAnimator(mesh=1), OptionError, "mesh"),
+        "animator-margin": (lambda: viz.EpochAnimator(margin=float("inf")), OptionError, "margin"),
+        "animator-epoch": (
+            lambda: viz.EpochAnimator().add(torch.nn.Identity(), img, "3"),  # type: ignore[arg-type]
+            DTypeError,
+            "epoch",
+        ),
+        "pictures-epoch": (
+            lambda: viz.save_transformer_pictures(torch.nn.Identity(), img, ".", epoch=-1),
+            OptionError,
+            "epoch",
+        ),
+        "curves-rows": (lambda: viz.plot_curves("rows", "c.png"), DTypeError, "log_rows"),  # type: ignore[arg-type]
+        "curves-empty": (lambda: viz.plot_curves([], "c.png"), ShapeError, "log_rows"),
+    }
+
+
+DATA_VIZ_CASES = _data_viz_cases()
+
+
+@pytest.mark.parametrize("case", list(DATA_VIZ_CASES.values()), ids=list(DATA_VIZ_CASES))
+def test_data_and_pictures_reject(case: Case) -> None:
+    _check(*case)
+
+
+@pytest.mark.parametrize(
+    ("check", "value", "exc", "match"),
+    [
+        ("check_bool", "False", DTypeError, r"flag: expected a bool, got str 'False'"),
+        ("check_bool", 1, DTypeError, r"flag: expected a bool, got int 1"),
+        ("check_int", True, DTypeError, r"flag: expected an int, got bool True"),
+        ("check_int", 2.0, DTypeError, r"flag: expected an int, got float 2\.0"),
+        ("check_positive_int", 0, OptionError, r"flag: expected an int of at least 1, got 0"),
+        ("check_number", float("nan"), OptionError, r"flag: expected a finite number, got nan"),
+        ("check_number", "1", DTypeError, r"flag: expected a number, got str '1'"),
+        ("check_transform", "affine", DTypeError, r"flag: expected a torchstn\.transforms\.Transform, got str"),
+    ],
+)
+def test_declarative_checks_name_the_argument_and_what_was_expected(
+    check: str, value: object, exc: type[STNError], match: str
+) -> None:
+    from torchstn import _checks
+
+    with pytest.raises(exc, match=match):
+        getattr(_checks, check)(value, "flag")
+
+
+def test_declarative_checks_pass_good_values_through() -> None:
+    import numpy as np
+
+    from torchstn import _checks
+
+    assert _checks.check_bool(False, "f") is False
+    assert _checks.check_int(np.int64(3), "n", minimum=0) == 3 and type(_checks.check_int(np.int64(3), "n")) is int
+    assert _checks.check_number(2, "x", low=0.0, high=2.0) == 2.0
+    with pytest.raises(OptionError, match=r"x: expected a number in \[0, 1\], got 2"):
+        _checks.check_number(2, "x", low=0.0, high=1.0)
+    _checks.check_transform(Affine(), ndim=2)
+    with pytest.raises(OptionError, match="transform: expected a 3D transform"):
+        _checks.check_transform(Affine(), ndim=3)

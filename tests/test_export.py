@@ -12,7 +12,7 @@ pytest.importorskip("onnxscript")
 onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
 
-from torchstn.errors import OptionError, ShapeError  # noqa: E402
+from torchstn.errors import DTypeError, OptionError, ShapeError  # noqa: E402
 from torchstn.export import ExportMismatchError, export_onnx  # noqa: E402
 from torchstn.models import create_model  # noqa: E402
 from torchstn.modules import SpatialTransformer, conv_localisation  # noqa: E402
@@ -105,7 +105,7 @@ def test_bad_arguments_name_themselves(tmp_path: Path) -> None:
     model = nn.Identity()
     with pytest.raises(ShapeError, match="example"):
         export_onnx(model, torch.rand(3, 4), tmp_path / "m.onnx")
-    with pytest.raises(OptionError, match="model"):
+    with pytest.raises(DTypeError, match=r"model: expected a torch\.nn\.Module, got str"):
         export_onnx("not a model", torch.rand(1, 1, 4, 4), tmp_path / "m.onnx")  # type: ignore[arg-type]
     with pytest.raises(OptionError, match="check_batch"):
         export_onnx(model, torch.rand(1, 1, 4, 4), tmp_path / "m.onnx", check_batch=0)
@@ -124,3 +124,25 @@ def test_capture_leaves_the_grid_caches_untouched(gen: torch.Generator) -> None:
     with torch.no_grad():
         torch.testing.assert_close(st(x), st(x.clone()))  # eager still works, and now fills the cache
     assert len(geometry._BASES) == 1
+
+
+@pytest.mark.parametrize("opset", [1, 15, "17", True])
+def test_an_opset_without_grid_sample_is_refused_before_exporting(tmp_path: Path, opset: object) -> None:
+    with pytest.raises((OptionError, DTypeError), match="opset"):
+        export_onnx(nn.Identity(), torch.rand(1, 1, 4, 4), tmp_path / "m.onnx", opset=opset)  # type: ignore[arg-type]
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_bad_flags_name_themselves(tmp_path: Path) -> None:
+    with pytest.raises(DTypeError, match="dynamic_batch: expected a bool"):
+        export_onnx(nn.Identity(), torch.rand(1, 1, 4, 4), tmp_path / "m.onnx", dynamic_batch="False")  # type: ignore[arg-type]
+    with pytest.raises(OptionError, match="atol"):
+        export_onnx(nn.Identity(), torch.rand(1, 1, 4, 4), tmp_path / "m.onnx", atol=-1.0)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_the_requested_opset_is_the_one_written(tmp_path: Path) -> None:
+    onnx = pytest.importorskip("onnx")
+    st = SpatialTransformer(conv_localisation((1, 16, 16), Affine(), downsample=1), Affine())
+    path = export_onnx(st, torch.rand(2, 1, 16, 16), tmp_path / "m.onnx", check=False, opset=18)
+    assert {o.domain: o.version for o in onnx.load(str(path)).opset_import}[""] == 18

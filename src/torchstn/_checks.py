@@ -7,6 +7,7 @@ leading ``*`` admits any number of leading dimensions. Internal helpers trust th
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Sequence
 
 import torch
@@ -90,6 +91,64 @@ def check_choice(value: object, name: str, choices: Sequence[str]) -> str:
     if not isinstance(value, str) or value not in choices:
         raise OptionError(f"{name}: expected one of {', '.join(repr(c) for c in choices)}, got {value!r}")
     return value
+
+
+def check_bool(value: object, name: str) -> bool:
+    """Check that ``value`` is a ``bool`` (not a string such as ``"False"``, which is truthy, nor an int)."""
+    if not isinstance(value, bool):
+        raise DTypeError(f"{name}: expected a bool, got {type(value).__name__} {value!r}")
+    return value
+
+
+def check_int(value: object, name: str, *, minimum: int | None = None) -> int:
+    """Check that ``value`` is an int (not a bool; numpy integers count) of at least ``minimum``; return it."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise DTypeError(f"{name}: expected an int, got {type(value).__name__} {value!r}")
+    if minimum is not None and int(value) < minimum:
+        raise OptionError(f"{name}: expected an int of at least {minimum}, got {value!r}")
+    return int(value)
+
+
+def check_positive_int(value: object, name: str) -> int:
+    """Check that ``value`` is an int of at least 1; return it."""
+    return check_int(value, name, minimum=1)
+
+
+def check_number(value: object, name: str, *, low: float | None = None, high: float | None = None) -> float:
+    """Check that ``value`` is a finite real number (not a bool) in ``[low, high]``; return it as a float."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise DTypeError(f"{name}: expected a number, got {type(value).__name__} {value!r}")
+    x = float(value)
+    if x != x or x in (float("inf"), float("-inf")):
+        raise OptionError(f"{name}: expected a finite number, got {value!r}")
+    if (low is not None and x < low) or (high is not None and x > high):
+        lo = "-inf" if low is None else f"{low:g}"
+        hi = "inf" if high is None else f"{high:g}"
+        raise OptionError(f"{name}: expected a number in [{lo}, {hi}], got {value!r}")
+    return x
+
+
+def check_instance(value: object, name: str, cls: type | tuple[type, ...], what: str | None = None) -> None:
+    """Check that ``value`` is an instance of ``cls``; ``what`` names the expected type in the message."""
+    if not isinstance(value, cls):
+        if what is None:
+            classes = cls if isinstance(cls, tuple) else (cls,)
+            what = " or ".join(f"{c.__module__}.{c.__qualname__}" for c in classes)
+        raise DTypeError(f"{name}: expected {what}, got {type(value).__name__}")
+
+
+def check_transform(value: object, name: str = "transform", *, ndim: int | None = None) -> None:
+    """Check that ``value`` is a :class:`torchstn.transforms.Transform` (of ``ndim`` spatial dimensions).
+
+    A value of the wrong type is a :class:`DTypeError` everywhere; a transform of the wrong dimensionality an
+    :class:`OptionError`.
+    """
+    from torchstn.transforms import Transform  # the transforms import this module
+
+    check_instance(value, name, Transform, "a torchstn.transforms.Transform")
+    assert isinstance(value, Transform)
+    if ndim is not None and value.ndim != ndim:
+        raise OptionError(f"{name}: expected a {ndim}D transform, got {value!r} ({value.ndim}D)")
 
 
 def capturing_graph() -> bool:

@@ -9,13 +9,15 @@ anyway, so ``except ValueError`` (or ``KeyError``, ``RuntimeError``, ``OSError``
 - :class:`NonFiniteError` (``ValueError``): a sampling grid or parameter tensor holds NaN or inf.
 - :class:`ConfigError` (``ValueError``): an experiment config has an unknown key or a value of the wrong type;
   :class:`ConfigKeyError` (also ``KeyError``) for an unknown key.
-- :class:`DataError` (``ValueError``): a dataset file or cache is missing, malformed or disagrees with its recipe.
+- :class:`DataError` (``ValueError``): a dataset file or cache is malformed or disagrees with its recipe;
+  :class:`DataNotFoundError` (also ``FileNotFoundError``) for a dataset file or directory that is missing.
 - :class:`CheckpointError` (``ValueError``): a checkpoint is not a torchstn checkpoint, or fails its checksum.
 - :class:`RunError` (``RuntimeError``): a run directory cannot be used as asked (exists, locked, finished, not a
   run directory, not writable).
 - :class:`TrainingDiverged` (``RuntimeError``): the loss became NaN or inf during training.
 - :class:`ExportMismatchError` (``RuntimeError``): an exported model disagrees with the eager one.
 - :class:`ExtensionBuildError` (``RuntimeError``): the fused CPU kernel could not be built or loaded.
+- :class:`MissingDependencyError` (``ImportError``): an optional dependency (an extra) is not installed.
 """
 
 from __future__ import annotations
@@ -26,8 +28,10 @@ __all__ = [
     "ConfigKeyError",
     "DTypeError",
     "DataError",
+    "DataNotFoundError",
     "ExportMismatchError",
     "ExtensionBuildError",
+    "MissingDependencyError",
     "NonFiniteError",
     "OptionError",
     "RunError",
@@ -72,6 +76,10 @@ class DataError(STNError, ValueError):
     """A dataset file or cache is missing, malformed, or disagrees with what it should hold."""
 
 
+class DataNotFoundError(DataError, FileNotFoundError):
+    """A dataset file or directory does not exist (the message says what it should hold, or how to get it)."""
+
+
 class CheckpointError(STNError, ValueError):
     """A file is not a torchstn checkpoint, or its contents fail the recorded checksum."""
 
@@ -90,3 +98,7 @@ class ExportMismatchError(STNError, RuntimeError):
 
 class ExtensionBuildError(STNError, RuntimeError):
     """The compiled kernel could not be built or loaded (no compiler, no ninja, a compile error)."""
+
+
+class MissingDependencyError(STNError, ImportError):
+    """An optional dependency is not installed; the message names the extra that provides it."""

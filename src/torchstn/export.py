@@ -19,17 +19,19 @@ Every transformer in torchstn exports through ``torch.export`` (and so ``torch.o
 
 from __future__ import annotations
 
-import contextlib
 import os
-import tempfile
 import warnings
 from pathlib import Path
 
 import torch
 from torch import Tensor, nn
 
-from torchstn._checks import check_tensor
-from torchstn.errors import ExportMismatchError, OptionError, ShapeError
+from torchstn._checks import check_bool, check_instance, check_int, check_number, check_tensor
+from torchstn._io import atomic_path
+from torchstn.errors import DTypeError, ExportMismatchError, MissingDependencyError, OptionError, ShapeError
+
+#: Oldest opset the exported graph can use: ``GridSample`` appeared in opset 16.
+MIN_OPSET = 16
 
 __all__ = ["ExportMismatchError", "export_onnx"]
 
@@ -59,14 +61,16 @@ def export_onnx(
             inputs when ``dynamic_batch``) and compare with the eager outputs.
         check_batch: Batch size of the second check input; default ``B + 1``.
         atol: Largest absolute difference the check accepts.
-        opset: ONNX opset (default: the exporter's; ``GridSample`` needs 16, 3D ``GridSample`` 20).
+        opset: ONNX opset, at least 16 (default: the exporter's; ``GridSample`` needs 16, 3D ``GridSample`` 20).
 
     Returns:
         The path written.
 
     Raises:
-        ImportError: ``onnx``/``onnxscript`` (or, with ``check``, ``onnxruntime``) is not installed.
-        ExportMismatchError: The check found a larger difference than ``atol``.
+        MissingDependencyError: ``onnx``/``onnxscript`` (or, with ``check``, ``onnxruntime``) is not installed
+            (an ``ImportError``).
+        ExportMismatchError: The check found a larger difference than ``atol``, or the exporter wrote another
+            opset than ``opset``. Nothing is written then.
 
     Example:
         >>> from torchstn.models import create_model
@@ -74,19 +78,23 @@ def export_onnx(
         >>> export_onnx(model, torch.rand(2, 1, 28, 28), "st_cnn_aff.onnx")  # doctest: +SKIP
         PosixPath('st_cnn_aff.onnx')
     """
-    if not isinstance(model, nn.Module):
-        raise OptionError(f"model: expected a torch.nn.Module, got {type(model).__name__}")
+    check_instance(model, "model", nn.Module, "a torch.nn.Module")
     if not isinstance(example, Tensor) or example.ndim not in (4, 5):
         got = tuple(example.shape) if isinstance(example, Tensor) else type(example).__name__
         raise ShapeError(f"example: expected a (B, C, H, W) or (B, C, D, H, W) tensor, got {got}")
     check_tensor(example, "example", "B,C,H,W" if example.ndim == 4 else "B,C,D,H,W")
-    if check_batch is not None and check_batch < 1:
+    check_bool(dynamic_batch, "dynamic_batch")
+    check_bool(check, "check")
+    if check_batch is not None and check_int(check_batch, "check_batch") < 1:
         raise OptionError(f"check_batch: expected a positive batch size, got {check_batch}")
+    check_number(atol, "atol", low=0.0)
+    if opset is not None:
+        check_int(opset, "opset", minimum=MIN_OPSET)
     try:
-        import onnx  # noqa: F401  (the exporter's dependencies, named in the error)
+        import onnx  # (the exporter's dependencies, named in the error)
         import onnxscript  # noqa: F401
     except ImportError as err:
-        raise ImportError(f"export_onnx needs the onnx extra: pip install 'torchstn[onnx]' ({err})") from err
+        raise MissingDependencyError(f"export_onnx needs the onnx extra: pip install 'torchstn[onnx]' ({err})") from err
     out = Path(path)
     was_training = model.training
     model.eval()
@@ -94,10 +102,7 @@ def export_onnx(
         with torch.no_grad():
             model(example)  # builds the size-dependent constants (thin-plate-spline weights) outside the graph
         dynamic_shapes: tuple[dict[int, str]] | None = ({0: "batch"},) if dynamic_batch else None
-        fd, tmp_name = tempfile.mkstemp(suffix=".onnx.tmp", dir=out.parent if str(out.parent) else ".")
-        os.close(fd)
-        tmp = Path(tmp_name)
-        try:
+        with atomic_path(out) as tmp:  # a unique temporary beside ``out``; renamed only after the checks pass
             with warnings.catch_warnings():
                 # The modules keep the last params as attributes for inspection; export warns about the assignment.
                 warnings.filterwarnings("ignore", message=".*were assigned during export.*")
@@ -110,15 +115,17 @@ def export_onnx(
                     opset_version=opset,
                     verbose=False,
                 )
-                if program is None:  # pragma: no cover - dynamo=True always returns a program
-                    raise RuntimeError("torch.onnx.export returned no program")
+                assert program is not None, "dynamo=True always returns a program"
                 program.save(str(tmp))
+            if opset is not None:
+                written = {o.domain: o.version for o in onnx.load(str(tmp), load_external_data=False).opset_import}
+                if written.get("", written.get("ai.onnx")) != opset:
+                    raise ExportMismatchError(
+                        f"opset: asked for {opset}, the exporter wrote {written.get('', written.get('ai.onnx'))} "
+                        "(it could not convert the graph); nothing was written"
+                    )
             if check:
                 _check(model, tmp, example, dynamic_batch, check_batch, atol)
-            tmp.replace(out)
-        finally:
-            with contextlib.suppress(FileNotFoundError):
-                tmp.unlink()
     finally:
         model.train(was_training)
     return out
@@ -128,7 +135,9 @@ def _check(model: nn.Module, file: Path, example: Tensor, dynamic: bool, batch: 
     try:
         import onnxruntime as ort  # type: ignore[import-untyped]
     except ImportError as err:
-        raise ImportError(f"export_onnx(check=True) needs onnxruntime: pip install 'torchstn[onnx]' ({err})") from err
+        raise MissingDependencyError(
+            f"export_onnx(check=True) needs onnxruntime: pip install 'torchstn[onnx]' ({err})"
+        ) from err
     session = ort.InferenceSession(str(file), providers=["CPUExecutionProvider"])
     name = session.get_inputs()[0].name
     inputs = [example.detach().cpu()]
@@ -140,7 +149,7 @@ def _check(model: nn.Module, file: Path, example: Tensor, dynamic: bool, batch: 
         with torch.no_grad():
             ref = model(x.to(example.device))
         if not isinstance(ref, Tensor):
-            raise OptionError(f"model: the check compares one output tensor, got {type(ref).__name__}")
+            raise DTypeError(f"model: the check compares one output tensor, got {type(ref).__name__}")
         got = torch.from_numpy(session.run(None, {name: x.numpy()})[0])
         diff = (got - ref.detach().cpu()).abs().max().item() if ref.numel() else 0.0
         if not diff <= atol:

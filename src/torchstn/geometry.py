@@ -26,16 +26,18 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from torchstn._checks import capturing_graph, check_size, check_tensor
+from torchstn._checks import capturing_graph, check_bool, check_size, check_tensor
 from torchstn.errors import ShapeError
 
 __all__ = [
     "DEFAULT_EPS",
     "affine_grid",
+    "attention_boxes",
     "compose",
     "invert",
     "normalized_coords",
     "normalized_to_pixel",
+    "output_extent",
     "pixel_from_normalized",
     "pixel_to_normalized",
     "projective_grid",
@@ -424,3 +426,64 @@ def pixel_to_normalized(
     px_dst = pixel_from_normalized(dst_size, align_corners, device=m.device, dtype=m.dtype)
     src_from_dst: Tensor = torch.linalg.inv(px_src) @ torch.linalg.inv(m) @ px_dst
     return src_from_dst
+
+
+def output_extent(n: int, align_corners: bool = False) -> float:
+    """Normalised coordinate of the outer edge of an axis of ``n`` output pixels.
+
+    With ``align_corners=False`` the outer pixel edges are at ``±1``; with ``align_corners=True`` ``±1`` are the
+    corner pixels' centres, so the edges lie half a pixel further out, at ``±n / (n - 1)`` (``±1`` when ``n == 1``).
+
+    Example:
+        >>> output_extent(28), output_extent(5, align_corners=True)
+        (1.0, 1.25)
+    """
+    return n / (n - 1) if align_corners and n > 1 else 1.0
+
+
+def attention_boxes(
+    params: Tensor,
+    image_size: Sequence[int],
+    align_corners: bool = False,
+    output_size: Sequence[int] | None = None,
+) -> Tensor:
+    """The boxes that attention transforms ``(s, tx, ty)`` crop, in pixels.
+
+    The output's outer edges, normalised ``±1`` with ``align_corners=False``, land on
+    ``[tx - s, tx + s] x [ty - s, ty + s]`` of the input: the box is what the output shows, the same region as
+    :func:`torchstn.viz.grid_outline`'s square.
+
+    Convention:
+        Boxes are ``(x0, y0, x1, y1)`` in the *edge* convention of the data sets' ``meta["boxes"]``: pixel ``i``
+        covers ``[i, i + 1)`` and the whole image is ``(0, 0, W, H)``, so a box compares directly (IoU) with the
+        true box and :func:`torchstn.viz.sheet` draws it. (:func:`torchstn.viz.grid_outline`'s pixel-centre
+        coordinates are half a pixel lower.)
+
+    Args:
+        params: ``(B, 3)`` (or ``(..., 3)``) attention parameters.
+        image_size: Input size ``(H, W)``.
+        align_corners: The convention the transformer samples with.
+        output_size: Output size ``(H', W')``; default ``image_size``. Only used with ``align_corners=True``,
+            where the output's edges lie half an output pixel beyond ``±1``.
+
+    Returns:
+        ``(B, 4)`` (or ``(..., 4)``) boxes.
+
+    Example:
+        >>> attention_boxes(torch.tensor([[1.0, 0.0, 0.0], [0.5, 0.0, 0.0], [0.5, 0.5, -0.5]]), (84, 84))
+        tensor([[ 0.,  0., 84., 84.],
+                [21., 21., 63., 63.],
+                [42.,  0., 84., 42.]])
+    """
+    check_tensor(params, "params", "*,3")
+    check_bool(align_corners, "align_corners")
+    h, w = check_size(image_size, "image_size", 2)
+    ho, wo = (h, w) if output_size is None else check_size(output_size, "output_size", 2)
+    s, tx, ty = params.unbind(-1)
+
+    def edge(u: Tensor, n: int) -> Tensor:
+        """Normalised source coordinate -> pixel-edge coordinate along an axis of ``n`` pixels."""
+        return (u + 1.0) * (n - 1) / 2 + 0.5 if align_corners else (u + 1.0) * n / 2
+
+    sx, sy = s * output_extent(wo, align_corners), s * output_extent(ho, align_corners)  # half-extents of the window
+    return torch.stack((edge(tx - sx, w), edge(ty - sy, h), edge(tx + sx, w), edge(ty + sy, h)), dim=-1)

@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import hashlib
+import io
 import json
+import os
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
 from torchstn.cli import main
-from torchstn.data import MNIST, DistortedMNIST, MNISTSplit, get_recipe, materialise
+from torchstn.data import MNIST, Batch, DistortedMNIST, MNISTSplit, datasets, get_recipe, materialise
+from torchstn.errors import DataError, DTypeError, OptionError
 
 
 @pytest.fixture(scope="module")
@@ -84,3 +89,150 @@ def test_command_line_materialises_and_draws(tmp_path: Path, capsys: pytest.Capt
     assert code == 0 and sheet.stat().st_size > 0
     assert "rotated test: 64 samples" in capsys.readouterr().out
     assert list(tmp_path.glob("rotated-test-*.npz"))
+
+
+# --- a cache whose checksum matches but whose contents do not is rebuilt ---------------------------------------
+
+
+def _rewrite_cache(path: Path, arrays: dict[str, np.ndarray] | bytes) -> None:
+    """Replace the cached ``.npz`` and update its manifest's checksum, as a careless tool (or an attacker) would."""
+    if isinstance(arrays, bytes):
+        path.write_bytes(arrays)
+    else:
+        with open(path, "wb") as f:
+            np.savez(f, **arrays)  # type: ignore[arg-type]
+    manifest = path.with_suffix(".json")
+    record = json.loads(manifest.read_text())
+    record["sha256"] = hashlib.sha256(path.read_bytes()).hexdigest()
+    manifest.write_text(json.dumps(record))
+
+
+def _arrays(batch: Batch) -> dict[str, np.ndarray]:
+    return {"images": batch.images.numpy(), "labels": batch.labels.numpy()} | {
+        f"meta_{k}": v.numpy() for k, v in batch.meta.items()
+    }
+
+
+def _tamperings(good: dict[str, np.ndarray]) -> dict[str, dict[str, np.ndarray] | bytes]:
+    small = {k: v[:10] for k, v in good.items()}
+    shrunk = dict(good, images=good["images"][:, :, :20, :20].copy())
+    wrong_dtype = dict(good, images=good["images"].astype(np.float32))
+    no_labels = {k: v for k, v in good.items() if k != "labels"}
+    no_meta = {k: v for k, v in good.items() if not k.startswith("meta_")}
+    extra = dict(good, stowaway=np.zeros(3))
+    bad_labels = dict(good, labels=good["labels"] + 10)
+    other_values = dict(good, images=255 - good["images"])
+    buf = io.BytesIO()
+    np.savez(buf, **good)  # type: ignore[arg-type]
+    zipped = bytearray(buf.getvalue())
+    zipped[60:90] = bytes(30)  # inside the first member's data: CRC mismatch (BadZipFile) when read
+    return {
+        "10 samples instead of 30": small,
+        "20x20 images for a 42x42 recipe": shrunk,
+        "float images": wrong_dtype,
+        "no labels": no_labels,
+        "no meta": no_meta,
+        "an extra array": extra,
+        "labels out of range": bad_labels,
+        "other pixels": other_values,
+        "a damaged zip member": bytes(zipped),
+        "a bare .npy": b"\x93NUMPY\x01\x00v\x00{'descr': '<f8', 'fortran_order': False, 'shape': (1,), }"
+        + b" " * 54
+        + b"\n"
+        + bytes(8),
+        "not a zip": b"PK\x03\x04 but nothing else",
+    }
+
+
+@pytest.mark.parametrize(
+    "how",
+    [
+        "10 samples instead of 30", "20x20 images for a 42x42 recipe", "float images", "no labels", "no meta",
+        "an extra array", "labels out of range", "other pixels", "a damaged zip member", "a bare .npy", "not a zip",
+    ],
+)  # fmt: skip
+def test_a_checksum_matching_cache_with_the_wrong_contents_is_rebuilt(mnist: MNIST, tmp_path: Path, how: str) -> None:
+    recipe = get_recipe("rts")
+    first, path = materialise(recipe, mnist.train, "train", seed=0, cache_dir=tmp_path)
+    _rewrite_cache(path, _tamperings(_arrays(first))[how])
+    again, path2 = materialise(recipe, mnist.train, "train", seed=0, cache_dir=tmp_path)
+    assert path2 == path
+    assert torch.equal(again.images, first.images) and torch.equal(again.labels, first.labels)
+    assert sorted(again.meta) == sorted(first.meta)
+    assert all(torch.equal(again.meta[k], v) for k, v in first.meta.items())
+    # ... and the rebuilt cache is valid again: the next call loads it unchanged
+    with np.load(path, allow_pickle=False) as f:
+        np.testing.assert_array_equal(f["images"], first.images.numpy())
+
+
+def test_a_valid_cache_is_loaded_not_regenerated(mnist: MNIST, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    recipe = get_recipe("rotated")
+    first, path = materialise(recipe, mnist.train, "train", seed=0, cache_dir=tmp_path)
+    stamp = path.stat().st_mtime_ns
+    calls: list[int] = []
+    original = datasets.generate
+
+    def counting(*args: object, **kwargs: object) -> Batch:
+        calls.append(int(args[2]))  # type: ignore[call-overload]
+        return original(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(datasets, "generate", counting)
+    again, _ = materialise(recipe, mnist.train, "train", seed=0, cache_dir=tmp_path)
+    assert calls == [1, 1]  # only the two probes (first and last sample), not the 30 samples
+    assert path.stat().st_mtime_ns == stamp and torch.equal(again.images, first.images)
+
+
+def test_a_cache_that_cannot_be_rebuilt_is_a_data_error(
+    mnist: MNIST, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def read_only(path: Path, *args: object) -> None:
+        raise PermissionError(13, "Permission denied", str(path))
+
+    monkeypatch.setattr(datasets, "atomic_write", read_only)  # a read-only directory, also when running as root
+    with pytest.raises(DataError, match=r"cannot write the cache there \(\[Errno 13\] Permission denied"):
+        materialise(get_recipe("rotated"), mnist.train, "train", cache_dir=tmp_path)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_materialise_and_the_dataset_check_their_arguments(mnist: MNIST, tmp_path: Path) -> None:
+    with pytest.raises(DTypeError, match=r"recipe: expected a torchstn\.data\.Recipe"):
+        materialise("rts", mnist.train, "train", cache_dir=tmp_path)  # type: ignore[arg-type]
+    with pytest.raises(OptionError, match="n: expected an int of at least 1, got 0"):
+        materialise(get_recipe("rts"), mnist.train, "train", n=0, cache_dir=tmp_path)
+    with pytest.raises(DTypeError, match="redraw: expected a bool"):
+        DistortedMNIST("rts", mnist=mnist, redraw="no")  # type: ignore[arg-type]
+    with pytest.raises(OptionError, match="split: expected one of"):
+        DistortedMNIST("rts", "validation", mnist=mnist, cache=False)
+    with pytest.raises(OptionError, match="batch_size"):
+        DistortedMNIST("rts", mnist=mnist, cache=False, batch_size=0)
+
+
+_WRITER = """
+import sys, torch
+from torchstn.data import MNISTSplit, get_recipe, materialise
+from torchstn.viz import save_sheet
+g = torch.Generator().manual_seed(1)
+src = MNISTSplit(torch.rand(12, 28, 28, generator=g), torch.arange(12) % 10)
+out = sys.argv[1]
+for _ in range(8):
+    batch, _ = materialise(get_recipe("rotated"), src, "train", seed=0, cache_dir=out)
+    save_sheet(out + "/sheet.png", batch.images)
+"""
+
+
+def test_two_processes_writing_one_cache_and_sheet_neither_crash_nor_leave_temporaries(tmp_path: Path) -> None:
+    """Two ``torchstn data`` runs at once used to collide on ``NAME.png.tmp`` (defect 11): temporaries are unique."""
+    import subprocess
+    import sys
+
+    from torchstn._io import stale_temporaries
+
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path), "OMP_NUM_THREADS": "1"}
+    procs = [
+        subprocess.Popen([sys.executable, "-c", _WRITER, str(tmp_path)], env=env, stderr=subprocess.PIPE, text=True)
+        for _ in range(2)
+    ]
+    errs = [p.communicate(timeout=240)[1] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], errs
+    assert stale_temporaries(tmp_path) == []
+    assert sorted(p.suffix for p in tmp_path.iterdir()) == [".json", ".npz", ".png"]

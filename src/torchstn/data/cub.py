@@ -36,7 +36,7 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 from torchstn._checks import check_choice
-from torchstn.errors import DTypeError, OptionError, ShapeError
+from torchstn.errors import DataError, DataNotFoundError, DTypeError, OptionError, ShapeError
 
 __all__ = [
     "CUB200",
@@ -263,7 +263,7 @@ def _read_optional(path: Path, ncols: int, what: str) -> dict[int, list[str]] | 
 def _read_table(path: Path, ncols: int, what: str) -> dict[int, list[str]]:
     """Parse ``"<id> <field> ..."`` lines into ``{id: fields}``; the last field may hold spaces when ``ncols == 2``."""
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: file not found; a CUB-200-2011 root holds {_CONTENTS}")
+        raise DataNotFoundError(f"{path}: file not found; a CUB-200-2011 root holds {_CONTENTS}")
     table: dict[int, list[str]] = {}
     with path.open(encoding="utf-8") as f:
         for lineno, line in enumerate(f, 1):
@@ -271,13 +271,13 @@ def _read_table(path: Path, ncols: int, what: str) -> dict[int, list[str]]:
                 continue
             parts = line.split(maxsplit=1) if ncols == 2 else line.split()
             if len(parts) != ncols:
-                raise ValueError(f"{path}, line {lineno}: expected {what}, got {line.strip()!r}")
+                raise DataError(f"{path}, line {lineno}: expected {what}, got {line.strip()!r}")
             try:
                 key = int(parts[0])
             except ValueError:
-                raise ValueError(f"{path}, line {lineno}: expected an integer id first, got {line.strip()!r}") from None
+                raise DataError(f"{path}, line {lineno}: expected an integer id first, got {line.strip()!r}") from None
             if key in table:
-                raise ValueError(f"{path}, line {lineno}: id {key} appears twice")
+                raise DataError(f"{path}, line {lineno}: id {key} appears twice")
             table[key] = [p.strip() for p in parts[1:]]
     return table
 
@@ -288,14 +288,14 @@ def _int_field(path: Path, key: int, value: str, allowed: range) -> int:
     except ValueError:
         v = allowed.start - 1
     if v not in allowed:
-        raise ValueError(f"{path}: id {key}: expected an integer in {allowed.start}-{allowed.stop - 1}, got {value!r}")
+        raise DataError(f"{path}: id {key}: expected an integer in {allowed.start}-{allowed.stop - 1}, got {value!r}")
     return v
 
 
 def _check_same_ids(base: Path, ids: set[int], other: Path, other_ids: set[int]) -> None:
     if ids != other_ids:
         only_base, only_other = sorted(ids - other_ids)[:5], sorted(other_ids - ids)[:5]
-        raise ValueError(
+        raise DataError(
             f"{other}: image ids disagree with {base} (ids only in {base.name}: {only_base}, "
             f"only in {other.name}: {only_other}; first five shown)"
         )
@@ -348,7 +348,7 @@ class CUB200(Dataset[tuple[Tensor, int]]):
         check_choice(split, "split", CUB_SPLITS)
         self.root = Path(root)
         if not self.root.is_dir():
-            raise FileNotFoundError(f"{self.root}: CUB-200-2011 directory not found; it should hold {_CONTENTS}")
+            raise DataNotFoundError(f"{self.root}: CUB-200-2011 directory not found; it should hold {_CONTENTS}")
         if transform is None:
             if split == "train":
                 transform = CUBTrainTransform(size, resize_ratio, mean=mean, std=std, generator=generator)
@@ -370,7 +370,7 @@ class CUB200(Dataset[tuple[Tensor, int]]):
         if names is not None:
             num_classes = len(names)
             if set(names) != set(range(1, num_classes + 1)):
-                raise ValueError(f"{self.root / 'classes.txt'}: class ids should be 1-{num_classes}, each once")
+                raise DataError(f"{self.root / 'classes.txt'}: class ids should be 1-{num_classes}, each once")
             self.classes = [names[k][0] for k in range(1, num_classes + 1)]
         self.num_classes = num_classes
 
@@ -384,7 +384,7 @@ class CUB200(Dataset[tuple[Tensor, int]]):
         if check_files:
             for path, _ in self.samples:
                 if not path.is_file():
-                    raise FileNotFoundError(
+                    raise DataNotFoundError(
                         f"{path}: image listed in {paths['images.txt']} not found; images/ should hold each listed file"
                     )
 
@@ -395,7 +395,7 @@ class CUB200(Dataset[tuple[Tensor, int]]):
             try:
                 self.boxes = torch.tensor([[float(v) for v in boxes[k]] for k in ids], dtype=torch.float32)  # (N, 4)
             except ValueError as err:
-                raise ValueError(f"{self.root / 'bounding_boxes.txt'}: expected numbers: {err}") from None
+                raise DataError(f"{self.root / 'bounding_boxes.txt'}: expected numbers: {err}") from None
             self.boxes = self.boxes.reshape(len(ids), 4)
 
     def __len__(self) -> int:

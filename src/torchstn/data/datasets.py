@@ -11,6 +11,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import zipfile
+import zlib
 from collections.abc import Callable
 from pathlib import Path
 
@@ -19,8 +21,11 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
+from torchstn._checks import check_bool, check_instance, check_int, check_positive_int
+from torchstn._io import atomic_write, atomic_write_text
 from torchstn.data.distort import Batch, Recipe, get_recipe
 from torchstn.data.mnist import MNIST, MNISTSplit, load_mnist
+from torchstn.errors import DataError, ShapeError
 
 __all__ = ["CACHE_VERSION", "DistortedMNIST", "default_cache_dir", "generate", "materialise"]
 
@@ -58,6 +63,17 @@ def generate(
         >>> torch.equal(a.images, generate(Rotated(), src, 5, seed=0, split="train", batch_size=5).images)
         True
     """
+    check_instance(recipe, "recipe", Recipe, "a torchstn.data.Recipe")
+    check_instance(source, "source", MNISTSplit, "a torchstn.data.MNISTSplit")
+    if len(source) == 0:
+        raise ShapeError("source: expected at least one digit, got an empty split")
+    check_positive_int(n, "n")
+    check_int(seed, "seed")
+    check_instance(split, "split", str, "a str")
+    if epoch is not None:
+        check_int(epoch, "epoch", minimum=0)
+    check_int(start, "start", minimum=0)
+    check_positive_int(batch_size, "batch_size")
     parts: list[Batch] = []
     for lo in range(start, start + n, batch_size):
         index = torch.arange(lo, min(lo + batch_size, start + n))
@@ -83,30 +99,61 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def _atomic_write(path: Path, write: Callable[[Path], object]) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+def _mismatch(batch: Batch, probes: dict[int, Batch], recipe: Recipe, n: int) -> str | None:
+    """Why the cached ``batch`` is not what ``recipe`` generates (None if it is).
+
+    ``probes`` maps a few indices to freshly generated samples (generation is deterministic per index): they give
+    the keys, dtypes and per-sample shapes to expect, and the exact values at those indices.
+    """
+    probe = next(iter(probes.values()))
+    want_images = (n, *recipe.shape())
+    if batch.images.dtype != torch.uint8 or tuple(batch.images.shape) != want_images:
+        return f"images are {batch.images.dtype} {tuple(batch.images.shape)}, expected torch.uint8 {want_images}"
+    if batch.labels.dtype != probe.labels.dtype or tuple(batch.labels.shape) != (n, *probe.labels.shape[1:]):
+        return f"labels are {batch.labels.dtype} {tuple(batch.labels.shape)}, expected {probe.labels.dtype} ({n},)"
+    if n and (int(batch.labels.min()) < 0 or int(batch.labels.max()) >= recipe.num_classes):
+        return f"labels span {int(batch.labels.min())}..{int(batch.labels.max())}, not 0..{recipe.num_classes - 1}"
+    if sorted(batch.meta) != sorted(probe.meta):
+        return f"meta keys are {sorted(batch.meta)}, expected {sorted(probe.meta)}"
+    for k, v in probe.meta.items():
+        got = batch.meta[k]
+        if got.dtype != v.dtype or tuple(got.shape) != (n, *v.shape[1:]):
+            return f"meta[{k!r}] is {got.dtype} {tuple(got.shape)}, expected {v.dtype} {(n, *v.shape[1:])}"
+    for i, p in probes.items():
+        same = torch.equal(batch.images[i], p.images[0]) and torch.equal(batch.labels[i], p.labels[0])
+        if not same or not all(torch.equal(batch.meta[k][i], v[0]) for k, v in p.meta.items()):
+            return f"sample {i} differs from what the recipe generates"
+    return None
 
 
-def _load_cached(npz: Path, manifest: Path, expected: dict[str, object]) -> Batch | None:
-    """The cached batch if the manifest matches ``expected`` and the checksum matches the bytes; else None."""
+def _load_cached(
+    npz: Path, manifest: Path, expected: dict[str, object], check: Callable[[Batch], str | None]
+) -> Batch | None:
+    """The cached batch if the manifest matches ``expected``, the checksum matches the bytes and ``check`` finds
+    nothing wrong with the contents; else None (the caller rebuilds). Never raises on a damaged cache."""
     try:
         recorded = json.loads(manifest.read_text())
     except (OSError, ValueError):
         return None
-    if recorded.get("request") != expected or not npz.exists() or _sha256(npz) != recorded.get("sha256"):
+    if not isinstance(recorded, dict) or recorded.get("request") != expected or not npz.is_file():
         return None
     try:
-        with np.load(npz, allow_pickle=False) as f:
-            arrays = {k: torch.from_numpy(f[k]) for k in f.files}
-    except (OSError, ValueError):
-        return None
+        if _sha256(npz) != recorded.get("sha256"):
+            return None
+        loaded = np.load(npz, allow_pickle=False)
+        if not isinstance(loaded, np.lib.npyio.NpzFile):  # a bare .npy under the cache's name
+            return None
+        with loaded as f:
+            if not {"images", "labels"} <= set(f.files):
+                return None
+            arrays = {k: torch.from_numpy(np.ascontiguousarray(f[k])) for k in f.files}
+    except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile, zlib.error):
+        return None  # unreadable: a truncated or damaged archive, a bad member, an object array
     meta = {k[5:]: v for k, v in arrays.items() if k.startswith("meta_")}
-    return Batch(arrays["images"], arrays["labels"], meta)
+    if set(arrays) != {"images", "labels", *(f"meta_{k}" for k in meta)}:
+        return None
+    batch = Batch(arrays["images"], arrays["labels"], meta)
+    return batch if check(batch) is None else None
 
 
 def materialise(
@@ -133,8 +180,20 @@ def materialise(
 
     Returns:
         The samples and the path of the ``.npz``.
+
+    Raises:
+        DataError: No valid cache exists and one cannot be written in ``cache_dir``.
+
+    A cache is used only if its manifest matches the request, its bytes match the recorded checksum, and its
+    contents match the recipe: the sample count, the image shape and dtype, the labels' dtype and range, the
+    metadata keys, dtypes and shapes, and the first and last samples regenerated exactly. Anything else
+    (including a missing array or a damaged archive) is rebuilt.
     """
-    n = len(source) if n is None else int(n)
+    check_instance(recipe, "recipe", Recipe, "a torchstn.data.Recipe")
+    check_instance(split, "split", str, "a str")
+    n = len(source) if n is None else check_positive_int(n, "n")
+    seed = check_int(seed, "seed")
+    batch_size = check_positive_int(batch_size, "batch_size")
     request: dict[str, object] = {
         "version": CACHE_VERSION,
         "recipe": recipe.config(),
@@ -147,7 +206,8 @@ def materialise(
     root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     root.mkdir(parents=True, exist_ok=True)
     npz, manifest = root / f"{recipe.name}-{split}-{key}.npz", root / f"{recipe.name}-{split}-{key}.json"
-    cached = _load_cached(npz, manifest, json.loads(json.dumps(request)))
+    probes = {i: generate(recipe, source, 1, seed, split, start=i) for i in sorted({0, n - 1})}
+    cached = _load_cached(npz, manifest, json.loads(json.dumps(request)), lambda b: _mismatch(b, probes, recipe, n))
     if cached is not None:
         return cached, npz
     batch = generate(recipe, source, n, seed, split, batch_size=batch_size, progress=progress)
@@ -158,10 +218,12 @@ def materialise(
         with open(tmp, "wb") as f:
             np.savez(f, **arrays)  # type: ignore[arg-type]
 
-    _atomic_write(npz, write_npz)
-    record = {"request": request, "sha256": _sha256(npz), "file": npz.name}
-    text = json.dumps(record, indent=1, sort_keys=True)
-    _atomic_write(manifest, lambda tmp: tmp.write_text(text))
+    try:
+        atomic_write(npz, write_npz)
+        record = {"request": request, "sha256": _sha256(npz), "file": npz.name}
+        atomic_write_text(manifest, json.dumps(record, indent=1, sort_keys=True))
+    except OSError as err:
+        raise DataError(f"{npz}: cannot write the cache there ({err}); pass another cache_dir") from err
     return batch, npz
 
 
@@ -195,13 +257,16 @@ class DistortedMNIST(Dataset[tuple[Tensor, Tensor]]):
         mnist: MNIST | None = None,
         batch_size: int = 4096,
     ) -> None:
+        check_instance(recipe, "recipe", (Recipe, str), "a torchstn.data.Recipe or a recipe name")
+        check_bool(redraw, "redraw")
+        check_bool(cache, "cache")
         self.recipe = get_recipe(recipe) if isinstance(recipe, str) else recipe
         self.split = split
         self.seed = seed
         self.redraw = redraw
         self.source = (mnist or load_mnist()).split(split)
-        self.n = len(self.source) if n is None else int(n)
-        self.batch_size = batch_size
+        self.n = len(self.source) if n is None else check_positive_int(n, "n")
+        self.batch_size = check_positive_int(batch_size, "batch_size")
         self.path: Path | None = None
         self.epoch: int | None = None
         if redraw:
@@ -213,6 +278,7 @@ class DistortedMNIST(Dataset[tuple[Tensor, Tensor]]):
 
     def set_epoch(self, epoch: int) -> None:
         """With ``redraw=True``, regenerate the distortions for ``epoch`` (a no-op for fixed sets)."""
+        check_int(epoch, "epoch", minimum=0)
         if self.redraw and epoch != self.epoch:
             self.epoch = epoch
             self.data = generate(self.recipe, self.source, self.n, self.seed, self.split, epoch, 0, self.batch_size)

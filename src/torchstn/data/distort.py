@@ -15,14 +15,16 @@ Conventions: placements are in output pixels, matrices are normalised ``src_from
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from typing import ClassVar
 
 import torch
 from torch import Tensor
 
+from torchstn._checks import check_instance, check_int, check_number
 from torchstn.data._random import Draws
 from torchstn.data.mnist import MNISTSplit
+from torchstn.errors import DTypeError, OptionError
 from torchstn.sampling import warp
 from torchstn.transforms import Affine, Affine3D, Projective, ThinPlateSpline
 
@@ -81,11 +83,58 @@ def _clutter(canvas: Tensor, source: MNISTSplit, draws: Draws, count: int, size:
         _paste(canvas, patch, place_y[:, k], place_x[:, k])
 
 
+#: Per-field limits the recipes' parameters share (checked when a recipe is built): inclusive ``(low, high)``.
+_LIMITS: dict[str, tuple[float | None, float | None]] = {
+    "canvas": (28, 4096),
+    "clutter": (0, 1024),
+    "clutter_size": (1, 28),
+    "thickness": (1, 28),
+    "digit": (0, 9),
+    "grid": (2, 64),
+    "scale": (1e-3, 1e3),
+}
+
+
+def _check_field(cls: str, name: str, kind: str, value: object) -> None:
+    """Check one recipe parameter against its annotation (``int``, ``float``, ``tuple[float, float]``, ...)."""
+    arg = f"{cls}.{name}"
+    if kind.endswith("| None") and value is None:
+        return
+    low, high = _LIMITS.get(name, (0.0 if kind == "float" else None, None))
+    if kind.startswith("tuple["):
+        item = "int" if kind.startswith("tuple[int") else "float"
+        if not isinstance(value, tuple | list) or len(value) != 2:
+            raise DTypeError(f"{arg}: expected a pair of {item}s, got {type(value).__name__} {value!r}")
+        pair = [check_int(v, arg) if item == "int" else check_number(v, arg, low=low, high=high) for v in value]
+        if item == "int" and any((low is not None and v < low) or (high is not None and v > high) for v in pair):
+            raise OptionError(f"{arg}: expected ints in [{low}, {high}], got {value!r}")
+        if item == "float" and pair[0] > pair[1]:
+            raise OptionError(f"{arg}: expected a range (low, high) with low <= high, got {value!r}")
+    elif kind.startswith("int"):
+        v = check_int(value, arg, minimum=0 if low is None else int(low))
+        if high is not None and v > high:
+            raise OptionError(f"{arg}: expected an int of at most {int(high)}, got {value!r}")
+    elif kind == "float":
+        check_number(value, arg, low=low, high=high)
+
+
 class Recipe:
-    """A distorted dataset: parameters (dataclass fields) and a vectorised ``generate``."""
+    """A distorted dataset: parameters (dataclass fields) and a vectorised ``generate``.
+
+    Parameters are checked when a recipe is built (type, and the ranges in ``_LIMITS``), so a bad value fails
+    naming the parameter, not in the middle of generation.
+    """
 
     name: ClassVar[str]
     num_classes: ClassVar[int] = 10
+
+    def __post_init__(self) -> None:
+        for f in fields(self):  # type: ignore[arg-type]
+            kind = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", "")
+            if kind in ("int", "float", "int | None") or kind.startswith("tuple["):
+                _check_field(type(self).__name__, f.name, kind, getattr(self, f.name))
+            elif isinstance(f.default_factory, type):  # a nested recipe (addition's rts)
+                check_instance(getattr(self, f.name), f"{type(self).__name__}.{f.name}", f.default_factory)
 
     def config(self) -> dict[str, object]:
         """The recipe's parameters, for manifests and run records."""
@@ -397,7 +446,13 @@ def get_recipe(name: str, **params: object) -> Recipe:
         >>> get_recipe("rts", canvas=48).shape()
         (1, 48, 48)
     """
+    check_instance(name, "name", str, "a recipe name (str)")
     key = _ALIASES.get(name.lower(), name.lower())
     if key not in RECIPES:
-        raise ValueError(f"name: expected one of {', '.join(sorted(RECIPES))}, got {name!r}")
-    return RECIPES[key](**params)
+        raise OptionError(f"name: expected one of {', '.join(sorted(RECIPES))}, got {name!r}")
+    cls = RECIPES[key]
+    known = [f.name for f in fields(cls)]  # type: ignore[arg-type]
+    unknown = sorted(set(params) - set(known))
+    if unknown:
+        raise OptionError(f"{key}: unknown parameter(s) {unknown}; it takes {known}")
+    return cls(**params)

@@ -47,7 +47,7 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 from torchstn._checks import check_choice
-from torchstn.errors import DTypeError, OptionError
+from torchstn.errors import DataError, DataNotFoundError, DTypeError, MissingDependencyError, OptionError
 
 __all__ = [
     "MAX_DIGITS",
@@ -116,7 +116,7 @@ def _import_h5py() -> Any:
     try:
         import h5py  # type: ignore[import-untyped]
     except ImportError as err:  # pragma: no cover - h5py is part of the test environment
-        raise ImportError("reading digitStruct.mat needs h5py: pip install 'torchstn[data]'") from err
+        raise MissingDependencyError("reading digitStruct.mat needs h5py: pip install 'torchstn[data]'") from err
     return h5py
 
 
@@ -143,17 +143,17 @@ def _read_record(h5py: Any, file_id: Any, name_ref: Any, bbox_ref: Any, index: i
         group_id = h5py.h5r.dereference(bbox_ref, file_id)
         values = {key: _read_values(h5py, file_id, h5py.h5d.open(group_id, key.encode())) for key in _FIELDS}
     except (KeyError, ValueError, TypeError, IndexError, OSError, RuntimeError) as err:
-        raise ValueError(
+        raise DataError(
             f"{where}: malformed entry (expected a name and a bbox with {', '.join(_FIELDS)}): {err}"
         ) from err
     counts = {len(v) for v in values.values()}
     if len(counts) != 1 or 0 in counts:
         sizes = ", ".join(f"{k}={len(v)}" for k, v in values.items())
-        raise ValueError(f"{where} ({name}): bbox fields disagree on the number of digits ({sizes})")
+        raise DataError(f"{where} ({name}): bbox fields disagree on the number of digits ({sizes})")
     labels = []
     for raw in values["label"]:
         if raw != int(raw) or not 1 <= raw <= 10:
-            raise ValueError(f"{where} ({name}): digit label {raw} is not one of 1-10 (10 stands for 0)")
+            raise DataError(f"{where} ({name}): digit label {raw} is not one of 1-10 (10 stands for 0)")
         labels.append(int(raw) % 10)
     boxes = tuple(zip(values["left"], values["top"], values["width"], values["height"], strict=True))
     return SVHNRecord(name=name, boxes=boxes, labels=tuple(labels))
@@ -180,20 +180,20 @@ def read_digit_struct(path: str | os.PathLike[str]) -> list[SVHNRecord]:
     h5py = _import_h5py()
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: file not found; an SVHN format-1 split directory holds {_FORMAT1_CONTENTS}")
+        raise DataNotFoundError(f"{path}: file not found; an SVHN format-1 split directory holds {_FORMAT1_CONTENTS}")
     if not h5py.is_hdf5(str(path)):
-        raise ValueError(
+        raise DataError(
             f"{path}: not an HDF5 file; digitStruct.mat must be the MATLAB v7.3 (HDF5) file from SVHN's "
             "train.tar.gz / test.tar.gz / extra.tar.gz"
         )
     with h5py.File(path, "r") as f:
         group = f.get("digitStruct")
         if not isinstance(group, h5py.Group) or "name" not in group or "bbox" not in group:
-            raise ValueError(f"{path}: no 'digitStruct' group with 'name' and 'bbox' datasets; is this an SVHN file?")
+            raise DataError(f"{path}: no 'digitStruct' group with 'name' and 'bbox' datasets; is this an SVHN file?")
         names = np.asarray(group["name"][()]).ravel()
         bboxes = np.asarray(group["bbox"][()]).ravel()
         if len(names) != len(bboxes):
-            raise ValueError(f"{path}: digitStruct has {len(names)} names but {len(bboxes)} bboxes")
+            raise DataError(f"{path}: digitStruct has {len(names)} names but {len(bboxes)} bboxes")
         pairs = enumerate(zip(names, bboxes, strict=True))
         return [_read_record(h5py, f.id, n, b, i, path) for i, (n, b) in pairs]
 
@@ -257,9 +257,9 @@ def encode_digits(digits: Sequence[int], max_digits: int = MAX_DIGITS) -> Tensor
         tensor([ 1,  0, 10, 10, 10])
     """
     if not 1 <= len(digits) <= max_digits:
-        raise ValueError(f"digits: expected 1 to {max_digits} digits, got {len(digits)}: {list(digits)}")
+        raise OptionError(f"digits: expected 1 to {max_digits} digits, got {len(digits)}: {list(digits)}")
     if any(not 0 <= d <= 9 for d in digits):
-        raise ValueError(f"digits: expected digits 0-9, got {list(digits)}")
+        raise OptionError(f"digits: expected digits 0-9, got {list(digits)}")
     out = torch.full((max_digits,), NO_DIGIT, dtype=torch.long)
     out[: len(digits)] = torch.tensor(list(digits), dtype=torch.long)
     return out
@@ -351,7 +351,7 @@ class SVHNMultiDigit(Dataset[tuple[Tensor, Tensor, Tensor]]):
         _check_common(size, expand, max_digits, too_long)
         self.directory = Path(root) / split
         if not self.directory.is_dir():
-            raise FileNotFoundError(
+            raise DataNotFoundError(
                 f"{self.directory}: SVHN split directory not found; extract {split}.tar.gz into {Path(root)} so that "
                 f"{split}/ holds {_FORMAT1_CONTENTS}"
             )
@@ -360,13 +360,13 @@ class SVHNMultiDigit(Dataset[tuple[Tensor, Tensor, Tensor]]):
         self.num_dropped = len(records) - len(kept)
         if self.num_dropped and too_long == "raise":
             first = next(r for r in records if len(r.labels) > max_digits)
-            raise ValueError(
+            raise DataError(
                 f"{self.directory / 'digitStruct.mat'}: {self.num_dropped} image(s) have more than {max_digits} digits "
                 f"(first: {first.name}, {len(first.labels)} digits); pass too_long='drop' to leave them out"
             )
         for record in kept:
             if not (self.directory / record.name).is_file():
-                raise FileNotFoundError(
+                raise DataNotFoundError(
                     f"{self.directory / record.name}: image named in digitStruct.mat not found; {self.directory} "
                     f"should hold {_FORMAT1_CONTENTS}"
                 )
@@ -471,29 +471,27 @@ def load_svhn_cropped(path: str | os.PathLike[str]) -> tuple[Tensor, Tensor]:
         from scipy.io import loadmat  # type: ignore[import-untyped]
         from scipy.io.matlab import MatReadError  # type: ignore[import-untyped]
     except ImportError as err:  # pragma: no cover - scipy is part of the test environment
-        raise ImportError("reading SVHN's *_32x32.mat needs scipy: pip install 'torchstn[data]'") from err
+        raise MissingDependencyError("reading SVHN's *_32x32.mat needs scipy: pip install 'torchstn[data]'") from err
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(
+        raise DataNotFoundError(
             f"{path}: file not found; SVHN's cropped digits come as train_32x32.mat, test_32x32.mat, extra_32x32.mat"
         )
     try:
         mat = loadmat(path, variable_names=("X", "y"))
     except (MatReadError, ValueError, NotImplementedError, TypeError, OSError) as err:
-        raise ValueError(f"{path}: cannot read as a MATLAB v5 file with X and y: {err}") from err
+        raise DataError(f"{path}: cannot read as a MATLAB v5 file with X and y: {err}") from err
     if "X" not in mat or "y" not in mat:
-        raise ValueError(
-            f"{path}: expected variables X and y, found {sorted(k for k in mat if not k.startswith('__'))}"
-        )
+        raise DataError(f"{path}: expected variables X and y, found {sorted(k for k in mat if not k.startswith('__'))}")
     x, y = np.asarray(mat["X"]), np.asarray(mat["y"])
     if x.ndim != 4 or x.shape[:3] != (32, 32, 3):
-        raise ValueError(f"{path}: X should have shape (32, 32, 3, N), got {x.shape}")
+        raise DataError(f"{path}: X should have shape (32, 32, 3, N), got {x.shape}")
     n = x.shape[3]
     if y.size != n:
-        raise ValueError(f"{path}: y should have shape ({n}, 1) to match X, got {y.shape}")
+        raise DataError(f"{path}: y should have shape ({n}, 1) to match X, got {y.shape}")
     y = y.reshape(n).astype(np.int64)
     if n and (y.min() < 0 or y.max() > 10):
-        raise ValueError(f"{path}: labels should be in 0-10 (10 stands for 0), got values in [{y.min()}, {y.max()}]")
+        raise DataError(f"{path}: labels should be in 0-10 (10 stands for 0), got values in [{y.min()}, {y.max()}]")
     images = torch.from_numpy(np.ascontiguousarray(x.astype(np.uint8).transpose(3, 2, 0, 1)))  # (N, 3, 32, 32)
     labels = torch.from_numpy(y % 10)  # (N,)
     return images, labels

@@ -271,7 +271,7 @@ class ColocTask(Task):
         return hinge.mean(), self._misses(params.detach(), y)
 
     def _misses(self, params: Tensor, boxes: Tensor) -> Tensor:
-        from torchstn.visualize import attention_boxes
+        from torchstn.geometry import attention_boxes
 
         pred = attention_boxes(params, (self.image_size, self.image_size))
         return (box_iou(pred, boxes.to(pred.dtype)) <= 0.5).sum()

@@ -1,0 +1,139 @@
+"""torchstn.viz.draw: sheets, transformer drawings, boxes, and files written atomically."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from torch import Tensor, nn
+
+from tests.viz._helpers import has_colour, set_bias, two_head_attention
+from torchstn.errors import ShapeError
+from torchstn.modules import (
+    ParallelSpatialTransformer,
+    SpatialTransformer,
+    mlp_localisation,
+)
+from torchstn.transforms import Affine, Affine3D, Attention
+from torchstn.viz import (
+    HEAD_COLOURS,
+    TransformerRecord,
+    attention_boxes,
+    capture,
+    draw_boxes,
+    draw_record,
+    plot_curves,
+    save_transformer_pictures,
+    sheet,
+)
+
+
+def test_draw_record_size_and_head_colours(images: Tensor) -> None:
+    [rec] = capture(two_head_attention(), images)
+    img = draw_record(rec, max_items=5, zoom=2, ncols=3, margin=0.25)
+    m = 7  # round(0.25 * 28)
+    cell_w = (28 + 2 * m) * 2 + 2 * (28 * 2 + 2 + 4) + 4
+    cell_h = (28 + 2 * m) * 2 + 4
+    assert img.mode == "RGB"
+    assert img.size == (3 * cell_w + 4, 14 + 2 * cell_h + 4)
+    assert has_colour(img, HEAD_COLOURS[0]) and has_colour(img, HEAD_COLOURS[1])
+    assert draw_record(rec, max_items=1, title="").size == ((28 + 2 * m) * 3 + 2 * (28 * 3 + 6) + 8, 42 * 3 + 8)
+
+
+def test_draw_record_feature_maps_and_small_outputs(gen: torch.Generator) -> None:
+    t = Attention()
+    st = SpatialTransformer(mlp_localisation((5, 24, 24), t), t, output_size=(8, 8))
+    set_bias(st, torch.tensor([1 / 3, 0.2, -0.1]))
+    [rec] = capture(st, torch.randn(3, 5, 24, 24, generator=gen))  # normalised, many channels
+    img = draw_record(rec, zoom=1, margin=0.0, title="")
+    assert img.size == (4 + 3 * (24 + 24 + 2 + 4 + 4), 24 + 2 + 4 + 4)  # the 8x8 output enlarged 3x
+
+
+def test_draw_record_rejects_volumes() -> None:
+    t = Affine3D()
+    vol = torch.rand(1, 1, 4, 6, 6)
+    rec = TransformerRecord("v", vol, vol, t.identity_params(1), t)
+    with pytest.raises(ShapeError, match="2D"):
+        draw_record(rec)
+
+
+def test_save_transformer_pictures(st_cnn: nn.Module, images: Tensor, tmp_path: Path) -> None:
+    a = math.radians(30)
+    set_bias(st_cnn.transformer, torch.tensor([math.cos(a), -math.sin(a), 0.1, math.sin(a), math.cos(a), 0.0]))  # type: ignore[arg-type]
+    [path] = save_transformer_pictures(st_cnn, images, tmp_path / "pics", epoch=2, max_items=4, zoom=2)
+    assert path == tmp_path / "pics" / "transformer_epoch0002.png"
+    with Image.open(path) as img:
+        [rec] = capture(st_cnn, images)
+        assert img.size == draw_record(rec, max_items=4, zoom=2).size
+        assert has_colour(img.convert("RGB"), HEAD_COLOURS[0])
+    assert not list(path.parent.glob("*.tmp"))
+
+
+def test_save_transformer_pictures_names_each_module(images: Tensor, tmp_path: Path) -> None:
+    t = Affine()
+    sts = [SpatialTransformer(mlp_localisation((1, 28, 28), t), t) for _ in range(2)]
+    model = nn.Sequential(ParallelSpatialTransformer(sts))
+    paths = save_transformer_pictures(model, images, tmp_path)
+    assert [p.name for p in paths] == ["0_transformers_0.png", "0_transformers_1.png"]
+    assert all(p.is_file() for p in paths)
+
+
+def test_draw_boxes(images: Tensor) -> None:
+    pred = attention_boxes(torch.tensor([[0.5, 0.0, 0.0]]).expand(6, 3), (28, 28))
+    true = torch.tensor([[4, 4, 24, 24]]).expand(6, 4)
+    img = draw_boxes(images, pred, true, ncols=3, zoom=2)
+    assert img.size == sheet(images, ncols=3, zoom=2).size
+    assert has_colour(img, (0, 220, 0)) and has_colour(img, (255, 60, 60))
+    with pytest.raises(ShapeError, match="pred_boxes"):
+        draw_boxes(images, pred[:2])
+
+
+def test_concurrent_writers_of_one_picture_neither_crash_nor_leave_temporaries(tmp_path: Path) -> None:
+    """Two writers of the same target (two ``torchstn data`` runs at once) use unique temporary names."""
+    import threading
+
+    from torchstn._io import stale_temporaries
+    from torchstn.viz import save_sheet
+
+    target = tmp_path / "sheet.png"
+    errors: list[BaseException] = []
+
+    def write(seed: int) -> None:
+        x = torch.rand(4, 1, 8, 8, generator=torch.Generator().manual_seed(seed))
+        try:
+            for _ in range(15):
+                save_sheet(target, x)
+                plot_curves([{"epoch": 0, "loss": 1.0 + seed}, {"epoch": 1, "loss": 0.5}], tmp_path / "curves.png")
+        except BaseException as err:  # pragma: no cover - the failure this test is about
+            errors.append(err)
+
+    threads = [threading.Thread(target=write, args=(s,)) for s in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    assert stale_temporaries(tmp_path) == []
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["curves.png", "sheet.png"]
+    Image.open(target).verify()
+
+
+def test_one_colour_mapping_for_sheets_and_drawings(gen: torch.Generator) -> None:
+    """Sheets and transformer drawings share one ``_to_rgb``: uint8 and [0, 1] floats give the same pixels."""
+    from torchstn.viz.draw import _to_rgb
+
+    x = torch.rand(2, 1, 5, 5, generator=gen)
+    as_uint8 = (x * 255).round().to(torch.uint8)
+    np.testing.assert_array_equal(_to_rgb(x), _to_rgb(as_uint8))
+    np.testing.assert_array_equal(_to_rgb(x)[..., 0], (x[:, 0].numpy() * 255).round().astype(np.uint8))
+    two = _to_rgb(torch.stack((torch.ones(5, 5), torch.zeros(5, 5)))[None])  # red and green, blue empty
+    assert (two[0, ..., 0] == 255).all() and (two[0, ..., 1:] == 0).all()
+    many = _to_rgb(torch.rand(1, 6, 5, 5, generator=gen), lo=torch.tensor([0.0]), hi=torch.tensor([1.0]))
+    assert (many[..., 0] == many[..., 1]).all()  # more than 3 channels: the mean, grey
+    assert (_to_rgb(torch.full((1, 1, 2, 2), float("nan"))) == 0).all()
+    tile = sheet(x[:1], ncols=1, zoom=1)
+    np.testing.assert_array_equal(np.asarray(tile)[2:7, 2:7], _to_rgb(x[:1])[0])  # the sheet shows exactly these
