@@ -48,8 +48,9 @@ PUBLIC = {
         "materialise", "read_idx", "svhn",
     ],
     "torchstn.train": [
-        "ClassifyTask", "DEFAULTS", "StreamSource", "Task", "TensorSource", "TrainingDiverged", "build_task",
-        "evaluate", "load_checkpoint", "load_config", "save_checkpoint", "train",
+        "ClassifyTask", "Config", "DEFAULTS", "StreamSource", "Task", "TensorSource", "TrainingDiverged",
+        "build_model", "build_task", "evaluate", "format_config", "list_tasks", "load_checkpoint", "load_config",
+        "register_task", "save_checkpoint", "train",
     ],
     "torchstn.visualize": [
         "EpochAnimator", "HEAD_COLOURS", "TransformerRecord", "attention_boxes", "capture", "draw_boxes",

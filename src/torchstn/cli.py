@@ -2,7 +2,7 @@
 
 * ``torchstn data NAME`` materialises a distorted MNIST split into the cache (or ``--cache-dir``) and writes a PNG
   sheet of samples; ``torchstn data --list`` lists the recipes and their parameters.
-* ``torchstn train --config configs/rts_st_cnn_aff.yaml [--set key=value ...]`` trains into a run directory;
+* ``torchstn train --config configs/rts.yaml [--set key=value ...]`` trains into a run directory;
   ``--resume RUN`` continues a stopped run exactly where it stopped.
 * ``torchstn eval RUN`` re-evaluates a run's checkpoint on its test split.
 * ``torchstn visualize RUN`` redraws what the run's transformers learnt.
@@ -13,7 +13,6 @@
 from __future__ import annotations
 
 import argparse
-import ast
 import json
 import sys
 import time
@@ -24,20 +23,6 @@ from typing import Any
 import torch
 
 __all__ = ["main"]
-
-
-def _parse_set(items: Sequence[str]) -> dict[str, object]:
-    """``key=value`` pairs; values are Python literals (``0.5``, ``(0.7, 1.2)``, ``None``) or plain strings."""
-    out: dict[str, object] = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise SystemExit(f"--set: expected key=value, got {item!r}")
-        try:
-            out[key] = ast.literal_eval(value)
-        except (ValueError, SyntaxError):
-            out[key] = value
-    return out
 
 
 def _cmd_data(args: argparse.Namespace) -> int:
@@ -52,7 +37,9 @@ def _cmd_data(args: argparse.Namespace) -> int:
         return 0
     if args.name is None:
         raise SystemExit("data: give a recipe name (see `torchstn data --list`)")
-    recipe = get_recipe(args.name, **_parse_set(args.set))
+    from torchstn.train.config import parse_overrides
+
+    recipe = get_recipe(args.name, **dict(parse_overrides(args.set)))
     mnist = load_mnist(args.mnist)
     source = mnist.split(args.split)
     n = len(source) if args.n is None else args.n
@@ -113,8 +100,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
 def _load_run(run: Path) -> tuple[dict[str, Any], Any, Any]:
     import yaml
 
-    from torchstn.train import build_task, load_checkpoint
-    from torchstn.train.engine import build_model
+    from torchstn.train import build_model, build_task, load_checkpoint
 
     config = yaml.safe_load((run / "config.yaml").read_text())
     model = build_model(config)

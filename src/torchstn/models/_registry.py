@@ -7,7 +7,9 @@ from typing import Any, TypeVar
 
 from torch import nn
 
-__all__ = ["create_model", "list_models", "register_model"]
+from torchstn.errors import ConfigError, ConfigKeyError
+
+__all__ = ["create_model", "list_models", "model_function", "register_model"]
 
 _MODELS: dict[str, Callable[..., nn.Module]] = {}
 F = TypeVar("F", bound=Callable[..., nn.Module])
@@ -16,7 +18,7 @@ F = TypeVar("F", bound=Callable[..., nn.Module])
 def register_model(fn: F) -> F:
     """Register ``fn`` under its name; ``create_model(name, **kw)`` calls it."""
     if fn.__name__ in _MODELS:
-        raise ValueError(f"model {fn.__name__!r} is already registered")
+        raise ConfigError(f"model {fn.__name__!r} is already registered")
     _MODELS[fn.__name__] = fn
     return fn
 
@@ -24,6 +26,21 @@ def register_model(fn: F) -> F:
 def list_models(pattern: str = "") -> list[str]:
     """Registered model names containing ``pattern``, sorted."""
     return sorted(name for name in _MODELS if pattern in name)
+
+
+def model_function(name: str) -> Callable[..., nn.Module]:
+    """The function registered under ``name``.
+
+    Raises:
+        ConfigKeyError: No model is registered under ``name``.
+    """
+    try:
+        return _MODELS[name]
+    except KeyError:
+        close = [m for m in _MODELS if name.split("_")[0] in m][:8]
+        raise ConfigKeyError(
+            f"name: unknown model {name!r}; some registered ones: {close or list_models()[:8]}"
+        ) from None
 
 
 def create_model(name: str, **kwargs: Any) -> nn.Module:
@@ -34,9 +51,4 @@ def create_model(name: str, **kwargs: Any) -> nn.Module:
         >>> model(torch.rand(2, 1, 42, 42)).shape
         torch.Size([2, 10])
     """
-    try:
-        fn = _MODELS[name]
-    except KeyError:
-        close = [m for m in _MODELS if name.split("_")[0] in m][:8]
-        raise ValueError(f"name: unknown model {name!r}; some registered ones: {close or list_models()[:8]}") from None
-    return fn(**kwargs)
+    return model_function(name)(**kwargs)

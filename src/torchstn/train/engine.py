@@ -1,13 +1,7 @@
 """The training loop: in-memory batches, checkpoints that resume exactly, NaN guard, DDP.
 
-A run directory holds everything needed to trust and repeat a result::
-
-    config.yaml     the resolved configuration (defaults + file + flags)
-    meta.json       git sha and dirty flag, seed, package versions, command line, machine, world size
-    log.jsonl       one JSON line per epoch (losses, errors, learning rate, time, images/s)
-    metrics.json    final metrics and status
-    checkpoints/    last.pt (written atomically each epoch, loaded with ``weights_only=True``)
-    pictures/       what the transformers learnt (PNG per transformer, GIF across epochs), curves.png
+The run directory's layout and files are :mod:`torchstn.train.rundir`'s; what a config builds (model,
+optimizer, schedule) is :mod:`torchstn.train.factories`'.
 
 Determinism: the order of epoch ``e`` is a permutation drawn from ``(seed, e)`` alone and the global RNG state is
 saved in each checkpoint, so a resumed run reproduces an uninterrupted one.
@@ -19,12 +13,9 @@ across processes before they are logged. gloo on CPU, nccl on GPU.
 
 from __future__ import annotations
 
-import importlib
 import json
 import math
 import os
-import platform
-import subprocess
 import sys
 import time
 from collections.abc import Iterator
@@ -38,10 +29,19 @@ import torch.distributed as dist
 import yaml
 from torch import Tensor, nn
 
-import torchstn
-from torchstn.errors import TrainingDiverged
-from torchstn.models import create_model
-from torchstn.modules import SpatialTransformer, identity_penalty, localisation_param_groups
+from torchstn.errors import ConfigError, TrainingDiverged
+from torchstn.modules import SpatialTransformer, identity_penalty
+from torchstn.train.config import validate_config
+from torchstn.train.factories import build_model, build_optimizer, build_scheduler
+from torchstn.train.rundir import (
+    CHECKPOINT,
+    load_checkpoint,
+    read_log,
+    run_meta,
+    save_checkpoint,
+    write_config,
+    write_json,
+)
 from torchstn.train.tasks import Task, build_task
 
 __all__ = [
@@ -83,67 +83,6 @@ class Dist:
         return t
 
 
-# --- run directory --------------------------------------------------------------------------------------------
-
-
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
-
-
-def _git_info() -> dict[str, Any]:
-    root = Path(__file__).resolve().parents[3]
-    try:
-        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, check=True)
-        dirty = subprocess.run(["git", "status", "--porcelain"], cwd=root, capture_output=True, text=True, check=True)
-        return {"git_sha": sha.stdout.strip(), "git_dirty": bool(dirty.stdout.strip())}
-    except (OSError, subprocess.CalledProcessError):
-        return {"git_sha": None, "git_dirty": None}
-
-
-def _meta(config: dict[str, Any], world: int) -> dict[str, Any]:
-    import numpy
-
-    return {
-        **_git_info(),
-        "seed": config["train"]["seed"],
-        "data_seed": config["data"]["seed"],
-        "command": sys.argv,
-        "versions": {
-            "torchstn": torchstn.__version__,
-            "torch": torch.__version__,
-            "numpy": numpy.__version__,
-            "python": platform.python_version(),
-        },
-        "machine": {
-            "platform": platform.platform(),
-            "processor": platform.processor() or platform.machine(),
-            "cpus": os.cpu_count(),
-            "threads": torch.get_num_threads(),
-            "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
-        },
-        "world_size": world,
-        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-    }
-
-
-def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
-    """Write a checkpoint atomically: a crash mid-write leaves the previous one intact."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, path)
-
-
-def load_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
-    """Load a checkpoint without executing pickled code (``weights_only=True``)."""
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    if not isinstance(state, dict) or "model" not in state:
-        raise ValueError(f"{path}: not a torchstn checkpoint")
-    return state
-
-
 # --- progress -------------------------------------------------------------------------------------------------
 
 
@@ -172,45 +111,8 @@ class Progress:
 # --- the loop ---------------------------------------------------------------------------------------------------
 
 
-def _resolve(value: Any) -> Any:
-    """``"call:package.module:function"`` -> the result of calling it (e.g. a user's backbone with its weights)."""
-    if isinstance(value, str) and value.startswith("call:"):
-        module, _, name = value[5:].partition(":")
-        return getattr(importlib.import_module(module), name)()
-    return value
-
-
-def build_model(config: dict[str, Any]) -> nn.Module:
-    """The config's model; keyword values ``"call:module:function"`` are replaced by what the function returns."""
-    kwargs = {k: _resolve(v) for k, v in config["model"]["kwargs"].items()}
-    return create_model(config["model"]["name"], **kwargs)
-
-
 def _transformers(model: nn.Module) -> list[SpatialTransformer]:
     return [m for m in model.modules() if isinstance(m, SpatialTransformer)]
-
-
-def _optimizer(config: dict[str, Any], model: nn.Module) -> torch.optim.Optimizer:
-    t = config["train"]
-    groups = localisation_param_groups(model, t["lr"], t["loc_lr_scale"], weight_decay=t["weight_decay"])
-    groups = [g for g in groups if g["params"]]
-    if t["optimizer"] == "sgd":
-        return torch.optim.SGD(groups, lr=t["lr"], momentum=t["momentum"])
-    if t["optimizer"] == "adam":
-        return torch.optim.Adam(groups, lr=t["lr"])
-    raise ValueError(f"train.optimizer: expected 'adam' or 'sgd', got {t['optimizer']!r}")
-
-
-def _scheduler(config: dict[str, Any], opt: torch.optim.Optimizer, total_steps: int) -> Any:
-    t = config["train"]
-    if t["schedule"] == "onecycle":
-        max_lrs = [g["lr"] for g in opt.param_groups]
-        return torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=max_lrs, total_steps=max(total_steps, 1))
-    if t["schedule"] == "step":
-        return torch.optim.lr_scheduler.StepLR(opt, step_size=t["step_every"], gamma=0.1)
-    if t["schedule"] == "constant":
-        return torch.optim.lr_scheduler.LambdaLR(opt, lambda _: 1.0)
-    raise ValueError(f"train.schedule: expected onecycle, step or constant, got {t['schedule']!r}")
 
 
 def epoch_order(n: int, seed: int, epoch: int) -> Tensor:
@@ -269,6 +171,7 @@ def train(
     Raises:
         TrainingDiverged: The loss became NaN or inf (the run directory keeps the last good checkpoint).
     """
+    config = validate_config(config)
     ctx = Dist.from_env()
     with _process_group(ctx):
         return _train(config, Path(run_dir), resume, quiet, stop_after, ctx)
@@ -281,28 +184,28 @@ def _train(
     if t["threads"]:
         torch.set_num_threads(int(t["threads"]))
     torch.manual_seed(t["seed"])
-    ckpt_path = run / "checkpoints" / "last.pt"
+    ckpt_path = run / CHECKPOINT
     if ctx.main:
         run.mkdir(parents=True, exist_ok=True)
         if resume and (run / "config.yaml").exists():
             recorded = yaml.safe_load((run / "config.yaml").read_text())
-            if recorded != config:
-                raise ValueError(f"{run}: the config differs from the one this run started with; start a new run")
+            if recorded != yaml.safe_load(yaml.safe_dump(config, sort_keys=False)):  # tuples are lists in YAML
+                raise ConfigError(f"{run}: the config differs from the one this run started with; start a new run")
         else:
-            _atomic_write_bytes(run / "config.yaml", yaml.safe_dump(config, sort_keys=False).encode())
-            _atomic_write_bytes(run / "meta.json", json.dumps(_meta(config, ctx.world), indent=1).encode())
+            write_config(run / "config.yaml", config)
+            write_json(run / "meta.json", run_meta(config, ctx.world))
             (run / "log.jsonl").unlink(missing_ok=True)
 
     task = build_task(config)
     model = build_model(config)
-    opt = _optimizer(config, model)
+    opt = build_optimizer(config, model)
     batch = int(t["batch_size"])
     n = len(task.train)
     steps_per_epoch = math.ceil(n / batch)
     total = (
         steps_per_epoch * t["epochs"] if t["max_steps"] is None else min(t["max_steps"], steps_per_epoch * t["epochs"])
     )
-    sched = _scheduler(config, opt, total)
+    sched = build_scheduler(config, opt, total)
     start_epoch, step = 0, 0
     if resume and ckpt_path.exists():
         state = load_checkpoint(ckpt_path)
@@ -393,7 +296,7 @@ def _train(
     if ctx.main:
         finished = step >= total or last_epoch == t["epochs"]
         final = {**metrics, "status": "finished" if finished else "stopped", "model": config["model"]["name"]}
-        _atomic_write_bytes(run / "metrics.json", json.dumps(final, indent=1).encode())
+        write_json(run / "metrics.json", final)
         _pictures(config, run, model, fixed, animator)
         return final
     return metrics
@@ -418,6 +321,6 @@ def _pictures(config: dict[str, Any], run: Path, model: nn.Module, fixed: Tensor
     save_transformer_pictures(model, fixed, out)
     if animator is not None and animator.num_frames:
         animator.save(out / "epochs.gif")
-    rows = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines() if line.strip()]
+    rows = read_log(run / "log.jsonl")
     if rows:
         plot_curves(rows, out / "curves.png")
