@@ -38,8 +38,8 @@ PUBLIC = {
         "TrainingDiverged",
     ],
     "torchstn.models": [
-        "STClassifier", "VolumeProjector", "create_model", "cub", "list_models", "make_transform", "mnist",
-        "parameter_count", "register_model", "svhn",
+        "STClassifier", "SingleChannelConv2d", "VolumeProjector", "common", "create_model", "cub", "list_models",
+        "make_transform", "mnist", "model_function", "parameter_count", "register_model", "supported_kwargs", "svhn",
     ],
     "torchstn.data": [
         "Batch", "CACHE_VERSION", "CoLocalisation", "DistortedMNIST", "Elastic", "MNIST", "MNISTAddition",

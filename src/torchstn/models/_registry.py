@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import inspect
+from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
 
 from torch import nn
 
 from torchstn.errors import ConfigError, ConfigKeyError
 
-__all__ = ["create_model", "list_models", "model_function", "register_model"]
+__all__ = ["create_model", "list_models", "model_function", "register_model", "supported_kwargs"]
 
 _MODELS: dict[str, Callable[..., nn.Module]] = {}
 F = TypeVar("F", bound=Callable[..., nn.Module])
@@ -41,6 +42,23 @@ def model_function(name: str) -> Callable[..., nn.Module]:
         raise ConfigKeyError(
             f"name: unknown model {name!r}; some registered ones: {close or list_models()[:8]}"
         ) from None
+
+
+def supported_kwargs(name: str, kwargs: Mapping[str, Any]) -> dict[str, Any]:
+    """The entries of ``kwargs`` that model ``name``'s function takes (all of them if it takes ``**kwargs``).
+
+    The config layer uses it so that one config serves a whole column of models: ``downsample`` (which pools a
+    transformer's output) is dropped for a plain model that has no such argument.
+
+    Example:
+        >>> supported_kwargs("cnn_baseline", {"input_shape": (1, 42, 42), "downsample": 2})
+        {'input_shape': (1, 42, 42)}
+    """
+    params = inspect.signature(model_function(name)).parameters.values()
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params):
+        return dict(kwargs)
+    names = {p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+    return {k: v for k, v in kwargs.items() if k in names}
 
 
 def create_model(name: str, **kwargs: Any) -> nn.Module:

@@ -7,7 +7,6 @@ user's backbone with its weights, for CUB).
 from __future__ import annotations
 
 import importlib
-import inspect
 from collections.abc import Collection
 from typing import Any
 
@@ -15,8 +14,7 @@ import torch
 from torch import nn
 
 from torchstn.errors import ConfigError
-from torchstn.models import create_model
-from torchstn.models._registry import model_function
+from torchstn.models import create_model, supported_kwargs
 from torchstn.modules import localisation_param_groups
 
 __all__ = ["build_model", "build_optimizer", "build_scheduler", "model_kwargs"]
@@ -37,17 +35,9 @@ def _resolve(key: str, value: Any, allow_call: Collection[str]) -> Any:
 
 
 def model_kwargs(config: dict[str, Any]) -> dict[str, Any]:
-    """The config's model keyword arguments that the model function takes (the others are dropped).
-
-    One config serves a whole column of models, so a key such as ``downsample`` (which pools a transformer's
-    output) is dropped for a plain model that has no such argument; a model that takes ``**kwargs`` gets them all.
-    """
-    kwargs = dict(config["model"]["kwargs"])
-    params = inspect.signature(model_function(config["model"]["name"])).parameters.values()
-    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params):
-        return kwargs
-    names = {p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
-    return {k: v for k, v in kwargs.items() if k in names}
+    """The config's model keyword arguments that the model function takes; the others are dropped
+    (:func:`~torchstn.models.supported_kwargs`), so one config serves a whole column of models."""
+    return supported_kwargs(config["model"]["name"], config["model"]["kwargs"])
 
 
 def build_model(config: dict[str, Any], allow_call: Collection[str] = ()) -> nn.Module:
