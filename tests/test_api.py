@@ -49,7 +49,7 @@ PUBLIC = {
     ],
     "torchstn.train": [
         "ClassifyTask", "Config", "DEFAULTS", "StreamSource", "Task", "TensorSource", "TrainingDiverged",
-        "build_model", "build_task", "evaluate", "format_config", "list_tasks", "load_checkpoint", "load_config",
+        "TrainingInterrupted", "build_model", "build_task", "evaluate", "format_config", "list_tasks", "load_checkpoint", "load_config",
         "register_task", "save_checkpoint", "train",
     ],
     "torchstn.visualize": [

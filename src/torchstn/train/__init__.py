@@ -8,7 +8,7 @@
 """
 
 from torchstn.train.config import DEFAULTS, Config, format_config, load_config
-from torchstn.train.engine import TrainingDiverged, evaluate, train
+from torchstn.train.engine import TrainingDiverged, TrainingInterrupted, evaluate, train
 from torchstn.train.factories import build_model
 from torchstn.train.rundir import load_checkpoint, save_checkpoint
 from torchstn.train.tasks import ClassifyTask, StreamSource, Task, TensorSource, build_task, list_tasks, register_task
@@ -21,6 +21,7 @@ __all__ = [
     "Task",
     "TensorSource",
     "TrainingDiverged",
+    "TrainingInterrupted",
     "build_model",
     "build_task",
     "evaluate",

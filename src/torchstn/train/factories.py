@@ -1,7 +1,9 @@
 """What a config builds: the model, the optimizer and the learning-rate schedule.
 
 Model keyword values of the form ``"call:package.module:function"`` are replaced by what the function returns (a
-user's backbone with its weights, for CUB).
+user's backbone with its weights, for CUB). Importing and calling code named by a config is refused unless the
+module is allowed explicitly for this call (``allow_call``, the CLI's ``--allow-call MODULE``): a config or a run
+directory from elsewhere must never run code by being opened.
 """
 
 from __future__ import annotations
@@ -22,12 +24,21 @@ __all__ = ["build_model", "build_optimizer", "build_scheduler", "model_kwargs"]
 CALL_PREFIX = "call:"
 
 
+def _allowed(module: str, allow_call: Collection[str]) -> bool:
+    return any(module == m or module.startswith(m + ".") for m in allow_call)
+
+
 def _resolve(key: str, value: Any, allow_call: Collection[str]) -> Any:
     if not (isinstance(value, str) and value.startswith(CALL_PREFIX)):
         return value
     module, _, name = value[len(CALL_PREFIX) :].partition(":")
     if not module or not name:
         raise ConfigError(f"model.kwargs.{key}: expected 'call:package.module:function', got {value!r}")
+    if not _allowed(module, allow_call):
+        raise ConfigError(
+            f"model.kwargs.{key}: {value!r} would import and run code from {module!r}; allow it explicitly for this "
+            f"run with --allow-call {module} (allow_call=[{module!r}])"
+        )
     fn = getattr(importlib.import_module(module), name, None)
     if not callable(fn):
         raise ConfigError(f"model.kwargs.{key}: {module}.{name} is not a function")
