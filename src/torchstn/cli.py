@@ -29,6 +29,7 @@ __all__ = ["main"]
 
 def _cmd_data(args: argparse.Namespace) -> int:
     from torchstn.data import RECIPES, get_recipe, load_mnist, materialise
+    from torchstn.errors import OptionError
     from torchstn.viz import save_sheet
 
     if args.list:
@@ -38,7 +39,7 @@ def _cmd_data(args: argparse.Namespace) -> int:
             print(f"{name:<22} {fields}")
         return 0
     if args.name is None:
-        raise SystemExit("data: give a recipe name (see `torchstn data --list`)")
+        raise OptionError("data: give a recipe name (see `torchstn data --list`)")
     from torchstn.train.config import parse_overrides
 
     recipe = get_recipe(args.name, **dict(parse_overrides(args.set)))
@@ -46,7 +47,7 @@ def _cmd_data(args: argparse.Namespace) -> int:
     source = mnist.split(args.split)
     n = len(source) if args.n is None else args.n
     if recipe.name == "volumetric" and n > 2000 and not args.force:
-        raise SystemExit(f"data: {n} volumes of {recipe.shape()} take {n * 216_000 / 1e9:.1f} GB; pass --force")
+        raise OptionError(f"data: {n} volumes of {recipe.shape()} take {n * 216_000 / 1e9:.1f} GB; pass --force")
     start = time.perf_counter()
     done = 0
 
@@ -73,11 +74,13 @@ def _cmd_data(args: argparse.Namespace) -> int:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from torchstn.errors import ConfigError, RunError
-    from torchstn.train import TrainingDiverged, load_config, train
+    from torchstn.errors import ConfigError, STNError
+    from torchstn.models import model_function
+    from torchstn.train import TrainingDiverged, format_config, load_config, train
     from torchstn.train.config import parse_overrides, set_key
     from torchstn.train.engine import TrainingInterrupted
     from torchstn.train.rundir import new_run_dir
+    from torchstn.train.tasks import task_builder
 
     if args.resume:
         if args.config is not None:
@@ -94,6 +97,12 @@ def _cmd_train(args: argparse.Namespace) -> int:
             set_key(config, key, value, raw=item.partition("=")[2])
     else:
         config = load_config(args.config, args.set)
+    if args.print_config:
+        print(format_config(config), end="")
+        return 0
+    if not args.resume:
+        model_function(config["model"]["name"])  # an unknown model or task fails before a directory is made
+        task_builder(config["task"])
         run = Path(args.out) if args.out else new_run_dir(args.runs, config["name"])
     try:
         metrics = train(
@@ -111,7 +120,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     except TrainingInterrupted as err:
         print(f"train: {err}", file=sys.stderr)
         return 128 + err.signum
-    except RunError:
+    except STNError:
         if not args.out and not args.resume:
             with contextlib.suppress(OSError):
                 run.rmdir()  # the name claimed for this run, left empty
@@ -156,11 +165,20 @@ def _load_run(
 
 
 def _cmd_eval(args: argparse.Namespace) -> int:
+    import copy
+
+    from torchstn.errors import OptionError
     from torchstn.train import evaluate
 
-    config, model, task = _load_run(Path(args.run), args.allow_call)
-    metrics = evaluate(model, task, config["train"]["eval_batch_size"])
-    print(json.dumps({"run": args.run, **metrics}))
+    if args.batch_size is not None and args.batch_size < 1:
+        raise OptionError(f"eval: --batch-size must be positive, got {args.batch_size}")
+    config, model, task = _load_run(Path(args.run), args.allow_call, args.checkpoint)
+    if args.split == "train":  # score the training source with the test metric
+        task = copy.copy(task)
+        task.test = task.train
+    metrics = evaluate(model, task, args.batch_size or config["train"]["eval_batch_size"])
+    error = metrics.pop("test_error")
+    print(json.dumps({"run": args.run, "split": args.split, **metrics, f"{args.split}_error": error}))
     return 0
 
 
@@ -218,7 +236,10 @@ def _allow_call_flag(parser: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    import torchstn
+
     parser = argparse.ArgumentParser(prog="torchstn", description="Spatial Transformer Networks for PyTorch.")
+    parser.add_argument("--version", action="version", version=f"torchstn {torchstn.__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     data = sub.add_parser("data", help="materialise a distorted MNIST split and draw a sheet of samples")
     data.add_argument("name", nargs="?", help="recipe: rotated (r), rts, projective (p), elastic (e), tc, ...")
@@ -246,12 +267,16 @@ def build_parser() -> argparse.ArgumentParser:
         "--resume", default=None, metavar="RUN", help="continue a stopped run (--set train.epochs=N extends one)"
     )
     tr.add_argument("--quiet", action="store_true", help="no progress bars or per-epoch lines")
+    tr.add_argument("--print-config", action="store_true", help="print the resolved config (YAML) and exit")
     tr.add_argument("--stop-after", type=int, default=None, metavar="EPOCHS", help="stop after EPOCHS (resume later)")
     tr.set_defaults(func=_cmd_train)
 
     _allow_call_flag(tr)
     ev = sub.add_parser("eval", help="evaluate a run's checkpoint on its test split")
     ev.add_argument("run")
+    ev.add_argument("--split", choices=("test", "train"), default="test", help="which source to score (default: test)")
+    ev.add_argument("--checkpoint", default=None, help="checkpoint file (default: RUN/checkpoints/last.pt)")
+    ev.add_argument("--batch-size", type=int, default=None, help="default: the run's train.eval_batch_size")
     _allow_call_flag(ev)
     ev.set_defaults(func=_cmd_eval)
 
@@ -272,14 +297,35 @@ def build_parser() -> argparse.ArgumentParser:
     ex.set_defaults(func=_cmd_export)
 
     mod = sub.add_parser("models", help="list the registered models")
-    mod.add_argument("filter", nargs="?", default="")
+    mod.add_argument("filter", nargs="?", default="", help="a substring or a wildcard pattern ('st_*_aff')")
     mod.set_defaults(func=_cmd_models)
     return parser
 
 
+def _one_line(err: BaseException) -> str:
+    if isinstance(err, OSError) and err.filename is not None:
+        return f"{err.filename}: {err.strerror or err}"
+    return " ".join(str(err).split()) or type(err).__name__
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run the ``torchstn`` command; return its exit status.
+
+    User errors (a bad key or value, an unknown model, a missing file, a directory that is not a run) are one line
+    on stderr and exit status 2, without a traceback; a diverged run exits with 1, an interrupted one with
+    128 + the signal number.
+    """
+    from torchstn.errors import STNError
+
     args = build_parser().parse_args(argv)
-    return int(args.func(args))
+    try:
+        return int(args.func(args))
+    except (STNError, OSError) as err:
+        print(f"torchstn {args.command}: error: {_one_line(err)}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"torchstn {args.command}: interrupted", file=sys.stderr)
+        return 130
 
 
 def _drop_working_directory_from_path(argv: Sequence[str]) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fnmatch
 import inspect
 from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
@@ -25,7 +26,15 @@ def register_model(fn: F) -> F:
 
 
 def list_models(pattern: str = "") -> list[str]:
-    """Registered model names containing ``pattern``, sorted."""
+    """Registered model names matching ``pattern``, sorted: a wildcard pattern (``*``, ``?``, ``[...]``, as
+    :mod:`fnmatch` reads them) must match the whole name, any other string is a substring.
+
+    Example:
+        >>> list_models("st_*_aff")
+        ['st_cnn_aff', 'st_fcn_aff']
+    """
+    if any(c in pattern for c in "*?["):
+        return sorted(name for name in _MODELS if fnmatch.fnmatchcase(name, pattern))
     return sorted(name for name in _MODELS if pattern in name)
 
 

@@ -32,6 +32,7 @@ import yaml
 from torch import Tensor, nn
 
 from torchstn.errors import ConfigError, NonFiniteError, RunError, TrainingDiverged
+from torchstn.models import model_function
 from torchstn.modules import SpatialTransformer, identity_penalty
 from torchstn.train.config import validate_config
 from torchstn.train.factories import build_model, build_optimizer, build_scheduler
@@ -50,7 +51,7 @@ from torchstn.train.rundir import (
     write_log,
     writing,
 )
-from torchstn.train.tasks import Task, build_task
+from torchstn.train.tasks import Task, build_task, task_builder
 
 __all__ = [
     "TrainingDiverged",
@@ -96,25 +97,35 @@ class Dist:
 
 
 class Progress:
-    """A minimal progress line on stderr, redrawn at most twice a second; silent when ``quiet``."""
+    """Progress of an epoch on stderr: a bar redrawn in place at most twice a second on a terminal, and a plain line
+    every ``every`` seconds otherwise (a log file gets no carriage returns); silent when ``quiet``."""
 
-    def __init__(self, total: int, label: str, quiet: bool) -> None:
+    def __init__(self, total: int, label: str, quiet: bool, every: float = 30.0) -> None:
         self.total, self.label, self.quiet = total, label, quiet
-        self.done, self.start, self.last = 0, time.perf_counter(), 0.0
+        self.tty = sys.stderr.isatty()
+        self.interval = 0.5 if self.tty else every
+        self.done, self.start = 0, time.perf_counter()
+        self.last = self.start
 
     def update(self, n: int, **info: float) -> None:
         self.done += n
+        if self.quiet or n == 0:
+            return
         now = time.perf_counter()
-        if self.quiet or (now - self.last < 0.5 and self.done < self.total):
+        end = self.done >= self.total
+        if now - self.last < self.interval and not (end and self.tty):
             return
         self.last = now
-        frac = self.done / max(self.total, 1)
-        bar = "#" * int(24 * frac)
         extra = " ".join(f"{k}={v:.4g}" for k, v in info.items())
         rate = self.done / max(now - self.start, 1e-9)
-        print(f"\r{self.label} [{bar:<24}] {self.done}/{self.total} {rate:.0f}/s {extra}", end="", file=sys.stderr)
-        if self.done >= self.total:
-            print(file=sys.stderr)
+        if self.tty:
+            bar = "#" * int(24 * self.done / max(self.total, 1))
+            print(f"\r{self.label} [{bar:<24}] {self.done}/{self.total} {rate:.0f}/s {extra}", end="", file=sys.stderr)
+            if end:
+                print(file=sys.stderr)
+        else:
+            pct = 100.0 * self.done / max(self.total, 1)
+            print(f"{self.label}: {self.done}/{self.total} ({pct:.0f}%) {rate:.0f}/s {extra}", file=sys.stderr)
 
 
 # --- the loop ---------------------------------------------------------------------------------------------------
@@ -220,6 +231,8 @@ def train(
         ConfigError: The config is invalid, or differs from the resumed run's in more than ``train.epochs``.
     """
     config = validate_config(config)
+    model_function(config["model"]["name"])  # an unknown model or task fails before the run directory is touched
+    task_builder(config["task"])
     run = Path(run_dir)
     ctx = Dist.from_env()
     with _process_group(ctx):

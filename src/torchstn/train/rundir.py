@@ -263,9 +263,14 @@ def _load(source: Any, path: Any) -> Any:
     try:
         return torch.load(source, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
-        raise _UnsafeCheckpoint(f"{path}: refused: the file asks to run code or build objects ({err})") from None
+        first = (str(err).strip().splitlines() or [""])[0]
+        raise _UnsafeCheckpoint(
+            f"{path}: not a torchstn checkpoint: refused by the safe loader (a corrupt file, or one that asks to build "
+            f"objects a checkpoint never holds; nothing was run): {first}"
+        ) from None
     except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, KeyError, IndexError, TypeError) as err:
-        raise CheckpointError(f"{path}: not a readable torchstn checkpoint (corrupt or truncated: {err})") from None
+        first = (str(err).strip().splitlines() or [""])[0]
+        raise CheckpointError(f"{path}: not a readable torchstn checkpoint (corrupt or truncated: {first})") from None
 
 
 def load_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
@@ -279,7 +284,7 @@ def load_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
         FileNotFoundError: There is no such file.
     """
     if not Path(path).is_file():
-        raise FileNotFoundError(errno.ENOENT, "no checkpoint", str(path))
+        raise FileNotFoundError(errno.ENOENT, "No such file (no checkpoint)", str(path))
     state = _load(path, path)
     if isinstance(state, dict) and state.get("format") == _FORMAT:
         payload = state.get("payload")

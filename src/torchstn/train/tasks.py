@@ -32,6 +32,7 @@ __all__ = [
     "build_task",
     "list_tasks",
     "register_task",
+    "task_builder",
 ]
 
 
@@ -320,10 +321,18 @@ def build_task(config: dict[str, Any]) -> Task:
         ConfigKeyError: ``task`` names no registered task.
         ConfigError: The task does not take ``data.dataset``, or a key it needs is missing.
     """
-    kind = config["task"]
-    if kind not in _TASKS:
-        raise ConfigKeyError(f"task: unknown task {kind!r}; registered: {', '.join(list_tasks())}")
-    return _TASKS[kind](config)
+    return task_builder(config["task"])(config)
+
+
+def task_builder(name: str) -> TaskBuilder:
+    """The builder registered under ``name``.
+
+    Raises:
+        ConfigKeyError: No task is registered under ``name``.
+    """
+    if name not in _TASKS:
+        raise ConfigKeyError(f"task: unknown task {name!r}; registered: {', '.join(list_tasks())}")
+    return _TASKS[name]
 
 
 def _require_dataset(config: dict[str, Any], task: str, allowed: tuple[str, ...]) -> str:
