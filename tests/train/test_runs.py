@@ -178,13 +178,32 @@ def test_log_and_checkpoint_agree_after_a_kill(tiny_mnist: Path, tmp_path: Path,
 
 
 def test_rows_logged_after_the_last_checkpoint_are_redone(tiny_mnist: Path, tmp_path: Path) -> None:
-    config = _config(tiny_mnist, tmp_path, "train.checkpoint_every=2")
+    config = _config(tiny_mnist, tmp_path, "train.checkpoint_every=2", "train.epochs=4")
     ref, run = tmp_path / "ref", tmp_path / "run"
     train(config, ref, quiet=True)
-    train(config, run, quiet=True, stop_after=1)  # epoch 1 logged, no checkpoint at epoch 1 but the stop's
-    assert len(_rows(run)) == 1
+    calls = {"n": 0}
+    real = ClassifyTask.loss
+
+    def loss(self: ClassifyTask, model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> Any:
+        calls["n"] += 1
+        if calls["n"] == 14:  # in epoch 4: epoch 3 is logged, the last checkpoint is epoch 2's
+            raise Kill
+        return real(self, model, x, y)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(ClassifyTask, "loss", loss)
+        with pytest.raises(Kill):
+            train(config, run, quiet=True)
+    assert len(_rows(run)) == 3 and load_checkpoint(run / "checkpoints" / "last.pt")["epoch"] == 2
     train(config, run, quiet=True, resume=True)
     _same_run(ref, run)
+
+
+def test_a_stopped_session_checkpoints_its_last_epoch(tiny_mnist: Path, tmp_path: Path) -> None:
+    config = _config(tiny_mnist, tmp_path, "train.checkpoint_every=5")
+    run = tmp_path / "run"
+    assert train(config, run, quiet=True, stop_after=1)["status"] == "stopped"
+    assert load_checkpoint(run / "checkpoints" / "last.pt")["epoch"] == 1
 
 
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])

@@ -449,7 +449,7 @@ def _train(
         metrics = row
         rows.append(row)
         if ctx.main:
-            if (epoch + 1) % t["checkpoint_every"] == 0 or epoch + 1 == t["epochs"] or step >= total:
+            if (epoch + 1) % t["checkpoint_every"] == 0 or epoch + 1 in (t["epochs"], last_epoch) or step >= total:
                 checkpoint(epoch + 1)  # first the checkpoint, then the log it holds
             write_log(log_path, rows)
             if animator is not None:
