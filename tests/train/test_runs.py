@@ -321,3 +321,16 @@ def test_an_unwritable_run_directory_is_found_before_training(
     with pytest.raises(RunError, match=f"cannot write: {cause}"):
         train(_config(tiny_mnist, tmp_path, "model.name=cnn_baseline"), tmp_path / "run", quiet=True)
     assert trained["steps"] == 0
+
+
+_TORCHRUN = Path(sys.executable).with_name("torchrun")
+
+
+@pytest.mark.skipif(not _TORCHRUN.exists(), reason="torchrun is not installed beside this Python")
+def test_ddp_resume_of_a_finished_run_returns_on_every_process(whole: Path) -> None:
+    before = (whole / "metrics.json").read_bytes()
+    cmd = [str(_TORCHRUN), "--nproc_per_node=2", "--master_port=29563", "-m", "torchstn.cli", "train", "--resume"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(engine.__file__).parents[2])}
+    done = subprocess.run([*cmd, str(whole), "--quiet"], capture_output=True, text=True, timeout=240, env=env)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "the run is finished" in done.stderr and (whole / "metrics.json").read_bytes() == before

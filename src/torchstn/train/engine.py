@@ -305,12 +305,15 @@ def _train(
             write_json(run / "meta.json", run_meta(config, ctx.world))
     state = load_checkpoint(ckpt_path) if resume and ckpt_path.exists() else None
     rows: list[dict[str, Any]] = []
+    extended = False
     if state is not None:
         start = int(state["epoch"])
         # The log is the checkpoint's: rows written after it (a kill before the next checkpoint) are dropped.
         rows = list(state["log"]) if "log" in state else [r for r in read_log(log_path) if r["epoch"] <= start]
-        if ctx.main and extended_from is None and _finished(state, t):
-            return _already_finished(config, run, state, rows, allow_call)
+        # Every process sees an extension in the checkpoint (older checkpoints: the main process's config check).
+        extended = extended_from is not None or int(state.get("epochs", t["epochs"])) < t["epochs"]
+        if not extended and _finished(state, t):
+            return _already_finished(config, run, state, rows, allow_call) if ctx.main else {}
     if ctx.main and resume:
         write_log(log_path, rows)
         if extended_from is not None:
@@ -336,7 +339,7 @@ def _train(
     if state is not None:
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
-        _load_scheduler(sched, state["scheduler"], extended=extended_from is not None)
+        _load_scheduler(sched, state["scheduler"], extended=extended)
         start_epoch, step = int(state["epoch"]), int(state["step"])
         partial = state.get("partial")
         torch.set_rng_state(state["rng"])
@@ -358,6 +361,7 @@ def _train(
                 "scheduler": sched.state_dict(),
                 "epoch": epoch,
                 "step": step,
+                "epochs": t["epochs"],
                 "rng": torch.get_rng_state(),
                 "log": rows,
                 "partial": position,
