@@ -2,12 +2,17 @@
 
 * ``torchstn data NAME`` materialises a distorted MNIST split into the cache (or ``--cache-dir``) and writes a PNG
   sheet of samples; ``torchstn data --list`` lists the recipes and their parameters.
-* ``torchstn train --config configs/rts.yaml [--set key=value ...]`` trains into a run directory;
-  ``--resume RUN`` continues a stopped run exactly where it stopped.
-* ``torchstn eval RUN`` re-evaluates a run's checkpoint on its test split.
+* ``torchstn train --config configs/rts.yaml [--set key=value ...]`` trains into a new run directory (``--out``
+  names one; an existing run is replaced only with ``--overwrite``); ``--print-config`` prints the resolved config;
+  ``--resume RUN`` continues a stopped run exactly where it stopped (``--set train.epochs=N`` extends a finished
+  one).
+* ``torchstn eval RUN`` re-evaluates a run's checkpoint (``--split``, ``--checkpoint``, ``--batch-size``).
 * ``torchstn visualize RUN`` redraws what the run's transformers learnt.
 * ``torchstn export RUN`` writes the run's model as ONNX (``RUN/model.onnx``) and checks it with onnxruntime.
-* ``torchstn models`` lists the registered models.
+* ``torchstn models [PATTERN]`` lists the registered models (a substring or a wildcard pattern).
+
+``model.kwargs`` values ``call:module:function`` run code, so they are refused unless ``--allow-call MODULE`` names
+the module. User errors are one line on stderr with exit status 2 (no traceback).
 """
 
 from __future__ import annotations

@@ -142,8 +142,8 @@ class Config:
         return cls(**kwargs)
 
 
-_SECTIONS: dict[str, Any] = {f.name: get_type_hints(Config)[f.name] for f in dataclasses.fields(Config)}
-_SECTIONS = {k: v for k, v in _SECTIONS.items() if dataclasses.is_dataclass(v)}
+_HINTS = get_type_hints(Config)
+_SECTIONS: dict[str, Any] = {name: hint for name, hint in _HINTS.items() if dataclasses.is_dataclass(hint)}
 
 
 def _leaf_types() -> dict[str, Any]:
