@@ -49,8 +49,8 @@ PUBLIC = {
     ],
     "torchstn.train": [
         "ClassifyTask", "Config", "DEFAULTS", "StreamSource", "Task", "TensorSource", "TrainingDiverged",
-        "TrainingInterrupted", "build_model", "build_task", "evaluate", "format_config", "list_tasks", "load_checkpoint", "load_config",
-        "register_task", "save_checkpoint", "train",
+        "TrainingInterrupted", "build_model", "build_task", "evaluate", "format_config", "list_tasks",
+        "load_checkpoint", "load_config", "register_task", "save_checkpoint", "train",
     ],
     "torchstn.visualize": [
         "EpochAnimator", "HEAD_COLOURS", "TransformerRecord", "attention_boxes", "capture", "draw_boxes",
