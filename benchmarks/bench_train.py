@@ -65,7 +65,7 @@ from torch.nn.grad import conv2d_input
 
 from _common import interleaved, machine_info
 from torchstn import ext, sample
-from torchstn.models import create_model
+from torchstn.models import create_model, supported_kwargs
 from torchstn.models.mnist import STClassifier, parameter_count
 from torchstn.modules import SpatialTransformer
 from torchstn.sampling import _transform_grid
@@ -130,7 +130,8 @@ def make_batch(batch: int, shape: Sequence[int], gen: torch.Generator) -> tuple[
 
 
 def build(name: str, column: Column) -> nn.Module:
-    return create_model(name, input_shape=column.input_shape, downsample=column.downsample)
+    kwargs = {"input_shape": column.input_shape, "downsample": column.downsample}
+    return create_model(name, **supported_kwargs(name, kwargs))  # plain models take no downsample
 
 
 # --------------------------------------------------------------------------------------------------------------------

@@ -13,8 +13,8 @@ import argparse
 import time
 from pathlib import Path
 
-from torchstn.models import create_model, parameter_count
-from torchstn.train import load_config, train
+from torchstn.models import parameter_count
+from torchstn.train import build_model, load_config, train
 
 
 def main() -> None:
@@ -28,8 +28,8 @@ def main() -> None:
         run = Path(args.runs) / model
         print(f"training {model} -> {run}", flush=True)
         start = time.perf_counter()
-        metrics = train(config, run)
-        params = parameter_count(create_model(model, **config["model"]["kwargs"]))
+        metrics = train(config, run, overwrite=True)  # the demo trains anew each time it runs
+        params = parameter_count(build_model(config))
         results.append((model, params, metrics["test_error"], time.perf_counter() - start, run))
     data = config["data"]
     print()

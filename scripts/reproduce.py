@@ -83,7 +83,8 @@ def main() -> int:
                 else:
                     config, extra = COLUMN_CONFIGS.get(column, (column, []))
                     sets = [f"model.name={model}", f"train.seed={seed}", f"name={column}-{model}", *extra, *args.set]
-                    cmd = [*exe, "--config", f"configs/{config}.yaml", "--out", str(run), "--set", *sets]
+                    # --overwrite: a cell killed before its first checkpoint starts again
+                    cmd = [*exe, "--config", f"configs/{config}.yaml", "--out", str(run), "--overwrite", "--set", *sets]
                 print(f"[run ] {' '.join(cmd[1:])}", flush=True)
                 if args.dry_run:
                     continue

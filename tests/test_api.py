@@ -39,8 +39,8 @@ PUBLIC = {
         "RunError", "STNError", "ShapeError", "TrainingDiverged",
     ],
     "torchstn.models": [
-        "STClassifier", "VolumeProjector", "create_model", "cub", "list_models", "make_transform", "mnist",
-        "parameter_count", "register_model", "svhn",
+        "STClassifier", "SingleChannelConv2d", "VolumeProjector", "common", "create_model", "cub", "list_models",
+        "make_transform", "mnist", "model_function", "parameter_count", "register_model", "supported_kwargs", "svhn",
     ],
     "torchstn.data": [
         "Batch", "CACHE_VERSION", "CoLocalisation", "DistortedMNIST", "Elastic", "MNIST", "MNISTAddition",
@@ -49,8 +49,9 @@ PUBLIC = {
         "materialise", "read_idx", "svhn",
     ],
     "torchstn.train": [
-        "ClassifyTask", "DEFAULTS", "StreamSource", "Task", "TensorSource", "TrainingDiverged", "build_task",
-        "evaluate", "load_checkpoint", "load_config", "save_checkpoint", "train",
+        "ClassifyTask", "Config", "DEFAULTS", "StreamSource", "Task", "TensorSource", "TrainingDiverged",
+        "TrainingInterrupted", "build_model", "build_task", "evaluate", "format_config", "list_tasks",
+        "load_checkpoint", "load_config", "register_task", "save_checkpoint", "train",
     ],
     "torchstn.visualize": [
         "EpochAnimator", "HEAD_COLOURS", "TransformerRecord", "attention_boxes", "capture", "draw_boxes",

@@ -2,19 +2,25 @@
 
 * ``torchstn data NAME`` materialises a distorted MNIST split into the cache (or ``--cache-dir``) and writes a PNG
   sheet of samples; ``torchstn data --list`` lists the recipes and their parameters.
-* ``torchstn train --config configs/rts_st_cnn_aff.yaml [--set key=value ...]`` trains into a run directory;
-  ``--resume RUN`` continues a stopped run exactly where it stopped.
-* ``torchstn eval RUN`` re-evaluates a run's checkpoint on its test split.
+* ``torchstn train --config configs/rts.yaml [--set key=value ...]`` trains into a new run directory (``--out``
+  names one; an existing run is replaced only with ``--overwrite``); ``--print-config`` prints the resolved config;
+  ``--resume RUN`` continues a stopped run exactly where it stopped (``--set train.epochs=N`` extends a finished
+  one).
+* ``torchstn eval RUN`` re-evaluates a run's checkpoint (``--split``, ``--checkpoint``, ``--batch-size``).
 * ``torchstn visualize RUN`` redraws what the run's transformers learnt.
 * ``torchstn export RUN`` writes the run's model as ONNX (``RUN/model.onnx``) and checks it with onnxruntime.
-* ``torchstn models`` lists the registered models.
+* ``torchstn models [PATTERN]`` lists the registered models (a substring or a wildcard pattern).
+
+``model.kwargs`` values ``call:module:function`` run code, so they are refused unless ``--allow-call MODULE`` names
+the module. User errors are one line on stderr with exit status 2 (no traceback).
 """
 
 from __future__ import annotations
 
 import argparse
-import ast
+import contextlib
 import json
+import os
 import sys
 import time
 from collections.abc import Sequence
@@ -26,22 +32,9 @@ import torch
 __all__ = ["main"]
 
 
-def _parse_set(items: Sequence[str]) -> dict[str, object]:
-    """``key=value`` pairs; values are Python literals (``0.5``, ``(0.7, 1.2)``, ``None``) or plain strings."""
-    out: dict[str, object] = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise SystemExit(f"--set: expected key=value, got {item!r}")
-        try:
-            out[key] = ast.literal_eval(value)
-        except (ValueError, SyntaxError):
-            out[key] = value
-    return out
-
-
 def _cmd_data(args: argparse.Namespace) -> int:
     from torchstn.data import RECIPES, get_recipe, load_mnist, materialise
+    from torchstn.errors import OptionError
     from torchstn.viz import save_sheet
 
     if args.list:
@@ -51,13 +44,15 @@ def _cmd_data(args: argparse.Namespace) -> int:
             print(f"{name:<22} {fields}")
         return 0
     if args.name is None:
-        raise SystemExit("data: give a recipe name (see `torchstn data --list`)")
-    recipe = get_recipe(args.name, **_parse_set(args.set))
+        raise OptionError("data: give a recipe name (see `torchstn data --list`)")
+    from torchstn.train.config import parse_overrides
+
+    recipe = get_recipe(args.name, **dict(parse_overrides(args.set)))
     mnist = load_mnist(args.mnist)
     source = mnist.split(args.split)
     n = len(source) if args.n is None else args.n
     if recipe.name == "volumetric" and n > 2000 and not args.force:
-        raise SystemExit(f"data: {n} volumes of {recipe.shape()} take {n * 216_000 / 1e9:.1f} GB; pass --force")
+        raise OptionError(f"data: {n} volumes of {recipe.shape()} take {n * 216_000 / 1e9:.1f} GB; pass --force")
     start = time.perf_counter()
     done = 0
 
@@ -83,58 +78,119 @@ def _cmd_data(args: argparse.Namespace) -> int:
     return 0
 
 
-def _run_name(config: dict[str, object]) -> str:
-    return f"{config['name']}-{time.strftime('%Y%m%d-%H%M%S')}"
-
-
 def _cmd_train(args: argparse.Namespace) -> int:
-    import yaml
-
-    from torchstn.train import TrainingDiverged, load_config, train
+    from torchstn.errors import ConfigError, STNError
+    from torchstn.models import model_function
+    from torchstn.train import TrainingDiverged, format_config, load_config, train
+    from torchstn.train.config import parse_overrides, set_key
+    from torchstn.train.engine import TrainingInterrupted
+    from torchstn.train.rundir import new_run_dir
+    from torchstn.train.tasks import task_builder
 
     if args.resume:
+        if args.config is not None:
+            raise ConfigError("train: --config cannot be given with --resume (the run keeps its own config.yaml)")
+        if args.out is not None or args.overwrite:
+            raise ConfigError("train: --out and --overwrite start a new run; they cannot be given with --resume")
         run = Path(args.resume)
-        config = yaml.safe_load((run / "config.yaml").read_text())
-        if args.set:
-            raise SystemExit("train: --set cannot change a run being resumed")
+        config = _recorded_config(run)
+        for item, (key, value) in zip(args.set, parse_overrides(args.set), strict=True):
+            if key != "train.epochs":
+                raise ConfigError(
+                    f"train: --set {key} cannot change a run being resumed (only train.epochs, to extend)"
+                )
+            set_key(config, key, value, raw=item.partition("=")[2])
     else:
         config = load_config(args.config, args.set)
-        run = Path(args.out) if args.out else Path(args.runs) / _run_name(config)
+    if args.print_config:
+        print(format_config(config), end="")
+        return 0
+    if not args.resume:
+        model_function(config["model"]["name"])  # an unknown model or task fails before a directory is made
+        task_builder(config["task"])
+        run = Path(args.out) if args.out else new_run_dir(args.runs, config["name"])
     try:
-        metrics = train(config, run, resume=bool(args.resume), quiet=args.quiet, stop_after=args.stop_after)
+        metrics = train(
+            config,
+            run,
+            resume=bool(args.resume),
+            quiet=args.quiet,
+            stop_after=args.stop_after,
+            overwrite=args.overwrite,
+            allow_call=args.allow_call,
+        )
     except TrainingDiverged as err:
         print(f"train: stopped: {err}", file=sys.stderr)
         return 1
+    except TrainingInterrupted as err:
+        print(f"train: {err}", file=sys.stderr)
+        return 128 + err.signum
+    except STNError:
+        if not args.out and not args.resume:
+            with contextlib.suppress(OSError):
+                run.rmdir()  # the name claimed for this run, left empty
+        raise
     if metrics:
         print(f"{run}: test error {metrics.get('test_error', float('nan')):.2f}% after {metrics.get('epoch')} epochs")
     return 0
 
 
-def _load_run(run: Path) -> tuple[dict[str, Any], Any, Any]:
+def _recorded_config(run: Path) -> dict[str, Any]:
+    """A run directory's config.yaml, validated."""
     import yaml
 
-    from torchstn.train import build_task, load_checkpoint
-    from torchstn.train.engine import build_model
+    from torchstn.errors import ConfigError, RunError
+    from torchstn.train.config import validate_config
 
-    config = yaml.safe_load((run / "config.yaml").read_text())
-    model = build_model(config)
-    model.load_state_dict(load_checkpoint(run / "checkpoints" / "last.pt")["model"])
+    path = run / "config.yaml"
+    if not run.is_dir():
+        raise RunError(f"{run}: no such run directory")
+    if not path.is_file():
+        raise RunError(f"{run}: not a run directory (no config.yaml)")
+    try:
+        recorded = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML ({err})") from None
+    return validate_config(recorded)
+
+
+def _load_run(
+    run: Path, allow_call: Sequence[str] = (), checkpoint: str | None = None
+) -> tuple[dict[str, Any], Any, Any]:
+    """A run's config, its model with the checkpoint's weights, and its task.
+
+    Code named by ``model.kwargs`` ``call:`` values runs only for modules in ``allow_call``.
+    """
+    from torchstn.train import build_model, build_task, load_checkpoint
+
+    config = _recorded_config(run)
+    model = build_model(config, allow_call)
+    model.load_state_dict(load_checkpoint(Path(checkpoint) if checkpoint else run / "checkpoints" / "last.pt")["model"])
     return config, model, build_task(config)
 
 
 def _cmd_eval(args: argparse.Namespace) -> int:
+    import copy
+
+    from torchstn.errors import OptionError
     from torchstn.train import evaluate
 
-    config, model, task = _load_run(Path(args.run))
-    metrics = evaluate(model, task, config["train"]["eval_batch_size"])
-    print(json.dumps({"run": args.run, **metrics}))
+    if args.batch_size is not None and args.batch_size < 1:
+        raise OptionError(f"eval: --batch-size must be positive, got {args.batch_size}")
+    config, model, task = _load_run(Path(args.run), args.allow_call, args.checkpoint)
+    if args.split == "train":  # score the training source with the test metric
+        task = copy.copy(task)
+        task.test = task.train
+    metrics = evaluate(model, task, args.batch_size or config["train"]["eval_batch_size"])
+    error = metrics.pop("test_error")
+    print(json.dumps({"run": args.run, "split": args.split, **metrics, f"{args.split}_error": error}))
     return 0
 
 
 def _cmd_visualize(args: argparse.Namespace) -> int:
     from torchstn.visualize import save_transformer_pictures
 
-    _, model, task = _load_run(Path(args.run))
+    _, model, task = _load_run(Path(args.run), args.allow_call)
     x = task.test.batch(torch.arange(min(args.count, len(task.test))))[0]
     out = Path(args.out) if args.out else Path(args.run) / "pictures"
     for path in save_transformer_pictures(model, x, out):
@@ -142,13 +198,27 @@ def _cmd_visualize(args: argparse.Namespace) -> int:
     return 0
 
 
+MIN_OPSET = 16  # ONNX GridSample
+
+
 def _cmd_export(args: argparse.Namespace) -> int:
+    from torchstn.errors import OptionError
     from torchstn.export import export_onnx
 
-    _, model, task = _load_run(Path(args.run))
+    if args.opset is not None and args.opset < MIN_OPSET:
+        raise OptionError(f"export: --opset {args.opset} cannot hold GridSample; give {MIN_OPSET} or later")
+    _, model, task = _load_run(Path(args.run), args.allow_call)
     example = task.test.batch(torch.arange(min(args.batch, len(task.test))))[0]
     out = Path(args.out) if args.out else Path(args.run) / "model.onnx"
-    print(export_onnx(model, example, out, check=not args.no_check, opset=args.opset))
+    path = export_onnx(model, example, out, check=not args.no_check, opset=args.opset)
+    if args.opset is not None:
+        import onnx
+
+        got = max((o.version for o in onnx.load(str(path)).opset_import if o.domain in ("", "ai.onnx")), default=None)
+        if got != args.opset:
+            path.unlink(missing_ok=True)
+            raise OptionError(f"export: the exporter cannot write opset {args.opset} for this model (it wrote {got})")
+    print(path)
     return 0
 
 
@@ -159,8 +229,22 @@ def _cmd_models(args: argparse.Namespace) -> int:
     return 0
 
 
+def _allow_call_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--allow-call",
+        action="append",
+        default=[],
+        metavar="MODULE",
+        help="let model.kwargs values 'call:MODULE:function' import and run MODULE (and its submodules); "
+        "without it a config never runs code",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
+    import torchstn
+
     parser = argparse.ArgumentParser(prog="torchstn", description="Spatial Transformer Networks for PyTorch.")
+    parser.add_argument("--version", action="version", version=f"torchstn {torchstn.__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     data = sub.add_parser("data", help="materialise a distorted MNIST split and draw a sheet of samples")
     data.add_argument("name", nargs="?", help="recipe: rotated (r), rts, projective (p), elastic (e), tc, ...")
@@ -181,25 +265,36 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument(
         "--set", nargs="*", default=[], metavar="KEY=VALUE", help="override config keys, e.g. train.epochs=3"
     )
-    tr.add_argument("--out", default=None, help="run directory (default: RUNS/NAME-TIMESTAMP)")
+    tr.add_argument("--out", default=None, help="run directory (default: a new RUNS/NAME-TIMESTAMP)")
+    tr.add_argument("--overwrite", action="store_true", help="replace the run that --out holds")
     tr.add_argument("--runs", default="runs", help="parent of new run directories (default: runs)")
-    tr.add_argument("--resume", default=None, metavar="RUN", help="continue a stopped run")
+    tr.add_argument(
+        "--resume", default=None, metavar="RUN", help="continue a stopped run (--set train.epochs=N extends one)"
+    )
     tr.add_argument("--quiet", action="store_true", help="no progress bars or per-epoch lines")
+    tr.add_argument("--print-config", action="store_true", help="print the resolved config (YAML) and exit")
     tr.add_argument("--stop-after", type=int, default=None, metavar="EPOCHS", help="stop after EPOCHS (resume later)")
     tr.set_defaults(func=_cmd_train)
 
+    _allow_call_flag(tr)
     ev = sub.add_parser("eval", help="evaluate a run's checkpoint on its test split")
     ev.add_argument("run")
+    ev.add_argument("--split", choices=("test", "train"), default="test", help="which source to score (default: test)")
+    ev.add_argument("--checkpoint", default=None, help="checkpoint file (default: RUN/checkpoints/last.pt)")
+    ev.add_argument("--batch-size", type=int, default=None, help="default: the run's train.eval_batch_size")
+    _allow_call_flag(ev)
     ev.set_defaults(func=_cmd_eval)
 
     vis = sub.add_parser("visualize", help="draw what a run's transformers learnt")
     vis.add_argument("run")
+    _allow_call_flag(vis)
     vis.add_argument("--count", type=int, default=16)
     vis.add_argument("--out", default=None)
     vis.set_defaults(func=_cmd_visualize)
 
     ex = sub.add_parser("export", help="export a run's model to ONNX (dynamic batch), checked with onnxruntime")
     ex.add_argument("run")
+    _allow_call_flag(ex)
     ex.add_argument("--out", default=None, help="ONNX file (default: RUN/model.onnx)")
     ex.add_argument("--batch", type=int, default=2, help="example batch taken from the test split (default: 2)")
     ex.add_argument("--opset", type=int, default=None, help="ONNX opset (default: the exporter's)")
@@ -207,15 +302,46 @@ def build_parser() -> argparse.ArgumentParser:
     ex.set_defaults(func=_cmd_export)
 
     mod = sub.add_parser("models", help="list the registered models")
-    mod.add_argument("filter", nargs="?", default="")
+    mod.add_argument("filter", nargs="?", default="", help="a substring or a wildcard pattern ('st_*_aff')")
     mod.set_defaults(func=_cmd_models)
     return parser
 
 
+def _one_line(err: BaseException) -> str:
+    if isinstance(err, OSError) and err.filename is not None:
+        return f"{err.filename}: {err.strerror or err}"
+    return " ".join(str(err).split()) or type(err).__name__
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run the ``torchstn`` command; return its exit status.
+
+    User errors (a bad key or value, an unknown model, a missing file, a directory that is not a run) are one line
+    on stderr and exit status 2, without a traceback; a diverged run exits with 1, an interrupted one with
+    128 + the signal number.
+    """
+    from torchstn.errors import STNError
+
     args = build_parser().parse_args(argv)
-    return int(args.func(args))
+    try:
+        return int(args.func(args))
+    except (STNError, OSError) as err:
+        print(f"torchstn {args.command}: error: {_one_line(err)}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"torchstn {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+def _drop_working_directory_from_path(argv: Sequence[str]) -> None:
+    """``python -m torchstn.cli`` puts the working directory first on ``sys.path``: a ``.py`` file in a run
+    directory would then shadow the modules imported later. Drop it, unless ``--allow-call`` asks for user code."""
+    if "--allow-call" in argv or any(a.startswith("--allow-call=") for a in argv):
+        return
+    here = {"", ".", os.getcwd()}
+    sys.path[:] = [p for p in sys.path if p not in here]
 
 
 if __name__ == "__main__":
+    _drop_working_directory_from_path(sys.argv[1:])
     raise SystemExit(main())

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import json
+import re
+from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
 from torch import nn
 
-from torchstn.models import create_model, list_models, parameter_count
+from torchstn import models
+from torchstn.models import create_model, list_models, model_function, parameter_count, supported_kwargs
 from torchstn.modules import SpatialTransformer
 
 
@@ -82,7 +86,8 @@ def test_forward_backward_and_identity_at_init(name: str) -> None:
 def test_a_column_shares_one_parameter_budget(column: tuple[tuple[int, int, int], int]) -> None:
     shape, downsample = column
     names = ["fcn_baseline", "cnn_baseline", "st_fcn_aff", "st_fcn_proj", "st_fcn_tps", "st_cnn_aff", "st_cnn_tps"]
-    counts = {name: parameter_count(create_model(name, input_shape=shape, downsample=downsample)) for name in names}
+    kwargs = {"input_shape": shape, "downsample": downsample}  # the config layer drops downsample for plain models
+    counts = {name: parameter_count(create_model(name, **supported_kwargs(name, kwargs))) for name in names}
     budget = counts["cnn_baseline"]
     for name, count in counts.items():
         if name.startswith("st_fcn") and shape[-1] == 60:
@@ -91,3 +96,39 @@ def test_a_column_shares_one_parameter_budget(column: tuple[tuple[int, int, int]
             assert count > budget
             continue
         assert 0.9 * budget <= count <= budget, (name, count, budget)
+
+
+FINGERPRINTS = json.loads((Path(__file__).with_name("model_fingerprints.json")).read_text())
+
+
+@pytest.mark.parametrize("name", sorted(FINGERPRINTS))
+def test_models_build_as_before_for_a_seed(name: str) -> None:
+    """Recorded before the registrations were made explicit: the same names build the same weights."""
+    torch.manual_seed(0)
+    sd = create_model(name).state_dict()
+    want = FINGERPRINTS[name]
+    assert (len(sd), sum(v.numel() for v in sd.values())) == (want["keys"], want["numel"])
+    assert float(sum(v.double().sum() for v in sd.values())) == pytest.approx(want["sum"], rel=1e-9, abs=1e-9)
+    assert float(sum(v.double().abs().sum() for v in sd.values())) == pytest.approx(want["abs"], rel=1e-9)
+
+
+def test_every_registered_name_is_a_greppable_function() -> None:
+    source = "\n".join(p.read_text() for p in Path(models.__file__).parent.glob("*.py"))
+    for name in list_models():
+        assert re.search(rf"^@register_model\ndef {name}\(", source, re.M), name
+        assert model_function(name).__name__ == name and model_function(name).__doc__
+
+
+def test_the_config_layer_drops_keys_a_model_does_not_take() -> None:
+    kwargs = {"input_shape": (1, 42, 42), "downsample": 2}
+    assert supported_kwargs("cnn_baseline", kwargs) == {"input_shape": (1, 42, 42)}
+    assert supported_kwargs("st_cnn_aff", kwargs) == kwargs
+    assert supported_kwargs("cub_2xst_cnn", {"anything": 1}) == {"anything": 1}  # takes **kwargs
+    with pytest.raises(TypeError, match="downsample"):
+        create_model("fcn_baseline", downsample=2)  # the model itself no longer accepts and ignores it
+    from torchstn.train import build_model, load_config
+
+    model = build_model(load_config(None, ["model.name=fcn_baseline", f"model.kwargs={kwargs}"]))
+    assert model(torch.rand(2, 1, 42, 42)).shape == (2, 10)
+    with pytest.raises(KeyError, match="unknown model"):
+        supported_kwargs("nope", {})

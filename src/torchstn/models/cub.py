@@ -1,6 +1,6 @@
 """The paper's CUB-200-2011 birds models (section 4.3): parallel attention transformers feeding part networks.
 
-Architectures follow PAPER.md section 4; the choices the paper leaves open are this library's:
+Architectures follow the paper's section 4.3; the choices the paper leaves open are this library's:
 
 * **Backbone.** The paper fine-tunes an ImageNet-pretrained Inception with batch normalisation. No weights are
   downloaded here: pass any ``nn.Module`` mapping ``(B, 3, crop, crop)`` images to ``(B, feature_dim)`` features

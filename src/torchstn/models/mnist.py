@@ -1,6 +1,6 @@
 """The paper's MNIST models: distorted MNIST, MNIST addition, co-localisation and the 3D transformer.
 
-Architectures follow PAPER.md section 2 and appendix 5; choices the reconstructed appendix leaves open are this
+Architectures follow the paper's section 4.1 and appendix; choices the reconstructed appendix leaves open are this
 library's and are documented here:
 
 * Classifiers have three weight layers. FCN: two hidden fully connected layers + classifier. CNN: conv 9x9 ->
@@ -20,13 +20,12 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from torchstn.models._registry import register_model
+from torchstn.models.common import SingleChannelConv2d, STClassifier, make_transform, parameter_count
 from torchstn.modules import (
     Bounds,
     LocalisationNet,
@@ -35,38 +34,37 @@ from torchstn.modules import (
     conv_localisation,
     mlp_localisation,
 )
-from torchstn.transforms import Affine, Affine3D, Attention, Projective, Similarity, ThinPlateSpline, Transform
+from torchstn.transforms import Affine3D, Attention, Transform
 
 __all__ = [
-    "STClassifier",
+    "STClassifier",  # re-exported from torchstn.models.common, where it lives
     "SingleChannelConv2d",
     "VolumeProjector",
+    "addition_2xst_fcn_aff",
+    "addition_2xst_fcn_proj",
+    "addition_2xst_fcn_tps",
+    "addition_cnn",
+    "addition_fcn",
+    "addition_st_fcn_aff",
+    "addition_st_fcn_proj",
+    "addition_st_fcn_tps",
     "cnn",
+    "cnn_baseline",
+    "coloc_attention",
     "fcn",
+    "fcn_baseline",
     "make_transform",
     "parameter_count",
+    "st3d_aff",
+    "st_cnn_aff",
+    "st_cnn_proj",
+    "st_cnn_tps",
+    "st_fcn_aff",
+    "st_fcn_proj",
+    "st_fcn_tps",
 ]
 
 Shape = tuple[int, int, int]
-
-
-def make_transform(name: str) -> Transform:
-    """A transform from its short name: ``aff``, ``proj``, ``tps`` (4x4 grid), ``sim``, ``att``."""
-    table: dict[str, Callable[[], Transform]] = {
-        "aff": Affine,
-        "proj": Projective,
-        "tps": lambda: ThinPlateSpline((4, 4)),
-        "sim": Similarity,
-        "att": Attention,
-    }
-    if name not in table:
-        raise ValueError(f"transform: expected one of {', '.join(table)}, got {name!r}")
-    return table[name]()
-
-
-def parameter_count(model: nn.Module) -> int:
-    """Number of trainable parameters."""
-    return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
 def fcn(input_shape: Sequence[int], num_classes: int, hidden: int) -> nn.Sequential:
@@ -79,46 +77,6 @@ def fcn(input_shape: Sequence[int], num_classes: int, hidden: int) -> nn.Sequent
         nn.ReLU(inplace=True),
         nn.Linear(hidden, num_classes),
     )
-
-
-class _NativeConv2d(torch.autograd.Function):
-    """Stride-1 conv2d through PyTorch's native CPU kernels (``_slow_conv2d_*``) instead of oneDNN's."""
-
-    @staticmethod
-    def forward(ctx: Any, x: Tensor, weight: Tensor, bias: Tensor | None, padding: tuple[int, int]) -> Tensor:
-        ctx.save_for_backward(x, weight)
-        ctx.padding, ctx.has_bias = list(padding), bias is not None
-        kernel = list(weight.shape[-2:])
-        return torch.ops.aten._slow_conv2d_forward(x, weight, kernel, bias, [1, 1], ctx.padding)  # type: ignore[no-any-return]
-
-    @staticmethod
-    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, Tensor | None, Tensor | None, None]:
-        x, weight = ctx.saved_tensors
-        mask = [ctx.needs_input_grad[0], ctx.needs_input_grad[1], ctx.has_bias and ctx.needs_input_grad[2]]
-        kernel = list(weight.shape[-2:])
-        gx, gw, gb = torch.ops.aten._slow_conv2d_backward(
-            grad.contiguous(), x, weight, kernel, [1, 1], ctx.padding, mask
-        )
-        return gx, gw, gb, None
-
-
-class SingleChannelConv2d(nn.Conv2d):
-    """The classifier's first convolution: one input channel, stride 1, odd kernel, "same" padding.
-
-    On CPU it runs through PyTorch's native kernels: oneDNN computes the input gradient of a one-channel
-    convolution several times slower than its forward pass, and that gradient is exactly what a spatial
-    transformer in front of the classifier adds to every step (``benchmarks/bench_train.py`` measures it).
-    Elsewhere (GPU, ``torch.compile``) it is a plain ``nn.Conv2d``. Parameters and ``state_dict`` are the same.
-    """
-
-    def __init__(self, out_channels: int, kernel_size: int) -> None:
-        super().__init__(1, out_channels, kernel_size, padding=kernel_size // 2)
-
-    def forward(self, x: Tensor) -> Tensor:
-        if x.device.type != "cpu" or torch.compiler.is_compiling():
-            return super().forward(x)
-        padding = (int(self.padding[0]), int(self.padding[1]))
-        return _NativeConv2d.apply(x, self.weight, self.bias, padding)  # type: ignore[no-any-return, no-untyped-call]
 
 
 def cnn(input_shape: Sequence[int], num_classes: int, channels: tuple[int, int] = (32, 32)) -> nn.Sequential:
@@ -135,28 +93,6 @@ def cnn(input_shape: Sequence[int], num_classes: int, channels: tuple[int, int] 
         nn.Flatten(),
         nn.Linear(channels[1] * (h // 4) * (w // 4), num_classes),
     )
-
-
-class STClassifier(nn.Module):
-    """A spatial transformer (or several) on the input, optional average pooling, then a classifier.
-
-    Args:
-        transformer: A :class:`~torchstn.modules.SpatialTransformer` or a parallel container.
-        classifier: Takes the (pooled) transformer output.
-        downsample: Average-pooling factor after the transformer (1: none).
-    """
-
-    def __init__(self, transformer: nn.Module, classifier: nn.Module, downsample: int = 1) -> None:
-        super().__init__()
-        self.transformer = transformer
-        self.classifier = classifier
-        self.downsample = downsample
-
-    def forward(self, x: Tensor) -> Tensor:
-        y = self.transformer(x)
-        if self.downsample > 1:
-            y = F.avg_pool2d(y, self.downsample)
-        return self.classifier(y)  # type: ignore[no-any-return]
 
 
 def _count(make: Callable[[], nn.Module]) -> int:
@@ -234,39 +170,67 @@ def _plain(kind: str, input_shape: Shape, num_classes: int, budget: int | None) 
 
 
 @register_model
-def fcn_baseline(
-    input_shape: Shape = (1, 28, 28), num_classes: int = 10, budget: int | None = None, downsample: int = 1
-) -> nn.Module:
-    """FCN: two hidden layers sized to the column's budget. ``downsample`` pools a transformer's output, so a
-    plain model has nothing to pool: it is accepted (and ignored) so that one config serves a whole column."""
-    del downsample
+def fcn_baseline(input_shape: Shape = (1, 28, 28), num_classes: int = 10, budget: int | None = None) -> nn.Module:
+    """FCN: two hidden layers sized to the column's budget. A config's ``downsample`` (which pools a
+    transformer's output) is dropped by the config layer for plain models, so one config serves a whole column."""
     return _plain("fcn", input_shape, num_classes, budget)
 
 
 @register_model
-def cnn_baseline(
-    input_shape: Shape = (1, 28, 28), num_classes: int = 10, budget: int | None = None, downsample: int = 1
-) -> nn.Module:
-    """CNN: conv 9x9 -> pool -> conv 7x7 -> pool -> classifier (32 and 32 channels, the budget). ``downsample``
-    is accepted and ignored, as for :func:`fcn_baseline`."""
-    del downsample
+def cnn_baseline(input_shape: Shape = (1, 28, 28), num_classes: int = 10, budget: int | None = None) -> nn.Module:
+    """CNN: conv 9x9 -> pool -> conv 7x7 -> pool -> classifier (32 and 32 channels, the budget)."""
     return _plain("cnn", input_shape, num_classes, budget)
 
 
-def _register_st(kind: str, transform: str) -> None:
-    def build(
-        input_shape: Shape = (1, 28, 28), num_classes: int = 10, downsample: int = 1, budget: int | None = None
-    ) -> nn.Module:
-        return _build_st(kind, transform, input_shape, num_classes, downsample, budget)
-
-    build.__name__ = f"st_{kind}_{transform}"
-    build.__doc__ = f"ST-{kind.upper()} with a {transform} transformer on the input (paper Table 1)."
-    register_model(build)
+# ST models of Table 1: ``(input_shape, num_classes, downsample, budget)``; ``downsample`` pools the ST output.
 
 
-for _kind in ("fcn", "cnn"):
-    for _t in ("aff", "proj", "tps"):
-        _register_st(_kind, _t)
+@register_model
+def st_fcn_aff(
+    input_shape: Shape = (1, 28, 28), num_classes: int = 10, downsample: int = 1, budget: int | None = None
+) -> nn.Module:
+    """ST-FCN with an affine transformer on the input (paper Table 1)."""
+    return _build_st("fcn", "aff", input_shape, num_classes, downsample, budget)
+
+
+@register_model
+def st_fcn_proj(
+    input_shape: Shape = (1, 28, 28), num_classes: int = 10, downsample: int = 1, budget: int | None = None
+) -> nn.Module:
+    """ST-FCN with a projective transformer on the input (paper Table 1)."""
+    return _build_st("fcn", "proj", input_shape, num_classes, downsample, budget)
+
+
+@register_model
+def st_fcn_tps(
+    input_shape: Shape = (1, 28, 28), num_classes: int = 10, downsample: int = 1, budget: int | None = None
+) -> nn.Module:
+    """ST-FCN with a 16-point thin plate spline transformer on the input (paper Table 1)."""
+    return _build_st("fcn", "tps", input_shape, num_classes, downsample, budget)
+
+
+@register_model
+def st_cnn_aff(
+    input_shape: Shape = (1, 28, 28), num_classes: int = 10, downsample: int = 1, budget: int | None = None
+) -> nn.Module:
+    """ST-CNN with an affine transformer on the input (paper Table 1)."""
+    return _build_st("cnn", "aff", input_shape, num_classes, downsample, budget)
+
+
+@register_model
+def st_cnn_proj(
+    input_shape: Shape = (1, 28, 28), num_classes: int = 10, downsample: int = 1, budget: int | None = None
+) -> nn.Module:
+    """ST-CNN with a projective transformer on the input (paper Table 1)."""
+    return _build_st("cnn", "proj", input_shape, num_classes, downsample, budget)
+
+
+@register_model
+def st_cnn_tps(
+    input_shape: Shape = (1, 28, 28), num_classes: int = 10, downsample: int = 1, budget: int | None = None
+) -> nn.Module:
+    """ST-CNN with a 16-point thin plate spline transformer on the input (paper Table 1)."""
+    return _build_st("cnn", "tps", input_shape, num_classes, downsample, budget)
 
 
 # --- MNIST addition -------------------------------------------------------------------------------------------
@@ -286,35 +250,59 @@ def addition_cnn(budget: int | None = None) -> nn.Module:
     return _plain("cnn", _ADD_SHAPE, 19, budget)
 
 
-def _register_addition(transform: str, parallel: int) -> None:
-    def build(budget: int | None = None) -> nn.Module:
-        b = _budget(_ADD_SHAPE, 19) if budget is None else budget
+def _build_addition(transform: str, parallel: int, budget: int | None) -> nn.Module:
+    """``parallel`` transformers of one family, each seeing both channels, concatenated on channels for the FCN."""
+    b = _budget(_ADD_SHAPE, 19) if budget is None else budget
 
-        def make_transformer() -> nn.Module:
-            sts = []
-            for _ in range(parallel):
-                t = make_transform(transform)
-                sts.append(SpatialTransformer(_st_fcn_loc(_ADD_SHAPE, t), t))
-            return sts[0] if parallel == 1 else ParallelSpatialTransformer(sts, combine="concat")
+    def make_transformer() -> nn.Module:
+        sts = []
+        for _ in range(parallel):
+            t = make_transform(transform)
+            sts.append(SpatialTransformer(_st_fcn_loc(_ADD_SHAPE, t), t))
+        return sts[0] if parallel == 1 else ParallelSpatialTransformer(sts, combine="concat")
 
-        def make_head(width: int) -> nn.Module:
-            return fcn((2 * parallel, 42, 42), 19, width)
+    def make_head(width: int) -> nn.Module:
+        return fcn((2 * parallel, 42, 42), 19, width)
 
-        width = _classifier_width(make_head, b, _count(make_transformer))
-        return STClassifier(make_transformer(), make_head(width))
-
-    prefix = "st" if parallel == 1 else f"{parallel}xst"
-    build.__name__ = f"addition_{prefix}_fcn_{transform}"
-    build.__doc__ = (
-        f"MNIST addition, {parallel} parallel {transform} transformer(s), each seeing both channels; their outputs "
-        "are concatenated on channels for the FCN."
-    )
-    register_model(build)
+    width = _classifier_width(make_head, b, _count(make_transformer))
+    return STClassifier(make_transformer(), make_head(width))
 
 
-for _t in ("aff", "proj", "tps"):
-    _register_addition(_t, 1)
-    _register_addition(_t, 2)
+@register_model
+def addition_st_fcn_aff(budget: int | None = None) -> nn.Module:
+    """MNIST addition, one affine transformer seeing both channels, then the FCN."""
+    return _build_addition("aff", 1, budget)
+
+
+@register_model
+def addition_st_fcn_proj(budget: int | None = None) -> nn.Module:
+    """MNIST addition, one projective transformer seeing both channels, then the FCN."""
+    return _build_addition("proj", 1, budget)
+
+
+@register_model
+def addition_st_fcn_tps(budget: int | None = None) -> nn.Module:
+    """MNIST addition, one thin plate spline transformer seeing both channels, then the FCN."""
+    return _build_addition("tps", 1, budget)
+
+
+@register_model
+def addition_2xst_fcn_aff(budget: int | None = None) -> nn.Module:
+    """MNIST addition, 2 parallel affine transformers, each seeing both channels; their outputs are concatenated
+    on channels for the FCN."""
+    return _build_addition("aff", 2, budget)
+
+
+@register_model
+def addition_2xst_fcn_proj(budget: int | None = None) -> nn.Module:
+    """MNIST addition, 2 parallel projective transformers (outputs concatenated on channels for the FCN)."""
+    return _build_addition("proj", 2, budget)
+
+
+@register_model
+def addition_2xst_fcn_tps(budget: int | None = None) -> nn.Module:
+    """MNIST addition, 2 parallel thin plate spline transformers (outputs concatenated on channels for the FCN)."""
+    return _build_addition("tps", 2, budget)
 
 
 # --- co-localisation ------------------------------------------------------------------------------------------

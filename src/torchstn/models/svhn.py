@@ -1,6 +1,6 @@
 """The paper's SVHN models (section 4.2): a multi-digit sequence CNN with and without spatial transformers.
 
-Architectures follow PAPER.md section 3. The baseline is the sequence CNN of Goodfellow et al. (2013), "Multi-digit
+Architectures follow the paper's section 4.2. The baseline is the sequence CNN of Goodfellow et al. (2013), "Multi-digit
 Number Recognition from Street View Imagery using Deep Convolutional Neural Networks", as the paper's baseline is;
 where neither paper pins a detail down the choice is this library's and is documented here:
 

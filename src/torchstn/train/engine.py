@@ -1,13 +1,7 @@
 """The training loop: in-memory batches, checkpoints that resume exactly, NaN guard, DDP.
 
-A run directory holds everything needed to trust and repeat a result::
-
-    config.yaml     the resolved configuration (defaults + file + flags)
-    meta.json       git sha and dirty flag, seed, package versions, command line, machine, world size
-    log.jsonl       one JSON line per epoch (losses, errors, learning rate, time, images/s)
-    metrics.json    final metrics and status
-    checkpoints/    last.pt (written atomically each epoch, loaded with ``weights_only=True``)
-    pictures/       what the transformers learnt (PNG per transformer, GIF across epochs), curves.png
+The run directory's layout and files are :mod:`torchstn.train.rundir`'s; what a config builds (model,
+optimizer, schedule) is :mod:`torchstn.train.factories`'.
 
 Determinism: the order of epoch ``e`` is a permutation drawn from ``(seed, e)`` alone and the global RNG state is
 saved in each checkpoint, so a resumed run reproduces an uninterrupted one.
@@ -19,15 +13,14 @@ across processes before they are logged. gloo on CPU, nccl on GPU.
 
 from __future__ import annotations
 
-import importlib
 import json
 import math
 import os
-import platform
-import subprocess
+import signal
 import sys
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,14 +31,31 @@ import torch.distributed as dist
 import yaml
 from torch import Tensor, nn
 
-import torchstn
-from torchstn.errors import TrainingDiverged
-from torchstn.models import create_model
-from torchstn.modules import SpatialTransformer, identity_penalty, localisation_param_groups
-from torchstn.train.tasks import Task, build_task
+from torchstn.errors import ConfigError, NonFiniteError, RunError, TrainingDiverged
+from torchstn.models import model_function
+from torchstn.modules import SpatialTransformer, identity_penalty
+from torchstn.train.config import validate_config
+from torchstn.train.factories import build_model, build_optimizer, build_scheduler
+from torchstn.train.rundir import (
+    CHECKPOINT,
+    clean_stale_temporaries,
+    load_checkpoint,
+    lock_run,
+    prepare_run_dir,
+    probe_writable,
+    read_log,
+    run_meta,
+    save_checkpoint,
+    write_config,
+    write_json,
+    write_log,
+    writing,
+)
+from torchstn.train.tasks import Task, build_task, task_builder
 
 __all__ = [
     "TrainingDiverged",
+    "TrainingInterrupted",
     "build_model",
     "epoch_order",
     "evaluate",
@@ -83,134 +93,46 @@ class Dist:
         return t
 
 
-# --- run directory --------------------------------------------------------------------------------------------
-
-
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
-
-
-def _git_info() -> dict[str, Any]:
-    root = Path(__file__).resolve().parents[3]
-    try:
-        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, check=True)
-        dirty = subprocess.run(["git", "status", "--porcelain"], cwd=root, capture_output=True, text=True, check=True)
-        return {"git_sha": sha.stdout.strip(), "git_dirty": bool(dirty.stdout.strip())}
-    except (OSError, subprocess.CalledProcessError):
-        return {"git_sha": None, "git_dirty": None}
-
-
-def _meta(config: dict[str, Any], world: int) -> dict[str, Any]:
-    import numpy
-
-    return {
-        **_git_info(),
-        "seed": config["train"]["seed"],
-        "data_seed": config["data"]["seed"],
-        "command": sys.argv,
-        "versions": {
-            "torchstn": torchstn.__version__,
-            "torch": torch.__version__,
-            "numpy": numpy.__version__,
-            "python": platform.python_version(),
-        },
-        "machine": {
-            "platform": platform.platform(),
-            "processor": platform.processor() or platform.machine(),
-            "cpus": os.cpu_count(),
-            "threads": torch.get_num_threads(),
-            "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
-        },
-        "world_size": world,
-        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-    }
-
-
-def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
-    """Write a checkpoint atomically: a crash mid-write leaves the previous one intact."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, path)
-
-
-def load_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
-    """Load a checkpoint without executing pickled code (``weights_only=True``)."""
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    if not isinstance(state, dict) or "model" not in state:
-        raise ValueError(f"{path}: not a torchstn checkpoint")
-    return state
-
-
 # --- progress -------------------------------------------------------------------------------------------------
 
 
 class Progress:
-    """A minimal progress line on stderr, redrawn at most twice a second; silent when ``quiet``."""
+    """Progress of an epoch on stderr: a bar redrawn in place at most twice a second on a terminal, and a plain line
+    every ``every`` seconds otherwise (a log file gets no carriage returns); silent when ``quiet``."""
 
-    def __init__(self, total: int, label: str, quiet: bool) -> None:
+    def __init__(self, total: int, label: str, quiet: bool, every: float = 30.0) -> None:
         self.total, self.label, self.quiet = total, label, quiet
-        self.done, self.start, self.last = 0, time.perf_counter(), 0.0
+        self.tty = sys.stderr.isatty()
+        self.interval = 0.5 if self.tty else every
+        self.done, self.start = 0, time.perf_counter()
+        self.last = self.start
 
     def update(self, n: int, **info: float) -> None:
         self.done += n
+        if self.quiet or n == 0:
+            return
         now = time.perf_counter()
-        if self.quiet or (now - self.last < 0.5 and self.done < self.total):
+        end = self.done >= self.total
+        if now - self.last < self.interval and not (end and self.tty):
             return
         self.last = now
-        frac = self.done / max(self.total, 1)
-        bar = "#" * int(24 * frac)
         extra = " ".join(f"{k}={v:.4g}" for k, v in info.items())
         rate = self.done / max(now - self.start, 1e-9)
-        print(f"\r{self.label} [{bar:<24}] {self.done}/{self.total} {rate:.0f}/s {extra}", end="", file=sys.stderr)
-        if self.done >= self.total:
-            print(file=sys.stderr)
+        if self.tty:
+            bar = "#" * int(24 * self.done / max(self.total, 1))
+            print(f"\r{self.label} [{bar:<24}] {self.done}/{self.total} {rate:.0f}/s {extra}", end="", file=sys.stderr)
+            if end:
+                print(file=sys.stderr)
+        else:
+            pct = 100.0 * self.done / max(self.total, 1)
+            print(f"{self.label}: {self.done}/{self.total} ({pct:.0f}%) {rate:.0f}/s {extra}", file=sys.stderr)
 
 
 # --- the loop ---------------------------------------------------------------------------------------------------
 
 
-def _resolve(value: Any) -> Any:
-    """``"call:package.module:function"`` -> the result of calling it (e.g. a user's backbone with its weights)."""
-    if isinstance(value, str) and value.startswith("call:"):
-        module, _, name = value[5:].partition(":")
-        return getattr(importlib.import_module(module), name)()
-    return value
-
-
-def build_model(config: dict[str, Any]) -> nn.Module:
-    """The config's model; keyword values ``"call:module:function"`` are replaced by what the function returns."""
-    kwargs = {k: _resolve(v) for k, v in config["model"]["kwargs"].items()}
-    return create_model(config["model"]["name"], **kwargs)
-
-
 def _transformers(model: nn.Module) -> list[SpatialTransformer]:
     return [m for m in model.modules() if isinstance(m, SpatialTransformer)]
-
-
-def _optimizer(config: dict[str, Any], model: nn.Module) -> torch.optim.Optimizer:
-    t = config["train"]
-    groups = localisation_param_groups(model, t["lr"], t["loc_lr_scale"], weight_decay=t["weight_decay"])
-    groups = [g for g in groups if g["params"]]
-    if t["optimizer"] == "sgd":
-        return torch.optim.SGD(groups, lr=t["lr"], momentum=t["momentum"])
-    if t["optimizer"] == "adam":
-        return torch.optim.Adam(groups, lr=t["lr"])
-    raise ValueError(f"train.optimizer: expected 'adam' or 'sgd', got {t['optimizer']!r}")
-
-
-def _scheduler(config: dict[str, Any], opt: torch.optim.Optimizer, total_steps: int) -> Any:
-    t = config["train"]
-    if t["schedule"] == "onecycle":
-        max_lrs = [g["lr"] for g in opt.param_groups]
-        return torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=max_lrs, total_steps=max(total_steps, 1))
-    if t["schedule"] == "step":
-        return torch.optim.lr_scheduler.StepLR(opt, step_size=t["step_every"], gamma=0.1)
-    if t["schedule"] == "constant":
-        return torch.optim.lr_scheduler.LambdaLR(opt, lambda _: 1.0)
-    raise ValueError(f"train.schedule: expected onecycle, step or constant, got {t['schedule']!r}")
 
 
 def epoch_order(n: int, seed: int, epoch: int) -> Tensor:
@@ -249,6 +171,33 @@ def _process_group(ctx: Dist) -> Iterator[None]:
             dist.destroy_process_group()
 
 
+class TrainingInterrupted(RunError):
+    """SIGINT or SIGTERM stopped training; a checkpoint of the run so far was written (resume it)."""
+
+    def __init__(self, message: str, signum: int) -> None:
+        super().__init__(message)
+        self.signum = signum
+
+
+@contextmanager
+def _stop_on_signals() -> Iterator[dict[str, int]]:
+    """Turn SIGINT and SIGTERM into a request (``flag["signum"]``) that the loop honours at the next step."""
+    flag: dict[str, int] = {}
+    if threading.current_thread() is not threading.main_thread():
+        yield flag
+        return
+
+    def request(signum: int, frame: Any) -> None:
+        flag["signum"] = signum
+
+    previous = {s: signal.signal(s, request) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield flag
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+
+
 def train(
     config: dict[str, Any],
     run_dir: str | os.PathLike[str],
@@ -256,65 +205,192 @@ def train(
     resume: bool = False,
     quiet: bool = False,
     stop_after: int | None = None,
+    overwrite: bool = False,
+    allow_call: Collection[str] = (),
 ) -> dict[str, Any]:
     """Train (or resume) the run that ``config`` describes in ``run_dir``; return the final metrics.
 
+    Resuming a finished run changes nothing and returns its metrics; resuming with a larger ``train.epochs`` than
+    the run was started with extends it (the only change a resume accepts).
+
     Args:
         config: A resolved config (:func:`~torchstn.train.load_config`).
-        run_dir: The run directory (created if needed).
+        run_dir: The run directory (created if needed; for a new run it must not hold a run unless ``overwrite``).
         resume: Continue from ``run_dir``'s last checkpoint.
         quiet: No progress output.
         stop_after: Stop after this many epochs in this call (a time-boxed session); resume later.
+        overwrite: Replace the run ``run_dir`` holds (a new run only).
+        allow_call: Modules whose functions ``model.kwargs`` values ``call:module:function`` may run.
 
     Raises:
-        TrainingDiverged: The loss became NaN or inf (the run directory keeps the last good checkpoint).
+        TrainingDiverged: The loss or a transformer's parameters became NaN or inf (the run directory keeps the
+            last good checkpoint; ``metrics.json`` says ``"diverged"``).
+        TrainingInterrupted: SIGINT or SIGTERM arrived; a checkpoint of the run so far was written.
+        RunError: ``run_dir`` holds a run (new run without ``overwrite``), is not a run (resume), is being trained
+            by another process, or cannot be written.
+        ConfigError: The config is invalid, or differs from the resumed run's in more than ``train.epochs``.
     """
+    config = validate_config(config)
+    model_function(config["model"]["name"])  # an unknown model or task fails before the run directory is touched
+    task_builder(config["task"])
+    run = Path(run_dir)
     ctx = Dist.from_env()
     with _process_group(ctx):
-        return _train(config, Path(run_dir), resume, quiet, stop_after, ctx)
+        if not ctx.main:
+            return _train(config, run, resume, quiet, stop_after, ctx, allow_call, {})
+        if resume:
+            if not (run / "config.yaml").is_file():
+                raise RunError(f"{run}: not a run directory (no config.yaml)")
+        elif overwrite:
+            with writing(run):
+                run.mkdir(parents=True, exist_ok=True)
+        else:
+            prepare_run_dir(run, overwrite=False)  # refuses a run before anything is touched
+        with lock_run(run), _stop_on_signals() as stop:
+            if not resume:
+                prepare_run_dir(run, overwrite=overwrite)  # again under the lock: another process may have won
+            return _train(config, run, resume, quiet, stop_after, ctx, allow_call, stop)
+
+
+def _normalised(config: dict[str, Any]) -> Any:
+    return yaml.safe_load(yaml.safe_dump(config, sort_keys=False))  # tuples are lists in YAML
+
+
+def _check_resumed_config(run: Path, config: dict[str, Any]) -> int | None:
+    """The epochs the run was started with if ``config`` extends it, ``None`` if it is the same config."""
+    recorded = yaml.safe_load((run / "config.yaml").read_text())
+    new = _normalised(config)
+    if recorded == new:
+        return None
+    if isinstance(recorded, dict) and isinstance(recorded.get("train"), dict):
+        old_epochs = recorded["train"].get("epochs")
+        same = {**recorded, "train": {**recorded["train"], "epochs": new["train"]["epochs"]}} == new
+        if same and isinstance(old_epochs, int) and new["train"]["epochs"] > old_epochs:
+            return old_epochs
+    raise ConfigError(
+        f"{run}: the config differs from the one this run started with; start a new run (a resume may only "
+        "raise train.epochs, to extend the run)"
+    )
+
+
+def _finished(state: dict[str, Any], t: dict[str, Any]) -> bool:
+    if state.get("partial") is not None:
+        return False
+    return int(state["epoch"]) >= t["epochs"] or (t["max_steps"] is not None and int(state["step"]) >= t["max_steps"])
 
 
 def _train(
-    config: dict[str, Any], run: Path, resume: bool, quiet: bool, stop_after: int | None, ctx: Dist
+    config: dict[str, Any],
+    run: Path,
+    resume: bool,
+    quiet: bool,
+    stop_after: int | None,
+    ctx: Dist,
+    allow_call: Collection[str],
+    stop: dict[str, int],
 ) -> dict[str, Any]:
     t = config["train"]
     if t["threads"]:
         torch.set_num_threads(int(t["threads"]))
     torch.manual_seed(t["seed"])
-    ckpt_path = run / "checkpoints" / "last.pt"
+    ckpt_path = run / CHECKPOINT
+    log_path = run / "log.jsonl"
+    extended_from = None
     if ctx.main:
-        run.mkdir(parents=True, exist_ok=True)
-        if resume and (run / "config.yaml").exists():
-            recorded = yaml.safe_load((run / "config.yaml").read_text())
-            if recorded != config:
-                raise ValueError(f"{run}: the config differs from the one this run started with; start a new run")
+        if resume:
+            extended_from = _check_resumed_config(run, config)
+            clean_stale_temporaries(run)
         else:
-            _atomic_write_bytes(run / "config.yaml", yaml.safe_dump(config, sort_keys=False).encode())
-            _atomic_write_bytes(run / "meta.json", json.dumps(_meta(config, ctx.world), indent=1).encode())
-            (run / "log.jsonl").unlink(missing_ok=True)
+            write_config(run / "config.yaml", config)
+            write_json(run / "meta.json", run_meta(config, ctx.world))
+    state = load_checkpoint(ckpt_path) if resume and ckpt_path.exists() else None
+    rows: list[dict[str, Any]] = []
+    extended = False
+    if state is not None:
+        start = int(state["epoch"])
+        # The log is the checkpoint's: rows written after it (a kill before the next checkpoint) are dropped.
+        rows = list(state["log"]) if "log" in state else [r for r in read_log(log_path) if r["epoch"] <= start]
+        # Every process sees an extension in the checkpoint (older checkpoints: the main process's config check).
+        extended = extended_from is not None or int(state.get("epochs", t["epochs"])) < t["epochs"]
+        if not extended and _finished(state, t):
+            return _already_finished(config, run, state, rows, allow_call) if ctx.main else {}
+    if ctx.main and resume:
+        write_log(log_path, rows)
+        if extended_from is not None:
+            write_config(run / "config.yaml", config)
+            meta = json.loads((run / "meta.json").read_text()) if (run / "meta.json").exists() else {}
+            meta.setdefault("extended", []).append(
+                {"from_epochs": extended_from, "to_epochs": t["epochs"], "at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+            )
+            write_json(run / "meta.json", meta)
 
     task = build_task(config)
-    model = build_model(config)
-    opt = _optimizer(config, model)
+    model = build_model(config, allow_call)
+    opt = build_optimizer(config, model)
     batch = int(t["batch_size"])
     n = len(task.train)
     steps_per_epoch = math.ceil(n / batch)
     total = (
         steps_per_epoch * t["epochs"] if t["max_steps"] is None else min(t["max_steps"], steps_per_epoch * t["epochs"])
     )
-    sched = _scheduler(config, opt, total)
+    sched = build_scheduler(config, opt, total)
     start_epoch, step = 0, 0
-    if resume and ckpt_path.exists():
-        state = load_checkpoint(ckpt_path)
+    partial: dict[str, Any] | None = None
+    if state is not None:
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
-        sched.load_state_dict(state["scheduler"])
+        _load_scheduler(sched, state["scheduler"], extended=extended)
         start_epoch, step = int(state["epoch"]), int(state["step"])
+        partial = state.get("partial")
         torch.set_rng_state(state["rng"])
+    if ctx.main:
+        # A full disk or an unwritable directory shows now, not after the first epoch.
+        params = sum(p.numel() * p.element_size() for p in model.parameters())
+        probe_writable(ckpt_path, 3 * params + (1 << 16))
     net: nn.Module = nn.parallel.DistributedDataParallel(model) if ctx.world > 1 else model
     sts = _transformers(model)
     fixed = task.test.batch(torch.arange(min(config["visualize"]["count"], len(task.test))))[0]
     animator = _animator(config, ctx)
+
+    def checkpoint(epoch: int, position: dict[str, Any] | None = None) -> None:
+        save_checkpoint(
+            ckpt_path,
+            {
+                "model": model.state_dict(),
+                "optimizer": opt.state_dict(),
+                "scheduler": sched.state_dict(),
+                "epoch": epoch,
+                "step": step,
+                "epochs": t["epochs"],
+                "rng": torch.get_rng_state(),
+                "log": rows,
+                "partial": position,
+            },
+        )
+
+    def diverged(what: str, epoch: int) -> TrainingDiverged:
+        good = ckpt_path if ckpt_path.exists() else "not written yet"
+        message = (
+            f"{what} at epoch {epoch + 1}, step {step + 1}; the last good checkpoint is {good} (lower train.lr, add "
+            "train.grad_clip or bounds)"
+        )
+        if ctx.main:
+            last = rows[-1] if rows else {}
+            write_json(run / "metrics.json", {**last, "status": "diverged", "error": message, "model": _name(config)})
+        return TrainingDiverged(message)
+
+    def interrupted(epoch: int, position: dict[str, Any] | None) -> TrainingInterrupted:
+        signum = stop["signum"]
+        name = signal.Signals(signum).name
+        if ctx.main:
+            checkpoint(epoch, position)
+            last = rows[-1] if rows else {}
+            write_json(run / "metrics.json", {**last, "status": "interrupted", "model": _name(config)})
+        return TrainingInterrupted(
+            f"interrupted by {name} in epoch {epoch + 1} at step {step}; the run so far is saved in {ckpt_path}; "
+            f"resume with: torchstn train --resume {run}",
+            signum,
+        )
 
     metrics: dict[str, Any] = {}
     last_epoch = t["epochs"] if stop_after is None else min(t["epochs"], start_epoch + stop_after)
@@ -324,27 +400,33 @@ def _train(
         task.train.set_epoch(epoch)
         order = epoch_order(n, t["seed"], epoch)
         net.train()
-        start = time.perf_counter()
+        began = time.perf_counter()
         loss_sum = torch.zeros((), dtype=torch.float64)
         err_sum = torch.zeros((), dtype=torch.float64)
-        seen = 0
+        seen, first, spent = 0, 0, 0.0
+        if partial is not None:  # resuming inside this epoch
+            first, seen, spent = int(partial["position"]), int(partial["seen"]), float(partial["seconds"])
+            loss_sum, err_sum = partial["loss_sum"].clone(), partial["err_sum"].clone()
+            partial = None
         bar = Progress(n, f"epoch {epoch + 1}/{t['epochs']}", quiet or not ctx.main)
-        for lo in range(0, n, batch):
+        bar.update(first)
+        for lo in range(first, n, batch):
             if step >= total:
                 break
+            if "signum" in stop:
+                raise interrupted(epoch, _position(lo, seen, loss_sum, err_sum, spent + time.perf_counter() - began))
             index = shard(order[lo : lo + batch], ctx.rank, ctx.world)
             x, y = task.train.batch(index)
-            loss, errs = task.loss(net, x, y)
-            if t["identity_penalty"]:
-                for st in sts:
-                    if st.params is not None:
-                        loss = loss + t["identity_penalty"] * identity_penalty(st.params, st.transform)
+            try:
+                loss, errs = task.loss(net, x, y)
+                if t["identity_penalty"]:
+                    for st in sts:
+                        if st.params is not None:
+                            loss = loss + t["identity_penalty"] * identity_penalty(st.params, st.transform)
+            except NonFiniteError as err:
+                raise diverged(f"a transformer's parameters became non-finite ({err})", epoch) from err
             if not torch.isfinite(loss):
-                raise TrainingDiverged(
-                    f"the loss became {loss.item()} at epoch {epoch + 1}, step {step + 1}; the last good checkpoint "
-                    f"is {ckpt_path if ckpt_path.exists() else 'not written yet'} (lower train.lr, add "
-                    "train.grad_clip or bounds)"
-                )
+                raise diverged(f"the loss became {loss.item()}", epoch)
             opt.zero_grad(set_to_none=True)
             loss.backward()  # type: ignore[no-untyped-call]
             if t["grad_clip"]:
@@ -356,7 +438,7 @@ def _train(
             err_sum += errs.double()
             seen += len(index)
             bar.update(len(index) * ctx.world, loss=loss.item())
-        elapsed = time.perf_counter() - start
+        elapsed = spent + time.perf_counter() - began
         totals = ctx.sum(torch.stack((loss_sum, err_sum, torch.tensor(float(seen), dtype=torch.float64))))
         row: dict[str, Any] = {
             "epoch": epoch + 1,
@@ -369,19 +451,11 @@ def _train(
             "images_per_second": round(float(totals[2]) / elapsed, 1),
         }
         metrics = row
+        rows.append(row)
         if ctx.main:
-            with open(run / "log.jsonl", "a") as f:
-                f.write(json.dumps(row) + "\n")
-            if (epoch + 1) % t["checkpoint_every"] == 0 or epoch + 1 == t["epochs"]:
-                state = {
-                    "model": model.state_dict(),
-                    "optimizer": opt.state_dict(),
-                    "scheduler": sched.state_dict(),
-                    "epoch": epoch + 1,
-                    "step": step,
-                    "rng": torch.get_rng_state(),
-                }
-                save_checkpoint(ckpt_path, state)
+            if (epoch + 1) % t["checkpoint_every"] == 0 or epoch + 1 in (t["epochs"], last_epoch) or step >= total:
+                checkpoint(epoch + 1)  # first the checkpoint, then the log it holds
+            write_log(log_path, rows)
             if animator is not None:
                 animator.add(model, fixed, epoch + 1)
             if not quiet:
@@ -390,13 +464,61 @@ def _train(
                     f"test error {row['test_error']:.2f}% ({row['images_per_second']:.0f} images/s)",
                     file=sys.stderr,
                 )
+        if "signum" in stop and epoch + 1 < last_epoch and step < total:
+            raise interrupted(epoch + 1, None)
     if ctx.main:
         finished = step >= total or last_epoch == t["epochs"]
-        final = {**metrics, "status": "finished" if finished else "stopped", "model": config["model"]["name"]}
-        _atomic_write_bytes(run / "metrics.json", json.dumps(final, indent=1).encode())
+        final = {**metrics, "status": "finished" if finished else "stopped", "model": _name(config)}
+        write_json(run / "metrics.json", final)
         _pictures(config, run, model, fixed, animator)
         return final
     return metrics
+
+
+def _name(config: dict[str, Any]) -> str:
+    return str(config["model"]["name"])
+
+
+def _position(lo: int, seen: int, loss_sum: Tensor, err_sum: Tensor, seconds: float) -> dict[str, Any]:
+    """Where an interrupted epoch stands: resumed from here, it ends as the uninterrupted epoch would."""
+    return {"position": lo, "seen": seen, "loss_sum": loss_sum.clone(), "err_sum": err_sum.clone(), "seconds": seconds}
+
+
+def _load_scheduler(sched: Any, state: dict[str, Any], extended: bool) -> None:
+    """Restore the schedule; an extended run keeps its step count on the schedule over the new total."""
+    if not extended:
+        sched.load_state_dict(state)
+        return
+    keep = {k: v for k, v in state.items() if k in ("last_epoch", "_step_count", "_last_lr")}
+    sched.load_state_dict({**sched.state_dict(), **keep})
+
+
+def _already_finished(
+    config: dict[str, Any], run: Path, state: dict[str, Any], rows: list[dict[str, Any]], allow_call: Collection[str]
+) -> dict[str, Any]:
+    """A finished run resumed: nothing changes. If a kill came between its last checkpoint and ``metrics.json``,
+    the final files are completed from the checkpoint."""
+    epochs = int(state["epoch"])
+    print(
+        f"{run}: the run is finished ({epochs} epochs, {int(state['step'])} steps); nothing to do. To train it "
+        f"longer: torchstn train --resume {run} --set train.epochs=N (N > {epochs})",
+        file=sys.stderr,
+    )
+    metrics_path = run / "metrics.json"
+    if metrics_path.exists():
+        recorded = json.loads(metrics_path.read_text())
+        if recorded.get("status") == "finished":
+            return dict(recorded)
+    final = {**(rows[-1] if rows else {}), "status": "finished", "model": _name(config)}
+    write_log(run / "log.jsonl", rows)
+    write_json(metrics_path, final)
+    if config["visualize"]["enabled"]:
+        task = build_task(config)
+        model = build_model(config, allow_call)
+        model.load_state_dict(state["model"])
+        fixed = task.test.batch(torch.arange(min(config["visualize"]["count"], len(task.test))))[0]
+        _pictures(config, run, model, fixed, None)
+    return final
 
 
 def _animator(config: dict[str, Any], ctx: Dist) -> Any:
@@ -414,10 +536,11 @@ def _pictures(config: dict[str, Any], run: Path, model: nn.Module, fixed: Tensor
     from torchstn.visualize import plot_curves, save_transformer_pictures
 
     out = run / "pictures"
-    out.mkdir(exist_ok=True)
+    with writing(out):
+        out.mkdir(exist_ok=True)
     save_transformer_pictures(model, fixed, out)
     if animator is not None and animator.num_frames:
         animator.save(out / "epochs.gif")
-    rows = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines() if line.strip()]
+    rows = read_log(run / "log.jsonl")
     if rows:
         plot_curves(rows, out / "curves.png")

@@ -6,6 +6,7 @@ Data sources serve batches by index from memory (``TensorSource``) or generate t
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -14,8 +15,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from torchstn._checks import check_choice
-from torchstn.data import DistortedMNIST, MNISTSplit, get_recipe, load_mnist
+from torchstn.data import MNIST, DistortedMNIST, MNISTSplit, get_recipe, load_mnist
 from torchstn.data.distort import Recipe
+from torchstn.errors import ConfigError, ConfigKeyError
 
 __all__ = [
     "ClassifyTask",
@@ -28,6 +30,9 @@ __all__ = [
     "TensorSource",
     "box_iou",
     "build_task",
+    "list_tasks",
+    "register_task",
+    "task_builder",
 ]
 
 
@@ -282,7 +287,65 @@ class ColocTask(Task):
         return self._misses(params, y)
 
 
-def _mnist_sources(config: dict[str, Any]) -> tuple[Source, Source]:
+# --- the task registry ----------------------------------------------------------------------------------------
+
+TaskBuilder = Callable[[dict[str, Any]], Task]
+_TASKS: dict[str, TaskBuilder] = {}
+
+
+def register_task(name: str) -> Callable[[TaskBuilder], TaskBuilder]:
+    """Register a builder ``config -> Task`` under ``name`` (the config's ``task`` key), as models are registered.
+
+    Raises:
+        ConfigError: ``name`` is already registered.
+    """
+
+    def decorate(fn: TaskBuilder) -> TaskBuilder:
+        if name in _TASKS:
+            raise ConfigError(f"task {name!r} is already registered")
+        _TASKS[name] = fn
+        return fn
+
+    return decorate
+
+
+def list_tasks() -> list[str]:
+    """The registered task names, sorted."""
+    return sorted(_TASKS)
+
+
+def build_task(config: dict[str, Any]) -> Task:
+    """The task a config describes, with its data loaded.
+
+    Raises:
+        ConfigKeyError: ``task`` names no registered task.
+        ConfigError: The task does not take ``data.dataset``, or a key it needs is missing.
+    """
+    return task_builder(config["task"])(config)
+
+
+def task_builder(name: str) -> TaskBuilder:
+    """The builder registered under ``name``.
+
+    Raises:
+        ConfigKeyError: No task is registered under ``name``.
+    """
+    if name not in _TASKS:
+        raise ConfigKeyError(f"task: unknown task {name!r}; registered: {', '.join(list_tasks())}")
+    return _TASKS[name]
+
+
+def _require_dataset(config: dict[str, Any], task: str, allowed: tuple[str, ...]) -> str:
+    dataset = config["data"]["dataset"]
+    if dataset not in allowed:
+        raise ConfigError(f"data.dataset: task {task!r} takes {' or '.join(allowed)}, got {dataset!r}")
+    if dataset in ("svhn", "cub") and not config["data"]["root"]:
+        raise ConfigError(f"data.root: the {dataset} directory is required (it cannot be downloaded here)")
+    return str(dataset)
+
+
+def _mnist_sources(config: dict[str, Any]) -> tuple[Source, Source, MNIST]:
+    """The distorted-MNIST train and test sources, and the MNIST digits they were drawn from."""
     data = config["data"]
     recipe = get_recipe(data["recipe"], **data["recipe_params"])
     mnist = load_mnist(data["mnist"])
@@ -293,20 +356,16 @@ def _mnist_sources(config: dict[str, Any]) -> tuple[Source, Source]:
         return (
             StreamSource(recipe, train_src, n_train, data["seed"], data["train_split"]),
             StreamSource(recipe, test_src, n_test, data["seed"], data["test_split"]),
+            mnist,
         )
     common = {"seed": data["seed"], "mnist": mnist, "cache_dir": data["cache_dir"]}
     train = DistortedMNIST(recipe, data["train_split"], n=data["n_train"], redraw=data["redraw"], **common)
     test = DistortedMNIST(recipe, data["test_split"], n=data["n_test"], **common)
-    return TensorSource(train.images, train.labels, train), TensorSource(test.images, test.labels, meta=test.meta)
-
-
-def _svhn_task(config: dict[str, Any]) -> Task:
-    from torchstn.data.svhn import preprocess_svhn_split
-
-    data = config["data"]
-    size = data["size"] or 64
-    sets = [preprocess_svhn_split(data["root"], split, size) for split in (data["train_split"], data["test_split"])]
-    return SequenceTask(*(TensorSource(t.images, t.labels) for t in sets))
+    return (
+        TensorSource(train.images, train.labels, train),
+        TensorSource(test.images, test.labels, meta=test.meta),
+        mnist,
+    )
 
 
 def _cub_task(config: dict[str, Any]) -> Task:
@@ -320,38 +379,45 @@ def _cub_task(config: dict[str, Any]) -> Task:
     return ClassifyTask(DatasetSource(train), DatasetSource(test))
 
 
-def build_task(config: dict[str, Any]) -> Task:
-    """The task a config describes, with its data loaded."""
-    kind, dataset = config["task"], config["data"]["dataset"]
-    if dataset in ("svhn", "cub"):
-        if not config["data"]["root"]:
-            raise ValueError(f"data.root: the {dataset} directory is required (it cannot be downloaded here)")
-        if dataset == "svhn":
-            if kind != "sequence":
-                raise ValueError(f"task: SVHN is a 'sequence' task, got {kind!r}")
-            return _svhn_task(config)
+@register_task("classify")
+def _classify(config: dict[str, Any]) -> Task:
+    """Classification of distorted MNIST (Table 1, addition, 3D) or CUB-200 (section 4)."""
+    if _require_dataset(config, "classify", ("distorted_mnist", "cub")) == "cub":
         return _cub_task(config)
-    if dataset != "distorted_mnist":
-        raise ValueError(f"data.dataset: expected distorted_mnist, svhn or cub, got {dataset!r}")
-    train, test = _mnist_sources(config)
-    if kind == "classify":
-        return ClassifyTask(train, test)
-    if kind == "coloc":
-        if not (isinstance(train, TensorSource) and isinstance(test, TensorSource)) or "boxes" not in train.meta:
-            raise ValueError("task: 'coloc' needs the materialised colocalisation recipe (data.stream=False)")
-        train = TensorSource(train.images, train.labels, train.dataset, train.meta, target="boxes")
-        test = TensorSource(test.images, test.labels, None, test.meta, target="boxes")
-        mnist = load_mnist(config["data"]["mnist"])
-        encoder = train_encoder(mnist.split(config["data"]["train_split"]), config["coloc"]["encoder_epochs"], 0)
-        c = config["coloc"]
-        return ColocTask(
-            train,
-            test,
-            encoder,
-            c["margin"],
-            int(train.images.shape[-1]),
-            positive=c["positive"],
-            pairs=c["pairs"],
-            negatives=c["negatives"],
-        )
-    raise ValueError(f"task: expected 'classify' or 'coloc', got {kind!r}")
+    train, test, _ = _mnist_sources(config)
+    return ClassifyTask(train, test)
+
+
+@register_task("sequence")
+def _sequence(config: dict[str, Any]) -> Task:
+    """SVHN digit sequences (section 4)."""
+    from torchstn.data.svhn import preprocess_svhn_split
+
+    _require_dataset(config, "sequence", ("svhn",))
+    data = config["data"]
+    size = data["size"] or 64
+    sets = [preprocess_svhn_split(data["root"], split, size) for split in (data["train_split"], data["test_split"])]
+    return SequenceTask(*(TensorSource(t.images, t.labels) for t in sets))
+
+
+@register_task("coloc")
+def _coloc(config: dict[str, Any]) -> Task:
+    """Co-localisation (appendix): the encoder is trained on the same MNIST digits the images were drawn from."""
+    _require_dataset(config, "coloc", ("distorted_mnist",))
+    train, test, mnist = _mnist_sources(config)
+    if not (isinstance(train, TensorSource) and isinstance(test, TensorSource)) or "boxes" not in train.meta:
+        raise ConfigError("task: 'coloc' needs the materialised colocalisation recipe (data.stream=False)")
+    train = TensorSource(train.images, train.labels, train.dataset, train.meta, target="boxes")
+    test = TensorSource(test.images, test.labels, None, test.meta, target="boxes")
+    c = config["coloc"]
+    encoder = train_encoder(mnist.split(config["data"]["train_split"]), c["encoder_epochs"], 0)
+    return ColocTask(
+        train,
+        test,
+        encoder,
+        c["margin"],
+        int(train.images.shape[-1]),
+        positive=c["positive"],
+        pairs=c["pairs"],
+        negatives=c["negatives"],
+    )

@@ -1,0 +1,101 @@
+"""Pieces every model family shares: the transform table, the classifier wrapper, the parameter count, and the
+first convolution of a one-channel classifier.
+
+The model families (:mod:`~torchstn.models.mnist`, :mod:`~torchstn.models.svhn`, :mod:`~torchstn.models.cub`) build
+on these; all are importable from :mod:`torchstn.models` too.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from torchstn.errors import OptionError
+from torchstn.transforms import Affine, Attention, Projective, Similarity, ThinPlateSpline, Transform
+
+__all__ = ["STClassifier", "SingleChannelConv2d", "make_transform", "parameter_count"]
+
+
+def make_transform(name: str) -> Transform:
+    """A transform from its short name: ``aff``, ``proj``, ``tps`` (4x4 grid), ``sim``, ``att``."""
+    table: dict[str, Callable[[], Transform]] = {
+        "aff": Affine,
+        "proj": Projective,
+        "tps": lambda: ThinPlateSpline((4, 4)),
+        "sim": Similarity,
+        "att": Attention,
+    }
+    if name not in table:
+        raise OptionError(f"transform: expected one of {', '.join(table)}, got {name!r}")
+    return table[name]()
+
+
+def parameter_count(model: nn.Module) -> int:
+    """Number of trainable parameters."""
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+class _NativeConv2d(torch.autograd.Function):
+    """Stride-1 conv2d through PyTorch's native CPU kernels (``_slow_conv2d_*``) instead of oneDNN's."""
+
+    @staticmethod
+    def forward(ctx: Any, x: Tensor, weight: Tensor, bias: Tensor | None, padding: tuple[int, int]) -> Tensor:
+        ctx.save_for_backward(x, weight)
+        ctx.padding, ctx.has_bias = list(padding), bias is not None
+        kernel = list(weight.shape[-2:])
+        return torch.ops.aten._slow_conv2d_forward(x, weight, kernel, bias, [1, 1], ctx.padding)  # type: ignore[no-any-return]
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, Tensor | None, Tensor | None, None]:
+        x, weight = ctx.saved_tensors
+        mask = [ctx.needs_input_grad[0], ctx.needs_input_grad[1], ctx.has_bias and ctx.needs_input_grad[2]]
+        kernel = list(weight.shape[-2:])
+        gx, gw, gb = torch.ops.aten._slow_conv2d_backward(
+            grad.contiguous(), x, weight, kernel, [1, 1], ctx.padding, mask
+        )
+        return gx, gw, gb, None
+
+
+class SingleChannelConv2d(nn.Conv2d):
+    """The classifier's first convolution: one input channel, stride 1, odd kernel, "same" padding.
+
+    On CPU it runs through PyTorch's native kernels: oneDNN computes the input gradient of a one-channel
+    convolution several times slower than its forward pass, and that gradient is exactly what a spatial
+    transformer in front of the classifier adds to every step (``benchmarks/bench_train.py`` measures it).
+    Elsewhere (GPU, ``torch.compile``) it is a plain ``nn.Conv2d``. Parameters and ``state_dict`` are the same.
+    """
+
+    def __init__(self, out_channels: int, kernel_size: int) -> None:
+        super().__init__(1, out_channels, kernel_size, padding=kernel_size // 2)
+
+    def forward(self, x: Tensor) -> Tensor:
+        if x.device.type != "cpu" or torch.compiler.is_compiling():
+            return super().forward(x)
+        padding = (int(self.padding[0]), int(self.padding[1]))
+        return _NativeConv2d.apply(x, self.weight, self.bias, padding)  # type: ignore[no-any-return, no-untyped-call]
+
+
+class STClassifier(nn.Module):
+    """A spatial transformer (or several) on the input, optional average pooling, then a classifier.
+
+    Args:
+        transformer: A :class:`~torchstn.modules.SpatialTransformer` or a parallel container.
+        classifier: Takes the (pooled) transformer output.
+        downsample: Average-pooling factor after the transformer (1: none).
+    """
+
+    def __init__(self, transformer: nn.Module, classifier: nn.Module, downsample: int = 1) -> None:
+        super().__init__()
+        self.transformer = transformer
+        self.classifier = classifier
+        self.downsample = downsample
+
+    def forward(self, x: Tensor) -> Tensor:
+        y = self.transformer(x)
+        if self.downsample > 1:
+            y = F.avg_pool2d(y, self.downsample)
+        return self.classifier(y)  # type: ignore[no-any-return]
