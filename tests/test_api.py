@@ -34,7 +34,8 @@ PUBLIC = {
     ],
     "torchstn.sampling": ["Backend", "Mode", "NonFinite", "Padding", "sample", "warp"],
     "torchstn.errors": [
-        "CheckpointError", "ConfigError", "ConfigKeyError", "DTypeError", "DataError", "DataNotFoundError",
+        "CheckpointError", "CheckpointNotFoundError", "ConfigError", "ConfigKeyError", "DTypeError",
+        "DataError", "DataNotFoundError",
         "ExportMismatchError", "ExtensionBuildError", "MissingDependencyError", "NonFiniteError", "OptionError",
         "RunError", "STNError", "ShapeError", "TrainingDiverged",
     ],

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 __all__ = [
     "CheckpointError",
+    "CheckpointNotFoundError",
     "ConfigError",
     "ConfigKeyError",
     "DTypeError",
@@ -82,6 +83,10 @@ class DataNotFoundError(DataError, FileNotFoundError):
 
 class CheckpointError(STNError, ValueError):
     """A file is not a torchstn checkpoint, or its contents fail the recorded checksum."""
+
+
+class CheckpointNotFoundError(CheckpointError, FileNotFoundError):
+    """There is no checkpoint file where one was asked for."""
 
 
 class RunError(STNError, RuntimeError):

@@ -40,7 +40,7 @@ import yaml
 
 import torchstn
 from torchstn._io import atomic_write_bytes, atomic_write_text, stale_temporaries
-from torchstn.errors import CheckpointError, RunError
+from torchstn.errors import CheckpointError, CheckpointNotFoundError, RunError
 
 __all__ = [
     "CHECKPOINT",
@@ -281,10 +281,10 @@ def load_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
     Raises:
         CheckpointError: The file is not a torchstn checkpoint, is corrupt or truncated, or fails its checksum
             (also a ``pickle.UnpicklingError`` when the pickle asks to run code).
-        FileNotFoundError: There is no such file.
+        CheckpointNotFoundError: There is no such file (also a ``FileNotFoundError``).
     """
     if not Path(path).is_file():
-        raise FileNotFoundError(errno.ENOENT, "No such file (no checkpoint)", str(path))
+        raise CheckpointNotFoundError(errno.ENOENT, "No such file (no checkpoint)", str(path))
     state = _load(path, path)
     if isinstance(state, dict) and state.get("format") == _FORMAT:
         payload = state.get("payload")
