@@ -31,7 +31,7 @@ PUBLIC = {
         "DEFAULT_EPS", "affine_grid", "compose", "invert", "normalized_coords", "normalized_to_pixel",
         "pixel_from_normalized", "pixel_to_normalized", "projective_grid", "safe_denominator", "transform_points",
     ],
-    "torchstn.sampling": ["Backend", "Mode", "NonFinite", "Padding", "sample", "warp"],
+    "torchstn.sampling": ["Backend", "Mode", "NonFinite", "Padding", "SamplingOptions", "sample", "warp"],
     "torchstn.errors": [
         "CheckpointError", "ConfigError", "ConfigKeyError", "DTypeError", "DataError", "ExportMismatchError",
         "ExtensionBuildError", "NonFiniteError", "OptionError", "RunError", "STNError", "ShapeError",
