@@ -11,12 +11,14 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 from torch import Tensor
 
-from torchstn.sampling._options import SamplingOptions
 from torchstn.transforms import Transform
+
+if TYPE_CHECKING:  # _options imports the registry, which imports the backends
+    from torchstn.sampling._options import SamplingOptions
 
 __all__ = ["GridBackend", "SamplerBackend", "SamplerCall"]
 

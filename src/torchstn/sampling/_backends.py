@@ -2,11 +2,14 @@
 
 ``auto`` takes the first backend that can run a call: the fused CPU kernel where it applies, else
 ``F.grid_sample``, which runs everything (so ``reference``, registered last, is taken only by name). Adding a
-backend is one new file with a :class:`~torchstn.sampling._backend.SamplerBackend` subclass and one line in
-``_REGISTERED`` below (and its name in ``_options.BACKENDS``, the choices ``backend=`` accepts).
+backend is one new file with a :class:`~torchstn.sampling._backend.SamplerBackend` subclass and its registration
+here: an instance in ``_REGISTERED`` and its name in the :data:`Backend` type beside it (``backend=`` accepts the
+registered names at run time; the type is for type checkers).
 """
 
 from __future__ import annotations
+
+from typing import Literal
 
 import torch
 
@@ -17,10 +20,16 @@ from torchstn.sampling._fused import FusedCPUBackend
 from torchstn.sampling._reference import ReferenceBackend
 from torchstn.sampling._torch import TorchBackend
 
-__all__ = ["backends", "choose", "get_backend"]
+__all__ = ["BACKEND_NAMES", "Backend", "backends", "choose", "get_backend"]
 
+# --- the registrations ---------------------------------------------------------------------------------------
 _REGISTERED: tuple[SamplerBackend, ...] = (FusedCPUBackend(), TorchBackend(), ReferenceBackend())
+Backend = Literal["auto", "fused", "torch", "reference"]
+# ---------------------------------------------------------------------------------------------------------------
+
 _BY_NAME = {b.name: b for b in _REGISTERED}
+#: What ``backend=`` accepts: ``"auto"`` and every registered name.
+BACKEND_NAMES: tuple[str, ...] = ("auto", *_BY_NAME)
 
 
 def backends() -> tuple[SamplerBackend, ...]:

@@ -12,19 +12,17 @@ from torch import Tensor
 
 from torchstn._checks import capturing_graph, check_choice
 from torchstn.errors import DTypeError, OptionError
+from torchstn.sampling._backends import BACKEND_NAMES, Backend
 
-__all__ = ["BACKENDS", "MODES", "NONFINITE", "PADDINGS", "Backend", "FillValue", "Mode", "NonFinite", "Padding",
-           "SamplingOptions"]  # fmt: skip
+__all__ = ["MODES", "NONFINITE", "PADDINGS", "Backend", "FillValue", "Mode", "NonFinite", "Padding", "SamplingOptions"]
 
 Mode = Literal["nearest", "bilinear", "bicubic", "trilinear"]
 Padding = Literal["zeros", "border", "reflection", "fill"]
-Backend = Literal["auto", "torch", "reference", "fused"]
 NonFinite = Literal["raise", "propagate", "ignore"]
 FillValue = float | Sequence[float] | Tensor
 
 MODES: tuple[str, ...] = ("nearest", "bilinear", "bicubic", "trilinear")
 PADDINGS: tuple[str, ...] = ("zeros", "border", "reflection", "fill")
-BACKENDS: tuple[str, ...] = ("auto", "torch", "reference", "fused")
 NONFINITE: tuple[str, ...] = ("raise", "propagate", "ignore")
 
 
@@ -38,7 +36,8 @@ class SamplingOptions:
         fill: With ``padding="fill"`` (and only then): a finite scalar, one value per channel, or a ``(B, C)``
             tensor; its shape is checked against the input at each call.
         align_corners: The coordinate convention, a bool.
-        backend: ``"auto"``, ``"torch"``, ``"reference"`` or ``"fused"`` (see :mod:`torchstn.sampling`).
+        backend: ``"auto"`` or a registered backend's name: ``"fused"``, ``"torch"``, ``"reference"`` (see
+            :mod:`torchstn.sampling`).
         nonfinite: ``"raise"``, ``"propagate"`` or ``"ignore"``.
 
     Raises:
@@ -56,7 +55,7 @@ class SamplingOptions:
     def __post_init__(self) -> None:
         check_choice(self.mode, "mode", MODES)
         check_choice(self.padding, "padding", PADDINGS)
-        check_choice(self.backend, "backend", BACKENDS)
+        check_choice(self.backend, "backend", BACKEND_NAMES)
         check_choice(self.nonfinite, "nonfinite", NONFINITE)
         if not isinstance(self.align_corners, bool):
             raise DTypeError(f"align_corners: expected a bool, got {self.align_corners!r}")
