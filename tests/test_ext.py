@@ -443,3 +443,23 @@ def test_the_build_finds_ninja_beside_the_interpreter(monkeypatch: pytest.Monkey
         ext._compile(tmp_path / "build", verbose=False)
     assert seen["path"].split(os.pathsep)[0] == str(Path(sys.executable).parent)
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("fill", [1e6, 1e8])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_large_fill_through_the_kernel_is_exact(fill: float, dtype: torch.dtype, gen: torch.Generator) -> None:
+    """The kernel builds padding='fill' as the grid path does (the image with zeros plus the fill times a sampled
+    validity mask): output pixels that read only the image equal zero padding exactly, those reading only padding
+    equal the fill, the rest agree with the grid path to rounding of |fill| (issue 17, defect 8)."""
+    x = torch.rand(3, 2, 9, 11, generator=gen, dtype=dtype)
+    p = (_theta(3, 0.15, gen) * 1.4).reshape(3, 6).to(dtype)  # zoomed out: a border of padding around the image
+    zeros = torchstn.warp(x, p, Affine(), backend="fused")
+    ones = torchstn.warp(torch.ones_like(x[:, :1]), p, Affine(), backend="fused", nonfinite="ignore")
+    out = torchstn.warp(x, p, Affine(), padding="fill", fill=fill, backend="fused")
+    inside = ((1 - ones).abs() <= 32 * torch.finfo(dtype).eps).expand_as(out)
+    outside = (ones == 0).expand_as(out)
+    assert inside.sum() > 50 and outside.sum() > 10
+    assert torch.equal(out[inside], zeros[inside])
+    assert (out[outside] == fill).all()
+    grid_path = torchstn.warp(x, p, Affine(), padding="fill", fill=fill, backend="torch")
+    torch.testing.assert_close(out, grid_path, rtol=0, atol=64 * torch.finfo(dtype).eps * fill)

@@ -11,9 +11,7 @@ from torch import Tensor, nn
 
 from torchstn._checks import check_choice, check_size
 from torchstn.errors import OptionError, ShapeError
-from torchstn.sampling import Backend, Mode, NonFinite, Padding, SamplingOptions
-from torchstn.sampling._dispatch import warp_params
-from torchstn.sampling._options import FillValue
+from torchstn.sampling import Backend, FillValue, Mode, NonFinite, Padding, SamplingOptions, warp_params
 from torchstn.transforms import Affine, Affine3D, MatrixTransform, Projective, Transform
 
 __all__ = ["ParallelSpatialTransformer", "SerialSpatialTransformer", "SpatialTransformer"]

@@ -52,6 +52,9 @@ from torchstn.transforms import Transform
 
 __all__ = ["Backend", "Mode", "NonFinite", "Padding", "SamplingOptions", "sample", "warp"]
 
+# Also importable from here, not in __all__: FillValue (the type of ``fill``) and warp_params, the one internal
+# path (``_dispatch.py``) that torchstn.modules calls with the options object a module holds.
+
 
 def sample(
     input: Tensor,
