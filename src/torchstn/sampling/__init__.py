@@ -46,8 +46,10 @@ from collections.abc import Sequence
 
 from torch import Tensor
 
-from torchstn.sampling._dispatch import sample_grid, warp_params
-from torchstn.sampling._options import Backend, FillValue, Mode, NonFinite, Padding, SamplingOptions
+from torchstn.sampling._dispatch import sample_grid
+from torchstn.sampling._dispatch import warp_params as warp_params  # explicit re-export (see below)
+from torchstn.sampling._options import Backend, Mode, NonFinite, Padding, SamplingOptions
+from torchstn.sampling._options import FillValue as FillValue
 from torchstn.transforms import Transform
 
 __all__ = ["Backend", "Mode", "NonFinite", "Padding", "SamplingOptions", "sample", "warp"]
