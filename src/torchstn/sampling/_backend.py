@@ -105,4 +105,6 @@ class GridBackend(SamplerBackend):
     def run(self, call: SamplerCall, input: Tensor, padding: str) -> Tensor:
         assert call.grid is not None  # the dispatch builds it for a backend that reads a grid
         out = self.sample(input, call.grid, call.kernel, padding, call.options.align_corners)  # (B, C, N*H', ...)
+        if call.heads == 1:  # no reshape: its backward would copy an expanded gradient (out.sum().backward())
+            return out.unsqueeze(1)
         return out.view(call.batch, input.shape[1], call.heads, *call.size).transpose(1, 2)  # (B, N, C, *S')

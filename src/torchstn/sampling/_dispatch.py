@@ -42,8 +42,7 @@ def sample_grid(input: Tensor, grid: Tensor, options: SamplingOptions) -> Tensor
     if grid.device != input.device:
         raise DTypeError(f"grid: expected the device of input ({input.device}), got {grid.device}")
     call = SamplerCall(input, options, options.kernel(nd), tuple(grid.shape[1:-1]), grid=grid)
-    out = _run(call)  # (B, 1, C, *S')
-    return out.reshape(out.shape[0], out.shape[2], *call.size)
+    return _run(call).squeeze(1)  # (B, 1, C, *S') -> (B, C, *S')
 
 
 def warp_params(
@@ -97,7 +96,7 @@ def warp_params(
     if call.matrix is not None and options.nonfinite == "raise" and not capturing_graph():
         call.grid_finite = _matrix_proves_grid_finite(call.matrix, transform)
     out = _run(call)  # (B, N, C, *S')
-    return out if heads else out.reshape(b, input.shape[1], *size)
+    return out if heads else out.squeeze(1)
 
 
 def _run(call: SamplerCall) -> Tensor:
@@ -115,7 +114,7 @@ def _run(call: SamplerCall) -> Tensor:
     fill = None if options.fill is None else fill_tensor(options.fill, call.input)
     out = filled(call.input, options.padding, fill, lambda src, pad: backend.run(call, src, pad))
     if finite is not None:  # (B, N*H', W') -> (B, N, 1, H', W')
-        finite = finite.view(call.batch, call.heads, 1, *call.size)
+        finite = finite.view(call.batch, call.heads, 1, *call.size)  # a bool mask: no gradient to copy
         out = torch.where(finite, out, torch.full_like(out, float("nan")))
     return out
 
@@ -130,6 +129,8 @@ def _heads_grid(call: SamplerCall) -> Tensor:
         grid = transform.grid_from_matrix(call.matrix, call.size, ac, contiguous=call.heads > 1)
     else:
         grid = transform.grid(params, call.size, align_corners=ac, src_size=src_size)
+    if call.heads == 1:
+        return grid
     return grid.view(call.batch, call.heads * call.size[0], *call.size[1:], transform.ndim)
 
 
