@@ -40,6 +40,8 @@ class SamplerCall:
             no pass over the grid).
         grid: ``(B, N * S'[0], *S'[1:], nd)``, the heads' grids stacked along the first spatial axis: given to
             :func:`~torchstn.sampling.sample`, or built by the dispatch for a backend that reads a grid.
+        capturing: A graph is being captured for export (value checks are skipped, see
+            :func:`torchstn._checks.capturing_graph`), read once per call.
     """
 
     input: Tensor
@@ -52,6 +54,7 @@ class SamplerCall:
     matrix: Tensor | None = None
     grid_finite: bool = False
     grid: Tensor | None = None
+    capturing: bool = False
 
     @property
     def batch(self) -> int:
@@ -88,7 +91,8 @@ class SamplerBackend(ABC):
             padding: ``"zeros"``, ``"border"`` or ``"reflection"``.
 
         Returns:
-            ``(B, N, C', *S')``.
+            ``(B, N, C', *S')``, or ``(B, C', *S')`` when ``call.heads == 1`` (no reshaping: a view costs
+            microseconds, and the backward of a reshape copies an expanded gradient).
         """
 
 
@@ -105,6 +109,6 @@ class GridBackend(SamplerBackend):
     def run(self, call: SamplerCall, input: Tensor, padding: str) -> Tensor:
         assert call.grid is not None  # the dispatch builds it for a backend that reads a grid
         out = self.sample(input, call.grid, call.kernel, padding, call.options.align_corners)  # (B, C, N*H', ...)
-        if call.heads == 1:  # no reshape: its backward would copy an expanded gradient (out.sum().backward())
-            return out.unsqueeze(1)
+        if call.heads == 1:
+            return out
         return out.view(call.batch, input.shape[1], call.heads, *call.size).transpose(1, 2)  # (B, N, C, *S')

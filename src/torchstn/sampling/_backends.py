@@ -13,7 +13,6 @@ from typing import Literal
 
 import torch
 
-from torchstn._checks import capturing_graph
 from torchstn.errors import OptionError
 from torchstn.sampling._backend import SamplerBackend, SamplerCall
 from torchstn.sampling._fused import FusedCPUBackend
@@ -53,7 +52,7 @@ def choose(call: SamplerCall) -> SamplerBackend:
         OptionError: The named backend cannot run the call, saying why.
     """
     name = call.options.backend
-    tracing = capturing_graph() or torch.compiler.is_compiling()
+    tracing = call.capturing or torch.compiler.is_compiling()
     if name != "auto":
         backend = _BY_NAME[name]
         if not (tracing and not backend.traceable):

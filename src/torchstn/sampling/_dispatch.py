@@ -42,7 +42,8 @@ def sample_grid(input: Tensor, grid: Tensor, options: SamplingOptions) -> Tensor
     if grid.device != input.device:
         raise DTypeError(f"grid: expected the device of input ({input.device}), got {grid.device}")
     call = SamplerCall(input, options, options.kernel(nd), tuple(grid.shape[1:-1]), grid=grid)
-    return _run(call).squeeze(1)  # (B, 1, C, *S') -> (B, C, *S')
+    call.capturing = capturing_graph()
+    return _run(call)
 
 
 def warp_params(
@@ -92,29 +93,30 @@ def warp_params(
     src_size = tuple(input.shape[2:])
     size = src_size if output_size is None else check_size(output_size, "output_size", transform.ndim)
     call = SamplerCall(input, options, options.kernel(transform.ndim), size, heads=n, transform=transform, params=flat)
+    call.capturing = capturing_graph()
     call.matrix = transform.sampler_matrix(flat, src_size)
-    if call.matrix is not None and options.nonfinite == "raise" and not capturing_graph():
+    if call.matrix is not None and options.nonfinite == "raise" and not call.capturing:
         call.grid_finite = _matrix_proves_grid_finite(call.matrix, transform)
-    out = _run(call)  # (B, N, C, *S')
-    return out if heads else out.squeeze(1)
+    out = _run(call)  # (B, C, *S'), or (B, N, C, *S') for heads
+    return out.unsqueeze(1) if heads and n == 1 else out
 
 
 def _run(call: SamplerCall) -> Tensor:
-    """Steps 3-5 of the module docstring: ``(B, N, C, *S')``."""
+    """Steps 3-5 of the module docstring: ``(B, C, *S')`` for one head, ``(B, N, C, *S')`` for several."""
     backend = choose(call)
     options = call.options
     finite: Tensor | None = None
     if backend.reads_grid:
         if call.grid is None:
             call.grid = _heads_grid(call)
-        if options.nonfinite == "raise" and not call.grid_finite and not capturing_graph():
+        if options.nonfinite == "raise" and not call.grid_finite and not call.capturing:
             _check_grid(call.grid)
         elif options.nonfinite == "propagate":
             finite = torch.isfinite(call.grid).all(-1)  # (B, N*H', W')
     fill = None if options.fill is None else fill_tensor(options.fill, call.input)
-    out = filled(call.input, options.padding, fill, lambda src, pad: backend.run(call, src, pad))
-    if finite is not None:  # (B, N*H', W') -> (B, N, 1, H', W')
-        finite = finite.view(call.batch, call.heads, 1, *call.size)  # a bool mask: no gradient to copy
+    out = filled(call.input, options.padding, fill, lambda src, pad: backend.run(call, src, pad), call.heads)
+    if finite is not None:  # (B, N*H', W') -> (B, 1, H', W') or (B, N, 1, H', W')
+        finite = finite.unsqueeze(1) if call.heads == 1 else finite.view(call.batch, call.heads, 1, *call.size)
         out = torch.where(finite, out, torch.full_like(out, float("nan")))
     return out
 

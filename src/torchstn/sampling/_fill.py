@@ -44,23 +44,27 @@ def fill_tensor(fill: FillValue, input: Tensor) -> Tensor:
     raise ShapeError(f"fill: expected a scalar, C={c} values or a (B, C)=({b}, {c}) tensor, got shape {tuple(t.shape)}")
 
 
-def filled(input: Tensor, padding: str, fill: Tensor | None, run: Callable[[Tensor, str], Tensor]) -> Tensor:
+def filled(
+    input: Tensor, padding: str, fill: Tensor | None, run: Callable[[Tensor, str], Tensor], heads: int = 1
+) -> Tensor:
     """``run(input, padding)``, with ``padding="fill"`` built on zero padding (see the module docstring).
 
     Args:
         input: ``(B, C, *S)``.
         padding: The requested padding.
         fill: With ``padding="fill"``, :func:`fill_tensor`'s ``(1 or B, C, 1, ...)``; else None.
-        run: Samples an input with a padding other than ``"fill"``; returns ``(B, N, C, *S')`` (``N`` heads).
+        run: Samples an input with a padding other than ``"fill"``; returns ``(B, C, *S')``, or
+            ``(B, N, C, *S')`` for ``heads=N > 1``.
+        heads: ``N``.
 
     Returns:
-        ``(B, N, C, *S')``.
+        What ``run`` returns.
     """
     if padding != "fill" or fill is None:
         return run(input, padding)
     out = run(input, "zeros")  # (B, N, C, *S')
     ones = torch.ones((), device=input.device, dtype=input.dtype).expand(input.shape[0], 1, *input.shape[2:])
-    outside = 1.0 - run(ones, "zeros")  # (B, N, 1, *S'): the kernel's weight outside the image
+    outside = 1.0 - run(ones, "zeros")  # (B, [N,] 1, *S'): the kernel's weight outside the image
     tiny = _SNAP_ULPS * torch.finfo(input.dtype).eps
     outside = torch.where(outside.abs() <= tiny, torch.zeros_like(outside), outside)
-    return out + fill.unsqueeze(1) * outside
+    return out + (fill if heads == 1 else fill.unsqueeze(1)) * outside

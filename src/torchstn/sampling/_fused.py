@@ -61,7 +61,7 @@ class FusedCPUBackend(SamplerBackend):
         assert isinstance(call.transform, MatrixTransform) and call.matrix is not None  # can_run checked both
         eps = call.transform.eps if call.transform.projective else 0.0
         out = fused_warp(input, call.matrix, call.size, padding, call.options.align_corners, eps)  # (B*N, C', ...)
-        return out.unsqueeze(1) if call.heads == 1 else out.view(call.batch, call.heads, input.shape[1], *call.size)
+        return out if call.heads == 1 else out.view(call.batch, call.heads, input.shape[1], *call.size)
 
 
 _coords_cache: dict[tuple[int, bool, torch.dtype], Tensor] = {}
