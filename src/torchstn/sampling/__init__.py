@@ -18,8 +18,8 @@ Backends (objects in a small registry, ``_backends.py``; each says whether it ca
 Padding: ``"zeros"``, ``"border"``, ``"reflection"`` (PyTorch's), and ``"fill"``, a constant per channel that
 PyTorch lacks (``_fill.py``): the input sampled with zero padding plus ``fill`` times the kernel's weight outside
 the image. Pixels that read only the image are exactly as with zero padding for any finite fill, pixels that read
-only padding are exactly the fill, and pixels on the border carry the fill's share to within a few units in the
-last place of ``|fill|``. A fill holding NaN or inf raises :class:`~torchstn.errors.OptionError`.
+only padding are exactly the fill, and pixels on the border carry the fill's share to within
+``64 * eps * |fill|``. A fill holding NaN or inf raises :class:`~torchstn.errors.OptionError`.
 
 Non-finite grids: with border or reflection padding ``F.grid_sample`` silently reads a NaN coordinate as -1 (the
 first pixel), and nearest sampling with zero padding returns 0: plausible but wrong values. By default

@@ -4,7 +4,8 @@ The output is ``sample(input) + fill * outside``: the input sampled with zero pa
 share of the kernel's weight that falls outside the image, ``outside = 1 - sample(ones)``. Pixels whose kernel
 reads only the image (``outside`` within rounding of 0, snapped to exactly 0) come out bit for bit as with zero
 padding, whatever the (finite) fill; pixels whose kernel lies wholly outside read exactly ``fill``; pixels whose
-kernel straddles the border carry ``fill * outside``, within ``_SNAP_ULPS`` units in the last place of ``|fill|``.
+kernel straddles the border carry ``fill * outside`` to within ``2 * _SNAP_ULPS * eps * |fill|`` (the snap, plus the
+rounding of ``outside``; ``eps`` of the dtype).
 (Sampling ``input - fill`` and adding ``fill`` back, as torchstn did before, loses the image to rounding once the
 fill is large: at 1e8 a float32 image came back all zeros.)
 """
