@@ -68,7 +68,6 @@ from torchstn import ext, sample
 from torchstn.models import create_model, supported_kwargs
 from torchstn.models.mnist import STClassifier, parameter_count
 from torchstn.modules import SpatialTransformer
-from torchstn.sampling import _transform_grid
 from torchstn.transforms import MatrixTransform
 
 MODELS = (
@@ -279,13 +278,18 @@ def overhead_candidates(
 
     theta_leaf = theta.detach().clone().requires_grad_(True)
 
-    # As warp does it: the non-finite check on the (B, 3, 3) matrix, then the grid; the sampler then skips its
-    # grid-wide check when the matrix check vouches for the grid (sample_mode).
-    _, sample_mode = _transform_grid(transform, theta.detach(), size, size, st.align_corners, st.nonfinite)
+    # As warp does it: the non-finite check on the (B, 3, 3) matrix (finite_check below), then the grid from the
+    # matrix; the sampler then skips its grid-wide check when the matrix vouches for the grid (sample_mode).
+    matrix_family = transform.sampler_matrix(theta.detach(), size) is not None
+    sample_mode = "ignore" if matrix_family and st.nonfinite == "raise" else st.nonfinite
 
     def grid_generation() -> None:
         theta_leaf.grad = None
-        grid, _ = _transform_grid(transform, theta_leaf, size, size, st.align_corners, st.nonfinite)
+        matrix = transform.sampler_matrix(theta_leaf, size)
+        if matrix is None:
+            grid = transform.grid(theta_leaf, size, align_corners=st.align_corners, src_size=size)
+        else:
+            grid = transform.grid_from_matrix(matrix, size, st.align_corners, contiguous=False)
         grid.backward(g_grid)  # type: ignore[no-untyped-call]
 
     def warp_step() -> None:  # what the model runs: the fused kernel where it is loaded, else grid + sample
@@ -308,7 +312,7 @@ def overhead_candidates(
         )
         out.backward(g_out)  # type: ignore[no-untyped-call]
 
-    matrix0 = transform._grid_matrix(theta.detach(), size) if isinstance(transform, MatrixTransform) else grid0
+    matrix0 = transform.sampler_matrix(theta.detach(), size) if isinstance(transform, MatrixTransform) else grid0
 
     def finite_check() -> None:  # what nonfinite="raise" costs warp: one aminmax over the matrix (or the grid)
         lo, hi = torch.aminmax(matrix0)

@@ -32,7 +32,7 @@ PUBLIC = {
         "normalized_to_pixel", "output_extent", "pixel_from_normalized", "pixel_to_normalized", "projective_grid",
         "safe_denominator", "transform_points",
     ],
-    "torchstn.sampling": ["Backend", "Mode", "NonFinite", "Padding", "sample", "warp"],
+    "torchstn.sampling": ["Backend", "Mode", "NonFinite", "Padding", "SamplingOptions", "sample", "warp"],
     "torchstn.errors": [
         "CheckpointError", "CheckpointNotFoundError", "ConfigError", "ConfigKeyError", "DTypeError",
         "DataError", "DataNotFoundError",

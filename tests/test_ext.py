@@ -14,6 +14,8 @@ import torch.nn.functional as F
 import torchstn
 from torchstn import ext
 from torchstn.errors import NonFiniteError, OptionError
+from torchstn.sampling import _fused
+from torchstn.sampling._fused import FusedCPUBackend
 from torchstn.transforms import Affine, Attention, Projective, Similarity, ThinPlateSpline, Translation
 
 if not ext.available():
@@ -129,13 +131,13 @@ def test_auto_takes_the_kernel_for_every_affine_family(transform: torchstn.Trans
 def test_auto_uses_the_kernel(monkeypatch: pytest.MonkeyPatch, gen: torch.Generator) -> None:
     """backend='auto' goes through the kernel where it applies, and around it where it does not."""
     calls: list[str] = []
-    real = torchstn.sampling._fused_warp
+    real = FusedCPUBackend.run
 
-    def spy(*args: object, **kwargs: object) -> torch.Tensor:
+    def spy(self: FusedCPUBackend, *args: object, **kwargs: object) -> torch.Tensor:
         calls.append("fused")
-        return real(*args, **kwargs)  # type: ignore[arg-type]
+        return real(self, *args, **kwargs)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(torchstn.sampling, "_fused_warp", spy)
+    monkeypatch.setattr(FusedCPUBackend, "run", spy)
     x = torch.rand(2, 1, 8, 8, generator=gen)
     p = Affine().identity_params(2)
     torchstn.warp(x, p, Affine())
@@ -183,9 +185,11 @@ def test_fused_refuses_what_it_cannot_run(gen: torch.Generator) -> None:
             torchstn.warp(x, Affine().identity_params(2), Affine(), nonfinite="nan", backend=backend)  # type: ignore[arg-type]
         with pytest.raises(OptionError, match="mode"):
             torchstn.warp(x, Affine().identity_params(2), Affine(), mode="area", backend=backend)  # type: ignore[arg-type]
-    # a ready-made grid has nothing to fuse: sample() reads it with F.grid_sample
+    # a ready-made grid has no matrix for the kernel to sample from: "fused" insists, so sample() refuses it
     grid = torchstn.affine_grid(torch.eye(2, 3).expand(2, 2, 3), (8, 8))
-    torch.testing.assert_close(torchstn.sample(x, grid, backend="fused"), torchstn.sample(x, grid))
+    with pytest.raises(OptionError, match=r"backend: 'fused'.*matrix.*use warp"):
+        torchstn.sample(x, grid, backend="fused")
+    torch.testing.assert_close(torchstn.sample(x, grid, backend="auto"), torchstn.sample(x, grid, backend="torch"))
 
 
 def test_nonfinite_params_with_the_kernel(gen: torch.Generator) -> None:
@@ -245,7 +249,7 @@ def test_results_do_not_depend_on_the_thread_count(gen: torch.Generator) -> None
 
 def test_inference_mode_then_training(gen: torch.Generator) -> None:
     """The cached target coordinates are built outside inference mode, so a later autograd call can save them."""
-    torchstn.sampling._coords_cache.clear()
+    _fused._coords_cache.clear()
     x = torch.rand(2, 1, 11, 13, generator=gen)
     p = Affine().identity_params(2)
     with torch.inference_mode():
@@ -439,3 +443,23 @@ def test_the_build_finds_ninja_beside_the_interpreter(monkeypatch: pytest.Monkey
         ext._compile(tmp_path / "build", verbose=False)
     assert seen["path"].split(os.pathsep)[0] == str(Path(sys.executable).parent)
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("fill", [1e6, 1e8])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_large_fill_through_the_kernel_is_exact(fill: float, dtype: torch.dtype, gen: torch.Generator) -> None:
+    """The kernel builds padding='fill' as the grid path does (the image with zeros plus the fill times a sampled
+    validity mask): output pixels that read only the image equal zero padding exactly, those reading only padding
+    equal the fill, the rest agree with the grid path to rounding of |fill| (issue 17, defect 8)."""
+    x = torch.rand(3, 2, 9, 11, generator=gen, dtype=dtype)
+    p = (_theta(3, 0.15, gen) * 1.4).reshape(3, 6).to(dtype)  # zoomed out: a border of padding around the image
+    zeros = torchstn.warp(x, p, Affine(), backend="fused")
+    ones = torchstn.warp(torch.ones_like(x[:, :1]), p, Affine(), backend="fused", nonfinite="ignore")
+    out = torchstn.warp(x, p, Affine(), padding="fill", fill=fill, backend="fused")
+    inside = ((1 - ones).abs() <= 32 * torch.finfo(dtype).eps).expand_as(out)
+    outside = (ones == 0).expand_as(out)
+    assert inside.sum() > 50 and outside.sum() > 10
+    assert torch.equal(out[inside], zeros[inside])
+    assert (out[outside] == fill).all()
+    grid_path = torchstn.warp(x, p, Affine(), padding="fill", fill=fill, backend="torch")
+    torch.testing.assert_close(out, grid_path, rtol=0, atol=64 * torch.finfo(dtype).eps * fill)

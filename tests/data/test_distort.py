@@ -181,15 +181,15 @@ def test_unknown_recipe_is_a_clear_error() -> None:
 def test_data_do_not_depend_on_the_fused_kernel(source: MNISTSplit, name: str, monkeypatch: pytest.MonkeyPatch) -> None:
     """The generators warp on the grid path on purpose: a machine that built the fused kernel (whose rounding
     differs in the last bits, enough to flip a uint8 pixel now and then) makes the same data as one that did not."""
-    import torchstn.sampling
+    from torchstn.sampling._fused import FusedCPUBackend
 
     def refuse(*args: object) -> None:
         raise AssertionError("a data generator warped through the fused kernel")
 
     recipe = get_recipe(name)
-    monkeypatch.setattr(torchstn.sampling, "_fused_warp", refuse)
+    monkeypatch.setattr(FusedCPUBackend, "run", refuse)
     with_kernel = generate(recipe, source, 24, seed=5, split="train")  # the kernel is there, and never called
-    monkeypatch.setattr(torchstn.sampling, "_fused_unsupported", lambda *args: "disabled by the test")
+    monkeypatch.setattr(FusedCPUBackend, "can_run", lambda *args: "disabled by the test")
     without = generate(recipe, source, 24, seed=5, split="train")
     assert torch.equal(with_kernel.images, without.images)
     assert torch.equal(with_kernel.labels, without.labels)

@@ -6,10 +6,13 @@ import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 import torchstn
 from tests.helpers import assert_close
+from torchstn import ext
+from torchstn.errors import DTypeError, ShapeError
 from torchstn.modules import (
     LocalisationNet,
     ParallelSpatialTransformer,
@@ -261,3 +264,74 @@ def test_compiled_transformer_matches_eager(gen: torch.Generator, num_heads: int
     x = torch.rand(2, 2, 12, 16, generator=gen)
     compiled = torch.compile(st, backend="eager")
     torch.testing.assert_close(compiled(x), st(x))
+
+
+# --- the multi-head path checks what warp checks (issue 14; issue 17, defect 1) -----------------------------------
+
+HEAD_BACKENDS = [
+    "auto",
+    "torch",
+    pytest.param("fused", marks=pytest.mark.skipif(not ext.available(), reason="no kernel")),
+]
+
+
+@pytest.mark.parametrize("backend", HEAD_BACKENDS)
+def test_heads_refuse_a_batch_that_disagrees_with_the_input(backend: str) -> None:
+    """The fused path checked only that B*N divides the image batch: st(x_B4, loc_input=x_B2) with 2 heads mixed
+    images across heads, and sample_with(x_B2, params (1, 2, 6)) returned a batch of 1. Every path raises."""
+    loc = mlp_localisation((1, 6, 6), Affine(), num_heads=2)
+    st = SpatialTransformer(loc, Affine(), backend=backend)  # type: ignore[arg-type]
+    x4, x2 = torch.rand(4, 1, 6, 6), torch.rand(2, 1, 6, 6)
+    with pytest.raises(ShapeError, match=r"^params: expected B=4"):
+        st(x4, loc_input=x2)
+    with pytest.raises(ShapeError, match=r"^params: expected B=2"):
+        st.sample_with(x2, Affine().identity_params(2).view(1, 2, 6))
+
+
+@pytest.mark.parametrize("backend", HEAD_BACKENDS)
+def test_heads_check_the_parameters_as_warp_does(backend: str) -> None:
+    """(B, N, P) parameters skipped warp's checks: a float64/float32 mix reached the kernel's "one dtype for all
+    tensors", a wrong P gave a reshape error."""
+    st = SpatialTransformer(torch.nn.Identity(), Affine(), backend=backend)  # type: ignore[arg-type]
+    x = torch.rand(2, 1, 5, 5)
+    with pytest.raises(DTypeError, match=r"^params: expected the dtype and device of input"):
+        st.sample_with(x, Affine().identity_params(4, dtype=torch.float64).view(2, 2, 6))
+    with pytest.raises(ShapeError, match=r"^params: expected shape \(B,N,6\)"):
+        st.sample_with(x, torch.zeros(2, 2, 5))
+    with pytest.raises(DTypeError, match=r"^params: expected a floating-point tensor"):
+        st.sample_with(x, torch.zeros(2, 2, 6, dtype=torch.int64))
+    with pytest.raises(ShapeError, match=r"^params: expected \(B, P\) or \(B, N, P\)"):
+        st.sample_with(x, torch.zeros(2, 2, 2, 6))
+
+
+class _Fixed(torch.nn.Module):
+    """A localisation network that predicts the same parameters for every input."""
+
+    def __init__(self, params: torch.Tensor) -> None:
+        super().__init__()
+        self.register_buffer("p", params)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.p.expand(x.shape[0], -1)
+
+
+@pytest.mark.parametrize("backend", ["auto", "torch"])
+def test_composed_homography_uses_the_chains_eps(backend: str, gen: torch.Generator) -> None:
+    """A projective stage followed by an affine one: the composed homography keeps the projective stage's eps (it
+    used the current stage's, the affine default 1e-6). The denominator 0.8 x + 1 is below eps=0.9 on the left half."""
+    from torchstn.geometry import projective_grid
+
+    h = torch.tensor([[1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.8, 0.0]], dtype=torch.float64)
+    a = torch.tensor([[0.9, 0.1, 0.05, -0.1, 0.9, 0.0]], dtype=torch.float64)
+    stages = [
+        SpatialTransformer(_Fixed(h), Projective(eps=0.9), backend=backend),  # type: ignore[arg-type]
+        SpatialTransformer(_Fixed(a), Affine(), backend=backend),  # type: ignore[arg-type]
+    ]
+    chain = SerialSpatialTransformer(stages, compose=True)
+    x = torch.rand(2, 1, 8, 8, generator=gen, dtype=torch.float64)
+    out, _, total = chain(x, return_params=True)
+    assert total is not None
+    expected = F.grid_sample(x, projective_grid(total, (8, 8), False, 0.9), align_corners=False)
+    torch.testing.assert_close(out, expected, rtol=0, atol=1e-12)
+    wrong = F.grid_sample(x, projective_grid(total, (8, 8), False, 1e-6), align_corners=False)
+    assert (out - wrong).abs().max() > 1e-3  # the eps matters for this chain

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from typing import Literal
 
@@ -10,21 +11,8 @@ from torch import Tensor, nn
 
 from torchstn._checks import check_choice, check_size
 from torchstn.errors import OptionError, ShapeError
-from torchstn.geometry import _affine_grid, projective_grid
-from torchstn.sampling import (
-    Backend,
-    FillValue,
-    Mode,
-    NonFinite,
-    Padding,
-    _transform_grid,
-    _try_fused,
-    sample,
-    warp,
-)
-from torchstn.transforms import Affine, MatrixTransform, Transform
-
-_AFFINE = Affine()  # a composed chain's (B, 2, 3) matrix, read as Affine parameters by the fused kernel
+from torchstn.sampling import Backend, FillValue, Mode, NonFinite, Padding, SamplingOptions, warp_params
+from torchstn.transforms import Affine, Affine3D, MatrixTransform, Projective, Transform
 
 __all__ = ["ParallelSpatialTransformer", "SerialSpatialTransformer", "SpatialTransformer"]
 
@@ -86,74 +74,76 @@ class SpatialTransformer(nn.Module):
         self.localisation = localisation
         self.transform = transform
         self.output_size = None if output_size is None else check_size(output_size, "output_size", transform.ndim)
-        self.mode: Mode = mode
-        self.padding: Padding = padding
-        self.fill = fill
-        self.align_corners = align_corners
-        self.backend: Backend = backend
-        self.nonfinite: NonFinite = nonfinite
+        self.options = SamplingOptions(mode, padding, fill, align_corners, backend, nonfinite)  # checked here, once
         self.combine: Combine = check_choice(combine, "combine", ("stack", "concat"))  # type: ignore[assignment]
         self.last_params: Tensor | None = None
         self.params: Tensor | None = None
 
+    # The sampling options live in one validated object; the attributes read it, and setting one re-validates.
+    @property
+    def mode(self) -> Mode:
+        return self.options.mode
+
+    @mode.setter
+    def mode(self, value: Mode) -> None:
+        self.options = dataclasses.replace(self.options, mode=value)
+
+    @property
+    def padding(self) -> Padding:
+        return self.options.padding
+
+    @padding.setter
+    def padding(self, value: Padding) -> None:
+        self.options = dataclasses.replace(self.options, padding=value)
+
+    @property
+    def fill(self) -> FillValue | None:
+        return self.options.fill
+
+    @fill.setter
+    def fill(self, value: FillValue | None) -> None:
+        self.options = dataclasses.replace(self.options, fill=value)
+
+    @property
+    def align_corners(self) -> bool:
+        return self.options.align_corners
+
+    @align_corners.setter
+    def align_corners(self, value: bool) -> None:
+        self.options = dataclasses.replace(self.options, align_corners=value)
+
+    @property
+    def backend(self) -> Backend:
+        return self.options.backend
+
+    @backend.setter
+    def backend(self, value: Backend) -> None:
+        self.options = dataclasses.replace(self.options, backend=value)
+
+    @property
+    def nonfinite(self) -> NonFinite:
+        return self.options.nonfinite
+
+    @nonfinite.setter
+    def nonfinite(self, value: NonFinite) -> None:
+        self.options = dataclasses.replace(self.options, nonfinite=value)
+
     def sample_with(self, x: Tensor, params: Tensor) -> Tensor:
-        """Warp ``x`` with given parameters ``(B, P)`` or ``(B, N, P)`` using this module's settings."""
-        if params.ndim == 2:
-            return warp(
-                x,
-                params,
-                self.transform,
-                self.output_size,
-                self.mode,
-                self.padding,
-                self.fill,
-                self.align_corners,
-                backend=self.backend,
-                nonfinite=self.nonfinite,
-            )
-        if params.ndim != 3:
+        """Warp ``x`` with given parameters using this module's settings.
+
+        Args:
+            x: ``(B, C, H, W)`` (or ``(B, C, D, H, W)``).
+            params: ``(B, P)``, or ``(B, N, P)`` for ``N`` heads (the same ``B`` as ``x``).
+
+        Returns:
+            ``(B, C, H', W')``; with heads ``(B, N, C, H', W')`` or ``(B, N*C, H', W')`` as ``combine`` says.
+        """
+        if isinstance(params, Tensor) and params.ndim not in (2, 3):
             raise ShapeError(f"params: expected (B, P) or (B, N, P), got {tuple(params.shape)}")
-        b, n, p = params.shape
-        src_size = tuple(x.shape[2:])
-        size = src_size if self.output_size is None else self.output_size
-        fused = _try_fused(
-            x,
-            params.reshape(b * n, p),
-            self.transform,
-            size,
-            self.mode,
-            self.padding,
-            self.fill,
-            self.align_corners,
-            self.backend,
-            self.nonfinite,
-        )
-        if fused is not None:  # (B * N, C, H', W'), the heads of each image together
-            out = fused.view(b, n, x.shape[1], *size)
-            return out.reshape(b, n * x.shape[1], *size) if self.combine == "concat" else out
-        grid, nonfinite = _transform_grid(
-            self.transform,
-            params.reshape(b * n, p),
-            size,
-            src_size,
-            self.align_corners,
-            self.nonfinite,
-            contiguous=True,
-        )
-        # N heads read the same input: stack their grids along the first spatial axis and sample once.
-        grid = grid.view(b, n * size[0], *size[1:], self.transform.ndim)  # (B, N*H', W', 2)
-        out = sample(
-            x,
-            grid,
-            self.mode,
-            self.padding,
-            self.fill,
-            self.align_corners,
-            backend=self.backend,
-            nonfinite=nonfinite,
-        )
-        out = out.view(b, x.shape[1], n, *size).transpose(1, 2)  # (B, N, C, H', W')
-        return out.reshape(b, n * x.shape[1], *size) if self.combine == "concat" else out
+        if not isinstance(params, Tensor) or params.ndim == 2:
+            return warp_params(x, params, self.transform, self.output_size, self.options)
+        out = warp_params(x, params, self.transform, self.output_size, self.options, heads=True)  # (B, N, C, ...)
+        return out.reshape(out.shape[0], -1, *out.shape[3:]) if self.combine == "concat" else out
 
     def forward(
         self, x: Tensor, loc_input: Tensor | None = None, return_params: bool = False
@@ -242,6 +232,8 @@ class SerialSpatialTransformer(nn.Module):
                 raise OptionError("transformers: every stage must have the same number of spatial dimensions")
         self.stages = nn.ModuleList(transformers)
         self.compose = compose
+        # What stage k samples with: the product of the matrices of stages 1..k, as the parameters of a family.
+        self._composed: list[MatrixTransform] = _composed_families(transformers) if compose else []
 
     def forward(self, x: Tensor, return_params: bool = False) -> Tensor | tuple[Tensor, list[Tensor], Tensor | None]:
         """Run the chain; with ``return_params`` also return each stage's params and the composed matrix."""
@@ -256,29 +248,47 @@ class SerialSpatialTransformer(nn.Module):
         src_size = tuple(x.shape[2:])
         total: Tensor | None = None
         cur = x
-        projective = False
-        for st in stages:
+        for st, family in zip(stages, self._composed, strict=True):
             transform: MatrixTransform = st.transform  # type: ignore[assignment]
             p = st.localisation(cur)
             st.params, st.last_params = p, p.detach()
             params.append(p)
             m = transform.matrix(p, src_size=src_size)
             total = m if total is None else total @ m  # src_from_dst of the chain so far
-            projective = projective or transform.projective
-            size = src_size if st.output_size is None else st.output_size
-            if not projective and transform.ndim == 2:  # the composed affine matrix, through the fused kernel
-                rows = total[:, :2].reshape(-1, 6)
-                out = _try_fused(
-                    x, rows, _AFFINE, size, st.mode, st.padding, st.fill, st.align_corners, st.backend, st.nonfinite
-                )
-                if out is not None:
-                    cur = out
-                    continue
-            if projective:
-                grid = projective_grid(total, size, st.align_corners, transform.eps)
-            else:
-                grid = _affine_grid(total[:, : transform.ndim], size, st.align_corners, contiguous=False)
-            cur = sample(
-                x, grid, st.mode, st.padding, st.fill, st.align_corners, backend=st.backend, nonfinite=st.nonfinite
-            )
+            rows = total if family.projective else total[:, : family.ndim]
+            cur = warp_params(x, rows.reshape(rows.shape[0], -1), family, st.output_size, st.options)
         return (cur, params, total) if return_params else cur
+
+
+class _ComposedHomography(Projective):
+    """A homography given by all nine entries of its matrix (a composed chain's product, whose last entry need not
+    be 1), with the chain's ``eps``."""
+
+    num_params = 9
+    roles = (*Projective.roles, "linear")
+
+    def __repr__(self) -> str:
+        return f"ComposedHomography(eps={self.eps:g})"
+
+    def _identity(self, device: torch.device | str | None, dtype: torch.dtype) -> Tensor:
+        return torch.eye(3, device=device, dtype=dtype).reshape(1, 9)
+
+    def _matrix(self, params: Tensor, src_size: tuple[int, ...] | None) -> Tensor:
+        return params.reshape(-1, 3, 3)
+
+
+def _composed_families(stages: Sequence[SpatialTransformer]) -> list[MatrixTransform]:
+    """The family each stage's composed matrix is read as: affine rows until a projective stage, then the full
+    homography, whose ``eps`` is the largest of the projective stages composed so far (each stage's own clamp
+    holds for the product too; the chain never clamps less than any of its stages asked)."""
+    families: list[MatrixTransform] = []
+    eps: float | None = None
+    for st in stages:
+        t: MatrixTransform = st.transform  # type: ignore[assignment]
+        if t.projective:
+            eps = t.eps if eps is None else max(eps, t.eps)
+        if eps is not None:
+            families.append(_ComposedHomography(eps))
+        else:
+            families.append(Affine() if t.ndim == 2 else Affine3D())
+    return families

@@ -21,6 +21,13 @@ class Transform:
     sampling grid. Coordinates follow the library convention (normalised to [-1, 1], ``(x, y[, z])`` order,
     target (output) to source (input)).
 
+    What a family offers the sampler (:mod:`torchstn.sampling`) is a small protected API, for the sampler and for
+    families defined outside torchstn, not for end users: :meth:`sampler_matrix` (the matrix the grid is built
+    from, or None for a family without one), :meth:`grid_from_matrix` (that grid) and :meth:`grid_bound` (how large
+    the matrix may be for its grid to be certainly finite). A family with a matrix lets the sampler check the
+    matrix instead of the grid for non-finite values and lets a backend such as the fused kernel sample without
+    building the grid. These methods trust their inputs: the sampler has checked them.
+
     Attributes:
         num_params: Number of parameters per sample.
         ndim: Number of spatial dimensions (2 for images, 3 for volumes).
@@ -105,6 +112,43 @@ class Transform:
         """
         raise NotImplementedError
 
+    # --- protected: what the sampler uses ---------------------------------------------------------------------
+
+    def sampler_matrix(self, params: Tensor, src_size: tuple[int, ...] | None) -> Tensor | None:
+        """The matrix the sampling grid is built from, or None when the family has none (the default).
+
+        Args:
+            params: ``(B, num_params)``, already checked.
+            src_size: The input's spatial size, for families that work in pixel space.
+
+        Returns:
+            ``(B, ndim, ndim + 1)`` affine rows, or the full ``(B, ndim + 1, ndim + 1)`` matrix of a projective
+            family; None for families without a matrix (the sampler then builds the grid with :meth:`grid`).
+        """
+        return None
+
+    def grid_from_matrix(
+        self, matrix: Tensor, size: tuple[int, ...], align_corners: bool, *, contiguous: bool = True
+    ) -> Tensor:
+        """The sampling grid of a :meth:`sampler_matrix` result.
+
+        Args:
+            matrix: What :meth:`sampler_matrix` returned.
+            size: Output spatial size, already checked.
+            align_corners: Coordinate convention.
+            contiguous: False allows a batch-strided grid (each image's grid contiguous), which some sizes write
+                faster; pass True when the caller reshapes the grid across images.
+
+        Returns:
+            ``(B, *size, ndim)`` normalised source coordinates, as :meth:`grid`.
+        """
+        raise NotImplementedError(f"{self!r} has no sampler matrix")
+
+    def grid_bound(self, dtype: torch.dtype) -> float:
+        """Largest matrix entry (in magnitude) for which the grid of :meth:`grid_from_matrix` is certainly finite
+        in ``dtype``; the sampler checks the grid itself for larger matrices."""
+        raise NotImplementedError(f"{self!r} has no sampler matrix")
+
     def __repr__(self) -> str:
         return f"{type(self).__name__}()"
 
@@ -170,24 +214,21 @@ class MatrixTransform(Transform):
     ) -> Tensor:
         out, src = self._sizes(size, src_size)
         params = self.check_params(params)
-        return self._grid_from_matrix(self._grid_matrix(params, src), out, align_corners)
+        return self.grid_from_matrix(self.sampler_matrix(params, src), out, align_corners)
 
-    def _grid_matrix(self, params: Tensor, src_size: tuple[int, ...] | None) -> Tensor:
-        """The matrix the grid is built from: the top ``ndim`` rows, or the full matrix when projective."""
+    def sampler_matrix(self, params: Tensor, src_size: tuple[int, ...] | None) -> Tensor:
+        """The top ``ndim`` rows of the matrix, ``(B, ndim, ndim + 1)`` (the full matrix when projective)."""
         return self._rows(params, src_size)
 
-    def _grid_from_matrix(
-        self, matrix: Tensor, size: tuple[int, ...], align_corners: bool, contiguous: bool = True
+    def grid_from_matrix(
+        self, matrix: Tensor, size: tuple[int, ...], align_corners: bool, *, contiguous: bool = True
     ) -> Tensor:
-        """The grid of ``matrix``; ``contiguous=False`` allows a batch-strided layout (see ``_affine_grid``)."""
+        """The affine grid of ``matrix`` (see :meth:`Transform.grid_from_matrix`)."""
         return _affine_grid(matrix, size, align_corners, contiguous=contiguous)
 
-    def _grid_bound(self, dtype: torch.dtype) -> float:
-        """Largest matrix entry (in magnitude) for which the grid is certain to be finite.
-
-        Every normalised target coordinate lies in [-1, 1], so an affine grid component is a sum of ``ndim + 1``
-        terms each at most the largest entry; a factor of two more covers rounding.
-        """
+    def grid_bound(self, dtype: torch.dtype) -> float:
+        """Every normalised target coordinate lies in [-1, 1], so an affine grid component is a sum of ``ndim + 1``
+        terms each at most the largest entry; a factor of two more covers rounding."""
         return torch.finfo(dtype).max / (2.0 * (self.ndim + 1))
 
     def map_points(

@@ -177,7 +177,16 @@ class Projective(MatrixTransform):
     """
 
     num_params = 8
-    roles = ("linear", "linear", "translation", "linear", "linear", "translation", "perspective", "perspective")
+    roles: tuple[str, ...] = (
+        "linear",
+        "linear",
+        "translation",
+        "linear",
+        "linear",
+        "translation",
+        "perspective",
+        "perspective",
+    )
     projective = True
 
     def __init__(self, eps: float = DEFAULT_EPS) -> None:
@@ -209,18 +218,20 @@ class Projective(MatrixTransform):
     ) -> Tensor:
         out, _ = self._sizes(size, src_size)
         params = self.check_params(params)
-        return self._grid_from_matrix(self._matrix(params, None), out, align_corners)
+        return self.grid_from_matrix(self._matrix(params, None), out, align_corners)
 
-    def _grid_matrix(self, params: Tensor, src_size: tuple[int, ...] | None) -> Tensor:
+    def sampler_matrix(self, params: Tensor, src_size: tuple[int, ...] | None) -> Tensor:
+        """The full ``(B, 3, 3)`` homography (the grid needs its last row)."""
         return self._matrix(params, None)
 
-    def _grid_from_matrix(
-        self, matrix: Tensor, size: tuple[int, ...], align_corners: bool, contiguous: bool = True
+    def grid_from_matrix(
+        self, matrix: Tensor, size: tuple[int, ...], align_corners: bool, *, contiguous: bool = True
     ) -> Tensor:
+        """:func:`~torchstn.geometry.projective_grid` with this family's ``eps`` (always contiguous)."""
         return projective_grid(matrix, size, align_corners, self.eps)
 
-    def _grid_bound(self, dtype: torch.dtype) -> float:
-        # Numerators are at most 3 * max|m| and the denominator at least eps in magnitude.
+    def grid_bound(self, dtype: torch.dtype) -> float:
+        """Numerators are at most 3 max|m| and the denominator at least ``eps`` in magnitude."""
         return torch.finfo(dtype).max * self.eps / 6.0
 
 

@@ -1,0 +1,164 @@
+"""The one path from a call to its output, shared by :func:`~torchstn.sampling.sample`,
+:func:`~torchstn.sampling.warp`, the multi-head :class:`~torchstn.modules.SpatialTransformer` and the composed
+:class:`~torchstn.modules.SerialSpatialTransformer`.
+
+1. Check the input, the parameters (``(B, P)``, or ``(B, N, P)`` for ``N`` heads) or the grid, and the sizes.
+2. For a family with a matrix, check the matrix for NaN or inf (``nonfinite="raise"``): a finite matrix small
+   enough proves every grid point finite, which saves the pass over the grid.
+3. Choose the backend (:func:`~torchstn.sampling._backends.choose`).
+4. For a backend that reads a grid: build the grid and check it where the matrix did not vouch for it.
+5. Run it, with ``padding="fill"`` on zero padding (:mod:`~torchstn.sampling._fill`), and mark non-finite
+   points NaN for ``nonfinite="propagate"``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor
+
+from torchstn._checks import capturing_graph, check_size, check_tensor
+from torchstn.errors import DTypeError, NonFiniteError, ShapeError
+from torchstn.sampling._backend import SamplerCall
+from torchstn.sampling._backends import choose
+from torchstn.sampling._fill import fill_tensor, filled
+from torchstn.sampling._options import SamplingOptions
+from torchstn.transforms import Transform
+
+__all__ = ["sample_grid", "warp_params"]
+
+
+def sample_grid(input: Tensor, grid: Tensor, options: SamplingOptions) -> Tensor:
+    """:func:`~torchstn.sampling.sample` with validated options: ``(B, C, *S)`` at ``(B, *S', nd)``."""
+    check_tensor(input, "input", "*,C,H,W")
+    if input.ndim not in (4, 5):
+        raise ShapeError(f"input: expected (B, C, H, W) or (B, C, D, H, W), got {tuple(input.shape)}")
+    nd = input.ndim - 2
+    check_tensor(grid, "grid", "B,H,W,2" if nd == 2 else "B,D,H,W,3", dims={"B": input.shape[0]})
+    if grid.dtype != input.dtype:
+        raise DTypeError(f"grid: expected the dtype of input ({input.dtype}), got {grid.dtype}")
+    if grid.device != input.device:
+        raise DTypeError(f"grid: expected the device of input ({input.device}), got {grid.device}")
+    call = SamplerCall(input, options, options.kernel(nd), tuple(grid.shape[1:-1]), grid=grid)
+    call.capturing = capturing_graph()
+    return _run(call)
+
+
+def warp_params(
+    input: Tensor,
+    params: Tensor,
+    transform: Transform,
+    output_size: Sequence[int] | None,
+    options: SamplingOptions,
+    *,
+    heads: bool = False,
+) -> Tensor:
+    """Warp ``input`` with ``params`` of ``transform``: :func:`~torchstn.sampling.warp` and the modules.
+
+    Args:
+        input: ``(B, C, *S)``.
+        params: ``(B, P)``; with ``heads``, ``(B, N, P)`` (``N`` transforms of each image).
+        transform: The family.
+        output_size: ``S'``; default ``S``.
+        options: Validated options.
+        heads: Whether ``params`` has a heads dimension.
+
+    Returns:
+        ``(B, C, *S')``; with ``heads``, ``(B, N, C, *S')``.
+    """
+    if not isinstance(transform, Transform):
+        raise DTypeError(f"transform: expected a torchstn.transforms.Transform, got {type(transform).__name__}")
+    check_tensor(input, "input", "*,C,H,W")
+    if input.ndim != transform.ndim + 2:
+        raise ShapeError(
+            f"input: {transform!r} warps {transform.ndim}D data, expected {transform.ndim + 2} dimensions, "
+            f"got {tuple(input.shape)}"
+        )
+    b = input.shape[0]
+    if heads:
+        check_tensor(params, "params", f"B,N,{transform.num_params}", dims={"B": b})
+        n = params.shape[1]
+        flat = params.reshape(b * n, transform.num_params)  # image-major: row k warps image k // N
+    else:
+        n = 1
+        flat = transform.check_params(params)
+        check_tensor(flat, "params", "B,P", dims={"B": b})
+    if params.dtype != input.dtype or params.device != input.device:
+        raise DTypeError(
+            f"params: expected the dtype and device of input ({input.dtype}, {input.device}), "
+            f"got ({params.dtype}, {params.device})"
+        )
+    src_size = tuple(input.shape[2:])
+    size = src_size if output_size is None else check_size(output_size, "output_size", transform.ndim)
+    call = SamplerCall(input, options, options.kernel(transform.ndim), size, heads=n, transform=transform, params=flat)
+    call.capturing = capturing_graph()
+    call.matrix = transform.sampler_matrix(flat, src_size)
+    if call.matrix is not None and options.nonfinite == "raise" and not call.capturing:
+        call.grid_finite = _matrix_proves_grid_finite(call.matrix, transform)
+    out = _run(call)  # (B, C, *S'), or (B, N, C, *S') for heads
+    return out.unsqueeze(1) if heads and n == 1 else out
+
+
+def _run(call: SamplerCall) -> Tensor:
+    """Steps 3-5 of the module docstring: ``(B, C, *S')`` for one head, ``(B, N, C, *S')`` for several."""
+    backend = choose(call)
+    options = call.options
+    finite: Tensor | None = None
+    if backend.reads_grid:
+        if call.grid is None:
+            call.grid = _heads_grid(call)
+        if options.nonfinite == "raise" and not call.grid_finite and not call.capturing:
+            _check_grid(call.grid)
+        elif options.nonfinite == "propagate":
+            finite = torch.isfinite(call.grid).all(-1)  # (B, N*H', W')
+    fill = None if options.fill is None else fill_tensor(options.fill, call.input)
+    out = filled(call.input, options.padding, fill, lambda src, pad: backend.run(call, src, pad), call.heads)
+    if finite is not None:  # (B, N*H', W') -> (B, 1, H', W') or (B, N, 1, H', W')
+        finite = finite.unsqueeze(1) if call.heads == 1 else finite.view(call.batch, call.heads, 1, *call.size)
+        out = torch.where(finite, out, torch.full_like(out, float("nan")))
+    return out
+
+
+def _heads_grid(call: SamplerCall) -> Tensor:
+    """The heads' grids stacked along the first spatial axis: ``(B, N * S'[0], *S'[1:], nd)``."""
+    transform, params = call.transform, call.params
+    assert transform is not None and params is not None  # a grid call has its grid already
+    src_size = tuple(call.input.shape[2:])
+    ac = call.options.align_corners
+    if call.matrix is not None:  # an affine grid may come batch-strided, unless the heads are reshaped across images
+        grid = transform.grid_from_matrix(call.matrix, call.size, ac, contiguous=call.heads > 1)
+    else:
+        grid = transform.grid(params, call.size, align_corners=ac, src_size=src_size)
+    if call.heads == 1:
+        return grid
+    return grid.view(call.batch, call.heads * call.size[0], *call.size[1:], transform.ndim)
+
+
+def _finite_range(t: Tensor) -> tuple[bool, float]:
+    """Whether ``t`` holds no NaN or inf, and its largest magnitude: one reduction and one read to the host
+    (min and max propagate NaN and see inf, so they answer both; ``isfinite`` on the two scalars would cost
+    several more small ops per call)."""
+    lo, hi = torch.stack(torch.aminmax(t)).tolist()
+    return math.isfinite(lo) and math.isfinite(hi), max(-lo, hi)
+
+
+def _check_grid(grid: Tensor) -> None:
+    # min and max propagate NaN and see inf: one cheap reduction (isfinite().all() costs more than the grid).
+    if not _finite_range(grid)[0]:
+        bad = int((~torch.isfinite(grid)).any(-1).sum())
+        raise NonFiniteError(f"grid: {bad} grid point(s) hold NaN or inf (pass nonfinite='propagate' to get NaN)")
+
+
+def _matrix_proves_grid_finite(matrix: Tensor, transform: Transform) -> bool:
+    """``nonfinite="raise"`` on the matrix: NaN or inf raises naming ``params``; True when the matrix is small
+    enough that no grid point can overflow (the grid then needs no check), False when the grid must be checked."""
+    finite, largest = _finite_range(matrix.detach())
+    if not finite:
+        bad = int((~torch.isfinite(matrix)).flatten(1).any(1).sum())
+        raise NonFiniteError(
+            f"params: {bad} sample(s) give a {transform!r} matrix holding NaN or inf "
+            "(pass nonfinite='propagate' to get NaN outputs instead)"
+        )
+    return largest <= transform.grid_bound(matrix.dtype)
