@@ -37,7 +37,7 @@ PUBLIC = {
         "CheckpointError", "CheckpointNotFoundError", "ConfigError", "ConfigKeyError", "DTypeError",
         "DataError", "DataNotFoundError",
         "ExportMismatchError", "ExtensionBuildError", "MissingDependencyError", "NonFiniteError", "OptionError",
-        "RunError", "STNError", "ShapeError", "TrainingDiverged",
+        "RunError", "STNError", "ShapeError", "TrainingDiverged", "UnsupportedError",
     ],
     "torchstn.models": [
         "STClassifier", "SingleChannelConv2d", "VolumeProjector", "common", "create_model", "cub", "list_models",
@@ -87,7 +87,7 @@ def test_errors_subclass_the_builtins() -> None:
     builtin = {
         "ConfigError": ValueError, "ConfigKeyError": KeyError, "DataError": ValueError, "CheckpointError": ValueError,
         "RunError": RuntimeError, "TrainingDiverged": RuntimeError, "ExportMismatchError": RuntimeError,
-        "ExtensionBuildError": RuntimeError, "DataNotFoundError": FileNotFoundError,
+        "ExtensionBuildError": RuntimeError, "UnsupportedError": RuntimeError, "DataNotFoundError": FileNotFoundError,
         "MissingDependencyError": ImportError,
     }  # fmt: skip
     for name, base in builtin.items():

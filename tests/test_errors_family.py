@@ -26,9 +26,7 @@ EXEMPT = {"errors.py", "_checks.py"}
 
 #: Files with bare builtin raises that are converted by the other branches; the lead removes these entries when
 #: merging (a listed file that no longer raises a builtin fails the test, so the list cannot go stale).
-PENDING = {
-    "sampling.py",
-}
+PENDING = {}
 
 BUILTIN_EXCEPTIONS = {
     name for name, obj in vars(builtins).items() if isinstance(obj, type) and issubclass(obj, BaseException)

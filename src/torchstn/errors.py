@@ -7,6 +7,8 @@ anyway, so ``except ValueError`` (or ``KeyError``, ``RuntimeError``, ``OSError``
 - :class:`DTypeError` (``TypeError``): a tensor has the wrong dtype, or an argument has the wrong type.
 - :class:`OptionError` (``ValueError``): an option has a value it does not accept (not a choice, out of range).
 - :class:`NonFiniteError` (``ValueError``): a sampling grid or parameter tensor holds NaN or inf.
+- :class:`UnsupportedError` (``RuntimeError``): a backend cannot do what was asked (second-order gradients
+  through the fused kernel).
 - :class:`ConfigError` (``ValueError``): an experiment config has an unknown key or a value of the wrong type;
   :class:`ConfigKeyError` (also ``KeyError``) for an unknown key.
 - :class:`DataError` (``ValueError``): a dataset file or cache is malformed or disagrees with its recipe;
@@ -39,6 +41,7 @@ __all__ = [
     "STNError",
     "ShapeError",
     "TrainingDiverged",
+    "UnsupportedError",
 ]
 
 
@@ -60,6 +63,10 @@ class NonFiniteError(STNError, ValueError):
 
 class OptionError(STNError, ValueError):
     """An option (mode, padding, backend, eps, ...) has a value it does not accept."""
+
+
+class UnsupportedError(STNError, RuntimeError):
+    """A backend or path cannot do what was asked (e.g. second-order gradients through the fused kernel)."""
 
 
 class ConfigError(STNError, ValueError):

@@ -13,6 +13,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from torchstn.errors import UnsupportedError
 from torchstn.geometry import normalized_coords
 from torchstn.sampling._backend import SamplerBackend, SamplerCall
 from torchstn.transforms import MatrixTransform
@@ -118,7 +119,7 @@ class _FusedWarpBackward(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx: Any, *grads: Tensor) -> tuple[None, ...]:
-        raise RuntimeError(
+        raise UnsupportedError(
             "the fused kernel (torchstn.ext) has first-order gradients only: "
             "pass backend='reference' for second-order ones"
         )
