@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -11,7 +12,7 @@ from torchstn.train.engine import build_model
 from torchstn.train.tasks import ColocTask, build_task
 
 
-def _config(mnist: Path, tmp: Path, seed: int, *extra: str) -> dict:
+def _config(mnist: Path, tmp: Path, seed: int, *extra: str) -> dict[str, Any]:
     return load_config(
         None,
         [
@@ -37,7 +38,8 @@ def _initial_weights(mnist: Path, tmp: Path, seed: int) -> dict[str, torch.Tenso
     """The weights the engine starts from: one step at learning rate 0 leaves them as they were drawn."""
     run = tmp / f"run-{seed}-{len(list(tmp.iterdir()))}"
     train(_config(mnist, tmp, seed, "train.lr=0.0", "train.epochs=1", "train.max_steps=1"), run, quiet=True)
-    return load_checkpoint(run / "checkpoints" / "last.pt")["model"]
+    weights: dict[str, torch.Tensor] = load_checkpoint(run / "checkpoints" / "last.pt")["model"]
+    return weights
 
 
 def _same(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
