@@ -17,7 +17,7 @@ from typing import Any
 
 import yaml
 
-from torchstn.train.config import load_config
+from torchstn.train.config import DEFAULTS, load_config
 
 __all__ = [
     "MAX_PICTURE_BYTES",
@@ -119,12 +119,23 @@ def _flatten(node: Any, prefix: str = "") -> dict[str, Any]:
     return {prefix.rstrip("."): node}
 
 
+_ABSENT = "<absent>"
+
+
 def config_differences(recorded: dict[str, Any], expected: dict[str, Any], ignore: Iterable[str] = ()) -> list[str]:
-    """Dotted keys whose values differ between two resolved configs, except ``ignore`` (and keys below them)."""
-    a, b = _flatten(recorded), _flatten(expected)
+    """Dotted keys whose values differ between two resolved configs, except ``ignore`` (and keys below them).
+
+    A key that the recorded config lacks counts as equal when the expected value is the loader's default for it
+    (a key added to ``DEFAULTS`` after the run, whose default keeps the old behaviour)."""
+    a, b, defaults = _flatten(recorded), _flatten(expected), _flatten(DEFAULTS)
     skip = tuple(ignore)
     keys = sorted(k for k in a.keys() | b.keys() if not any(k == s or k.startswith(s + ".") for s in skip))
-    return [k for k in keys if a.get(k, "<absent>") != b.get(k, "<absent>")]
+    return [
+        k
+        for k in keys
+        if a.get(k, _ABSENT) != b.get(k, _ABSENT)
+        and not (k not in a and k in defaults and b.get(k, _ABSENT) == defaults[k])
+    ]
 
 
 @dataclass

@@ -310,7 +310,26 @@ def test_coloc_variant_records_are_tabulated(tmp_path: Path, exp: Any, head: str
     assert row in text
 
 
-def test_notes_sections_are_read_and_required(tmp_path: Path) -> None:
+def test_config_differences_tolerate_keys_added_with_their_default(exp: Any) -> None:
+    expected = exp.config(_cell())
+    older = json.loads(json.dumps(expected))
+    del older["train"]["grad_clip"]  # as if the run predates the key; its default (None) is what it trained with
+    assert results_lib.config_differences(older, expected) == []
+    older["train"]["lr"] = 1.0
+    del older["train"]["epochs"]
+    assert results_lib.config_differences(older, expected) == ["train.epochs", "train.lr"]
+    assert results_lib.config_differences(older, expected, ["train"]) == []
+
+
+def test_a_missing_notes_section_is_an_error(tmp_path: Path, exp: Any, head: str) -> None:
+    results = _results_tree(tmp_path, exp, head, [])
+    notes = (results / "NOTES.md").read_text().replace("## intro", "## intro-renamed")
+    (results / "NOTES.md").write_text(notes)
+    with pytest.raises(KeyError, match="## intro"):
+        make_results.generate(results, tmp_path / "RESULTS.md", tmp_path / "docs" / "results")
+
+
+def test_notes_sections_are_read(tmp_path: Path) -> None:
     notes = tmp_path / "NOTES.md"
     notes.write_text("comment\n\n## one\n\ntext of one\n\n## two\nline\n### sub\nmore\n")
     assert make_results.read_notes(notes) == {"one": "text of one", "two": "line\n### sub\nmore"}
