@@ -160,6 +160,21 @@ class Record:
         return self.samples / max(self.logged_epochs, 1)
 
 
+def _samples(rows: list[dict[str, Any]], batch: int) -> float:
+    """Images trained on: per epoch images/s x seconds (both rounded in the log), kept within what the epoch's
+    steps allow (more than ``steps - 1`` batches, at most ``steps`` batches), which fixes the rounding of very
+    short epochs."""
+    total, step = 0.0, 0
+    for r in rows:
+        steps = int(r.get("step", step)) - step
+        step += steps
+        seen = float(r["epoch_seconds"]) * float(r["images_per_second"])
+        if steps > 0:
+            seen = min(max(seen, (steps - 1) * batch + 1), steps * batch)
+        total += seen
+    return total
+
+
 def read_record(path: Path, cell: Cell | None = None) -> Record:
     """Read a record folder (or a finished run directory, naming its ``cell``); RecordError says what is wrong."""
     try:
@@ -181,7 +196,7 @@ def read_record(path: Path, cell: Cell | None = None) -> Record:
         path=path,
         test_error=float(metrics["test_error"]),
         train_error=float(last["train_error"]),
-        samples=sum(float(r["epoch_seconds"]) * float(r["images_per_second"]) for r in rows),
+        samples=_samples(rows, int(config["train"]["batch_size"])),
         seconds=sum(float(r["epoch_seconds"]) for r in rows),
         logged_epochs=len(rows),
         threads=meta.get("machine", {}).get("threads"),

@@ -219,6 +219,37 @@ def test_record_finds_the_column_a_config_belongs_to(tmp_path: Path, exp: Any, h
     assert record.cell_of_run(cluttered, exp) == _cell("coloc_clutter", "coloc_attention", 3)
 
 
+def test_a_real_run_directory_is_read_and_checked(tmp_path: Path, exp: Any) -> None:
+    """The engine's own output (tiny stand-in digits, so its config is no cell's: refused as off-config)."""
+    import gzip
+    import pickle
+
+    import numpy as np
+
+    from torchstn.train import load_config, train
+
+    rng = np.random.default_rng(0)
+
+    def split(n: int) -> tuple[Any, Any]:
+        return rng.random((n, 784), dtype=np.float32), rng.integers(0, 10, n).astype(np.int64)
+
+    mnist = tmp_path / "mnist.pkl.gz"
+    with gzip.open(mnist, "wb") as f:
+        pickle.dump((split(128), split(16), split(32)), f, protocol=2)
+    cell = _cell("rts", "fcn_baseline", 2, 0)
+    overrides = [f"data.mnist={str(mnist)!r}", f"data.cache_dir={str(tmp_path / 'cache')!r}", "visualize.enabled=False"]
+    config = exp.config(cell, [*overrides, "train.threads=1", "train.batch_size=64"])
+    run = tmp_path / "run"
+    metrics = train(config, run, quiet=True)
+    rec = results_lib.read_record(run, cell)
+    assert rec.test_error == metrics["test_error"] and rec.logged_epochs == 2
+    # train+valid (144 digits) twice; the log's rounding of a 10 ms epoch leaves a few % of slack
+    assert rec.samples == pytest.approx(2 * 144, rel=0.05)
+    with pytest.raises(RecordError, match=r"differs in data\.mnist, train\.batch_size"):
+        record.record_run(run, tmp_path / "results", exp)
+    assert load_config(None)["data"]["mnist"] is None  # the cells train on the bundled digits
+
+
 # --- the table's math and the report -------------------------------------------------------------------------
 
 
