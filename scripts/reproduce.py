@@ -23,8 +23,10 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+import yaml
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _results import ROOT, Cell, Experiments, RecordError
+from _results import ROOT, Cell, Experiments, RecordError, config_differences
 
 from torchstn.train.config import parse_overrides
 
@@ -71,13 +73,24 @@ def command(exp: Experiments, cell: Cell, run: Path, extra: Sequence[str]) -> li
     return [*exe, "--config", str(ROOT / config), "--out", str(run), "--set", *exp.overrides(cell), *extra]
 
 
+def _stale(exp: Experiments, cell: Cell, run: Path) -> list[str]:
+    """The keys in which an existing run directory's config is not the cell's (empty: it is, or there is none)."""
+    if not (run / "config.yaml").is_file():
+        return []
+    recorded = yaml.safe_load((run / "config.yaml").read_text())
+    return config_differences(recorded, exp.config(cell), exp.budget_keys)
+
+
 def plan(exp: Experiments, todo: Sequence[Cell], runs: Path, results: Path) -> list[tuple[Cell, str]]:
-    """What to do with each cell: ``recorded``, ``finished`` (not yet recorded), ``resume`` or ``start``."""
+    """What to do with each cell: ``recorded``, ``stale`` (its run directory trained another config: left alone),
+    ``finished`` (not yet recorded), ``resume`` or ``start``."""
     out = []
     for cell in todo:
         run = runs / cell.path
         if (results / cell.path / "metrics.json").exists():
             out.append((cell, "recorded"))
+        elif _stale(exp, cell, run):
+            out.append((cell, "stale"))
         elif _status(run) == "finished":
             out.append((cell, "finished"))
         elif (run / "checkpoints" / "last.pt").exists():
@@ -119,6 +132,10 @@ def main(argv: list[str] | None = None) -> int:
         run = args.runs / cell.path
         if action == "recorded":
             print(f"[skip] {cell.path} is recorded", flush=True)
+            continue
+        if action == "stale":
+            diff = ", ".join(_stale(exp, cell, run))
+            print(f"[skip] {run} trained another config (differs in {diff}); move it away to retrain", flush=True)
             continue
         if action == "finished":
             print(f"[skip] {run} finished; record it: scripts/record.py {run} --into {args.results}", flush=True)

@@ -386,6 +386,8 @@ def test_reproduce_skips_recorded_cells_and_resumes_interrupted_runs(tmp_path: P
     assert reproduce.command(exp, todo[2], runs / todo[2].path, [])[-2:] == ["--resume", str(runs / todo[2].path)]
     start = reproduce.command(exp, todo[3], runs / todo[3].path, ["train.threads=1"])
     assert start[start.index("--set") + 1 :] == [*exp.overrides(todo[3]), "train.threads=1"]
+    _fake_run(runs / todo[3].path, exp, todo[3], head, status="stopped", sets=("train.lr=0.5",))
+    assert reproduce.plan(exp, todo[3:], runs, results) == [(todo[3], "stale")]  # left alone, never resumed
     curve = reproduce.curve_cells(exp, [0])
     assert {c.epochs for c in curve} == set(exp.curve["epochs"]) and {c.model for c in curve} == set(
         exp.curve["models"]
