@@ -139,7 +139,9 @@ def curve_points(report: Report) -> dict[str, Any]:
                     "train_error": mean_std([r.train_error for r in rs])[0],
                 }
             )
-    return {"column": curve.get("column"), "models": list(curve.get("models", [])), "points": points}
+    paper = report.experiments.columns[curve["column"]]["paper"] if curve else {}
+    models = list(curve.get("models", []))
+    return {"column": curve.get("column"), "models": models, "paper": {m: paper[m] for m in models}, "points": points}
 
 
 def _draw_curve(data: dict[str, Any], labels: dict[str, str], title: str, path: Path) -> None:
@@ -159,8 +161,14 @@ def _draw_curve(data: dict[str, Any], labels: dict[str, str], title: str, path: 
         ax.plot(x, [p["train_error"] for p in pts], "x--", color=colour, label=f"{labels[model]} train (last epoch)")
         for p, xi in zip(pts, x, strict=True):
             ax.annotate(f"{p['epochs']} ep", (xi, p["test_error"]), textcoords="offset points", xytext=(4, 4), size=7)
+        ax.axhline(float(data["paper"][model]), color=colour, linestyle=":", label=f"{labels[model]} paper (test)")
     if data["points"]:
+        from matplotlib.ticker import ScalarFormatter
+
         ax.set_xscale("log")
+        for axis in (ax.xaxis.set_major_formatter, ax.xaxis.set_minor_formatter):
+            axis(ScalarFormatter())
+        ax.set_ylim(bottom=0)
         ax.legend(fontsize=8)
     else:
         ax.text(0.5, 0.5, "no committed records yet", ha="center", va="center", transform=ax.transAxes)
