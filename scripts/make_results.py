@@ -286,16 +286,18 @@ def _variants(folder: Path, results_link: str) -> list[str]:
     if not records:
         return ["No committed records of `scripts/coloc_variants.py` yet."]
     lines = [
-        "| variant (`scripts/coloc_variants.py` flags) | epochs | % IoU > 0.5 at the end | mean scale | code | record |"
+        "| variant (`scripts/coloc_variants.py` flags) | epochs | % IoU > 0.5 at the end | mean scale "
+        "| d(3,3') | d(3,blank) | code | record |",
+        "|---|---:|---:|---:|---:|---:|---|---|",
     ]
-    lines.append("|---|---:|---:|---:|---|---|")
     for path in records:
         rec = json.loads(path.read_text())
-        last = rec["epochs"][-1]
+        last, dist = rec["epochs"][-1], rec.get("distances", {})
         link = f"{results_link}/{folder.name}/{path.name}"
         lines.append(
             f"| `{rec['flags'] or '(the literal reading)'}` | {len(rec['epochs'])} | {last['hit']:.1f} | "
-            f"{last['scale']:.3f} | `{rec['meta']['git_sha'][:10]}` | [`{path.name}`]({link}) |"
+            f"{last['scale']:.3f} | {dist.get('digit_digit', float('nan')):.0f} | "
+            f"{dist.get('digit_blank', float('nan')):.0f} | `{rec['meta']['git_sha'][:10]}` | [`{path.name}`]({link}) |"
         )
     return lines
 

@@ -129,6 +129,8 @@ def test_committed_records_are_auditable(exp: Any, head: str) -> None:
         assert rec.logged_epochs == cell.epochs
         assert not results_lib.config_differences(rec.config, exp.config(cell), exp.budget_keys)
         assert not (rec.path / "checkpoints").exists()
+    for variant in sorted((ROOT / "results" / "coloc-variants").glob("*.json")):
+        record.check_code(json.loads(variant.read_text())["meta"])
 
 
 # --- record.py --------------------------------------------------------------------------------------------------
@@ -333,11 +335,12 @@ def test_coloc_variant_records_are_tabulated(tmp_path: Path, exp: Any, head: str
     variant = {
         "flags": "--negatives digit --positive detach",
         "meta": {"git_sha": head, "git_dirty": False},
+        "distances": {"digit_digit": 424.99, "digit_blank": 2284.9},
         "epochs": [{"epoch": 0, "hit": 12.34, "scale": 0.5}, {"epoch": 1, "hit": 56.78, "scale": 0.3456}],
     }
     (results / "coloc-variants" / "dn-detach.json").write_text(json.dumps(variant))
     text = make_results.generate(results, tmp_path / "RESULTS.md", tmp_path / "docs" / "results")
-    row = f"| `--negatives digit --positive detach` | 2 | 56.8 | 0.346 | `{head[:10]}` | [`dn-detach.json`]"
+    row = f"| `--negatives digit --positive detach` | 2 | 56.8 | 0.346 | 425 | 2285 | `{head[:10]}` | [`dn-detach"
     assert row in text
 
 
