@@ -118,7 +118,33 @@ def _section(report: Report, spec: dict[str, Any]) -> list[str]:
         for model, paper in exp.columns[c]["paper"].items():
             epochs = exp.chosen_epochs(c, model)
             lines.append(f"| {exp.label(model)} | {epochs} | {report.cell(c, model, kind)} | {_paper(paper)} |")
-    return [f"Our number ({what}, mean ± standard deviation over seeds, n seeds) beside the paper's.", "", *lines]
+    return [
+        f"Our number ({what}, mean ± standard deviation over seeds, n seeds) beside the paper's.",
+        "",
+        *lines,
+        "",
+        _gaps(report, columns, kind),
+    ]
+
+
+def _gaps(report: Report, columns: Sequence[str], kind: str) -> str:
+    """One sentence: by how much each recorded cell misses the paper's number (a range: its best end)."""
+    exp, misses, recorded = report.experiments, [], False
+    for c in columns:
+        for model, paper in exp.columns[c]["paper"].items():
+            values = [_value(r, kind) for r in report.seeds(c, model)]
+            if not values:
+                continue
+            recorded = True
+            target = float(str(paper).split("-")[-1])
+            gap = mean_std(values)[0] - target
+            if (gap > 0) if kind == "error" else (gap < 0):
+                name = exp.label(model) if len(columns) == 1 else f"{exp.columns[c]['label']} {exp.label(model)}"
+                misses.append(f"{name} {gap:+.2f}")
+    if not misses:
+        return "No recorded cell misses the paper's number." if recorded else "No cell of this table is recorded yet."
+    unit = "points of error above" if kind == "error" else "points below"
+    return f"Cells that miss the paper's number ({unit} it): {', '.join(misses)}."
 
 
 def curve_points(report: Report) -> dict[str, Any]:
