@@ -186,6 +186,8 @@ def read_record(path: Path, cell: Cell | None = None) -> Record:
         raise RecordError(f"{path}: not a run record ({exc.strerror}: {Path(exc.filename or '').name})") from exc
     except ValueError as exc:
         raise RecordError(f"{path}: unreadable record ({exc})") from exc
+    # A run stopped between logging an epoch and checkpointing it logs that epoch again when resumed: keep the last.
+    rows = list({int(r.get("epoch", i)): r for i, r in enumerate(rows)}.values())
     if metrics.get("status") != "finished":
         raise RecordError(f"{path}: the run is not finished (status {metrics.get('status')!r})")
     if not rows:

@@ -192,6 +192,14 @@ def test_record_refuses_code_that_is_not_an_ancestor_of_head(tmp_path: Path, exp
     assert (record.record_run(run, tmp_path / "results", exp, repo=repo) / "metrics.json").is_file()
 
 
+def test_an_epoch_logged_twice_by_a_resumed_run_counts_once(tmp_path: Path, exp: Any, head: str) -> None:
+    run = _fake_run(tmp_path / "run", exp, _cell(), head)
+    rows = (run / "log.jsonl").read_text().splitlines()
+    (run / "log.jsonl").write_text("\n".join([rows[0], rows[0], *rows[1:]]) + "\n")
+    rec = results_lib.read_record(record.record_run(run, tmp_path / "results", exp))
+    assert rec.logged_epochs == 2 and rec.seconds == 120.0
+
+
 def test_record_refuses_to_overwrite_unless_asked(tmp_path: Path, exp: Any, head: str) -> None:
     first = _fake_run(tmp_path / "a", exp, _cell(), head, test_error=1.0)
     second = _fake_run(tmp_path / "b", exp, _cell(), head, test_error=2.0)
