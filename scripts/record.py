@@ -125,11 +125,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("runs", nargs="+", type=Path, metavar="RUN_DIR")
     parser.add_argument("--into", type=Path, default=ROOT / "results", help="the results tree (default: results/)")
-    parser.add_argument("--experiments", type=Path, default=None, help="default: INTO/experiments.yaml")
+    parser.add_argument("--experiments", type=Path, default=ROOT / "results" / "experiments.yaml")
     parser.add_argument("--column", default=None, help="the run's column (default: the one its config matches)")
     parser.add_argument("--replace", action="store_true", help="overwrite a cell's existing record")
     args = parser.parse_args(argv)
-    experiments = Experiments(args.experiments or args.into / "experiments.yaml")
+    experiments = Experiments(args.experiments)
     refused = 0
     for run in args.runs:
         try:
