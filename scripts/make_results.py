@@ -1,308 +1,397 @@
-"""Regenerate RESULTS.md from run directories: our errors beside the paper's, with the training budget used.
+"""Regenerate RESULTS.md and the learning curve from the committed records in ``results/``, and nothing else.
 
-Every number in the report is read from a run's ``metrics.json``, ``log.jsonl`` and ``meta.json``; the paper's
-numbers are those of PAPER.md. Cells without a finished run are marked, never filled in. Pictures of what the
-transformers learnt are copied from the runs into ``docs/results/``.
+Every number in the report comes from a record (``results/<column>/<model>/e<epochs>-seed<seed>/``, written by
+``scripts/record.py``) or from ``results/experiments.yaml`` (the paper's numbers, the chosen schedules); the
+prose comes from ``results/NOTES.md``. A cell without a record reads *not run*. The learning curve is drawn to
+``docs/results/learning-curve.png`` with its data beside it in ``learning-curve.json`` (what the test compares).
+``tests/test_results.py`` checks that the committed RESULTS.md is exactly what the committed records generate.
 
 Usage::
 
-    .venv/bin/python scripts/make_results.py --runs runs/repro --out RESULTS.md
+    make results        # or: .venv/bin/python scripts/make_results.py
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import re
-import shutil
-import statistics
+import os
+import sys
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-# The paper's test errors (%), PAPER.md section 2 (Table 1, TC) and 5 (addition).
-PAPER_TABLE1 = {
-    "fcn_baseline": {"r": 2.1, "rts": 5.2, "p": 3.1, "e": 3.2},
-    "cnn_baseline": {"r": 1.2, "rts": 0.8, "p": 1.5, "e": 1.4},
-    "st_fcn_aff": {"r": 1.2, "rts": 0.8, "p": 1.5, "e": 2.7},
-    "st_fcn_proj": {"r": 1.3, "rts": 0.9, "p": 1.4, "e": 2.6},
-    "st_fcn_tps": {"r": 1.1, "rts": 0.8, "p": 1.4, "e": 2.4},
-    "st_cnn_aff": {"r": 0.7, "rts": 0.5, "p": 0.8, "e": 1.2},
-    "st_cnn_proj": {"r": 0.8, "rts": 0.6, "p": 0.8, "e": 1.3},
-    "st_cnn_tps": {"r": 0.7, "rts": 0.5, "p": 0.8, "e": 1.1},
-}
-PAPER_TC = {"fcn_baseline": 13.2, "cnn_baseline": 3.5, "st_fcn_aff": 2.0, "st_cnn_aff": 1.7}
-PAPER_ADDITION = {
-    "addition_fcn": 47.7,
-    "addition_cnn": 14.7,
-    "addition_st_fcn_aff": 22.6,
-    "addition_st_fcn_proj": 18.5,
-    "addition_st_fcn_tps": 19.1,
-    "addition_2xst_fcn_aff": 9.0,
-    "addition_2xst_fcn_proj": 5.9,
-    "addition_2xst_fcn_tps": 5.8,
-}
-LABELS = {
-    "fcn_baseline": "FCN",
-    "cnn_baseline": "CNN",
-    "st_fcn_aff": "ST-FCN Aff",
-    "st_fcn_proj": "ST-FCN Proj",
-    "st_fcn_tps": "ST-FCN TPS",
-    "st_cnn_aff": "ST-CNN Aff",
-    "st_cnn_proj": "ST-CNN Proj",
-    "st_cnn_tps": "ST-CNN TPS",
-}
-COLUMN_NAMES = {
-    "r": "R",
-    "rts": "RTS",
-    "p": "P",
-    "e": "E",
-    "tc": "TC",
-    "addition": "addition",
-    "coloc": "co-localisation",
-    "coloc_clutter": "co-localisation, cluttered",
-}
-# Co-localisation (PAPER.md section 5): % of test images whose box has IoU > 0.5 with the true one.
-PAPER_COLOC = {"coloc": "100", "coloc_clutter": "75-93"}
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _results import ROOT, Cell, Experiments, Record, config_differences, load_records, mean_std
+
+from torchstn._io import atomic_write_bytes, atomic_write_text
+
+__all__ = ["cell_text", "curve_points", "generate", "read_notes"]
+
+CURVE_NAME = "learning-curve"
 
 
-def _load(run: Path) -> dict[str, Any] | None:
-    """A finished run's numbers, or None."""
-    try:
-        metrics = json.loads((run / "metrics.json").read_text())
-        meta = json.loads((run / "meta.json").read_text())
-        rows = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines() if line.strip()]
-    except (OSError, ValueError):
-        return None
-    if metrics.get("status") != "finished" or not rows:
-        return None
-    import yaml
-
-    config = yaml.safe_load((run / "config.yaml").read_text())
-    seconds = sum(r["epoch_seconds"] for r in rows)
-    samples = sum(r["epoch_seconds"] * r["images_per_second"] for r in rows)
-    return {
-        "error": float(metrics["test_error"]),
-        "epochs": len(rows),
-        "seconds": seconds,
-        "samples": samples,
-        "machine": meta["machine"],
-        "threads": meta["machine"].get("threads"),
-        "sha": (meta.get("git_sha") or "")[:10] + ("+dirty" if meta.get("git_dirty") else ""),
-        "redraw": config["data"]["redraw"],
-        "optimizer": config["train"]["optimizer"],
-        "lr": config["train"]["lr"],
-        "batch": config["train"]["batch_size"],
-        "schedule": config["train"]["schedule"],
-        "digit": (config["data"].get("recipe_params") or {}).get("digit"),
-        "run": run,
-    }
+def read_notes(path: Path) -> dict[str, str]:
+    """Sections of the notes file: ``## name`` headings, each followed by its Markdown (text before the first
+    heading is the file's own comment and is not printed)."""
+    sections: dict[str, list[str]] = {}
+    current: list[str] | None = None
+    for line in path.read_text().splitlines():
+        if line.startswith("## "):
+            current = sections.setdefault(line[3:].strip(), [])
+        elif current is not None:
+            current.append(line)
+    return {name: "\n".join(lines).strip() for name, lines in sections.items()}
 
 
-def _progress(run: Path) -> str | None:
-    """'training (epoch k of N)' for a run that has started but not finished."""
-    try:
-        import yaml
-
-        epochs = yaml.safe_load((run / "config.yaml").read_text())["train"]["epochs"]
-        done = len((run / "log.jsonl").read_text().splitlines()) if (run / "log.jsonl").exists() else 0
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
-    return f"training ({done} of {epochs} epochs done)"
+def _value(record: Record, kind: str) -> float:
+    return 100.0 - record.test_error if kind == "hits" else record.test_error
 
 
-RUNNING: dict[tuple[str, str], str] = {}
+def cell_text(values: Sequence[float]) -> str:
+    """``mean ± std (n=k)`` over seeds, ``x (n=1)`` for one, ``not run`` for none."""
+    if not values:
+        return "not run"
+    mean, std = mean_std(values)
+    return f"{mean:.2f} (n=1)" if std is None else f"{mean:.2f} ± {std:.2f} (n={len(values)})"
 
 
-def _collect(runs: Path) -> dict[tuple[str, str], list[dict[str, Any]]]:
-    cells: dict[tuple[str, str], list[dict[str, Any]]] = {}
-    for column_dir in sorted(p for p in runs.iterdir() if p.is_dir()) if runs.exists() else []:
-        for run in sorted(p for p in column_dir.iterdir() if p.is_dir()):
-            model = run.name.rsplit("-seed", 1)[0]
-            loaded = _load(run)
-            if loaded is not None:
-                cells.setdefault((column_dir.name, model), []).append(loaded)
-            elif (progress := _progress(run)) is not None:
-                RUNNING[(column_dir.name, model)] = progress
-    return cells
+class Report:
+    """The records that the tables show, split from those that no longer match their column's config."""
+
+    def __init__(self, experiments: Experiments, records: dict[Cell, Record]) -> None:
+        self.experiments = experiments
+        self.records: dict[Cell, Record] = {}
+        self.stale: dict[Cell, list[str]] = {}
+        for cell, record in sorted(records.items()):
+            if cell.column not in experiments.columns or cell.model not in experiments.columns[cell.column]["paper"]:
+                self.stale[cell] = ["the column or model is not in the experiments file"]
+                continue
+            diff = config_differences(record.config, experiments.config(cell), experiments.budget_keys)
+            if diff:
+                self.stale[cell] = diff
+            else:
+                self.records[cell] = record
+
+    def seeds(self, column: str, model: str, epochs: int | None = None) -> list[Record]:
+        """The records of one cell over seeds (default: at the column's chosen schedule), by seed."""
+        if epochs is None:
+            epochs = self.experiments.chosen_epochs(column, model)
+        return [r for c, r in sorted(self.records.items()) if (c.column, c.model, c.epochs) == (column, model, epochs)]
+
+    def cell(self, column: str, model: str, kind: str) -> str:
+        return cell_text([_value(r, kind) for r in self.seeds(column, model)])
 
 
-def _cell(results: list[dict[str, Any]] | None, key: tuple[str, str] | None = None) -> str:
-    if not results:
-        return RUNNING.get(key, "not run") if key else "not run"
-    errors = [r["error"] for r in results]
-    if len(errors) == 1:
-        return f"{errors[0]:.2f}"
-    return f"{statistics.mean(errors):.2f} ± {statistics.stdev(errors):.2f} (n={len(errors)})"
+def _paper(value: Any) -> str:
+    return str(value)
 
 
-def _table1(cells: dict[tuple[str, str], list[dict[str, Any]]]) -> list[str]:
-    cols = ["r", "rts", "p", "e"]
-    lines = [
-        "| model | " + " | ".join(f"{COLUMN_NAMES[c]} ours | {COLUMN_NAMES[c]} paper" for c in cols) + " |",
-        "|---|" + "---|---|" * len(cols),
+def _section(report: Report, spec: dict[str, Any]) -> list[str]:
+    exp, kind, columns = report.experiments, spec.get("kind", "error"), spec["columns"]
+    layout = spec.get("layout", "simple")
+    what = "% of test boxes with IoU > 0.5" if kind == "hits" else "test error, %"
+    lines: list[str]
+    if layout == "wide":
+        labels = [exp.columns[c]["label"] for c in columns]
+        lines = [
+            f"| model | {' | '.join(f'{label} ours | {label} paper' for label in labels)} |",
+            "|---|" + "---|---|" * len(columns),
+        ]
+        for model in exp.columns[columns[0]]["paper"]:
+            row = [exp.label(model)]
+            for c in columns:
+                row += [report.cell(c, model, kind), _paper(exp.columns[c]["paper"][model])]
+            lines.append("| " + " | ".join(row) + " |")
+    elif layout == "settings":
+        lines = ["| setting | model | epochs | ours | paper |", "|---|---|---|---|---|"]
+        for c in columns:
+            for model, paper in exp.columns[c]["paper"].items():
+                epochs = exp.chosen_epochs(c, model)
+                lines.append(
+                    f"| {exp.columns[c]['label']} | {exp.label(model)} | {epochs} | "
+                    f"{report.cell(c, model, kind)} | {_paper(paper)} |"
+                )
+    else:
+        (c,) = columns
+        lines = ["| model | epochs | ours | paper |", "|---|---|---|---|"]
+        for model, paper in exp.columns[c]["paper"].items():
+            epochs = exp.chosen_epochs(c, model)
+            lines.append(f"| {exp.label(model)} | {epochs} | {report.cell(c, model, kind)} | {_paper(paper)} |")
+    return [
+        f"Our number ({what}, mean ± standard deviation over seeds, n seeds) beside the paper's.",
+        "",
+        *lines,
+        "",
+        _gaps(report, columns, kind),
     ]
-    for model, paper in PAPER_TABLE1.items():
-        row = [LABELS[model]]
-        for c in cols:
-            row += [_cell(cells.get((c, model)), (c, model)), f"{paper[c]:.1f}"]
-        lines.append("| " + " | ".join(row) + " |")
-    return lines
 
 
-def _simple(cells: dict[tuple[str, str], list[dict[str, Any]]], column: str, paper: dict[str, float]) -> list[str]:
-    lines = ["| model | ours | paper |", "|---|---|---|"]
-    for model, value in paper.items():
-        lines.append(
-            f"| {LABELS.get(model, model)} | {_cell(cells.get((column, model)), (column, model))} | {value:.1f} |"
-        )
-    return lines
+def _gaps(report: Report, columns: Sequence[str], kind: str) -> str:
+    """One sentence: by how much each recorded cell misses the paper's number (a range: its best end)."""
+    exp, misses, recorded = report.experiments, [], False
+    for c in columns:
+        for model, paper in exp.columns[c]["paper"].items():
+            values = [_value(r, kind) for r in report.seeds(c, model)]
+            if not values:
+                continue
+            recorded = True
+            target = float(str(paper).split("-")[-1])
+            gap = mean_std(values)[0] - target
+            if (gap > 0) if kind == "error" else (gap < 0):
+                name = exp.label(model) if len(columns) == 1 else f"{exp.columns[c]['label']} {exp.label(model)}"
+                misses.append(f"{name} {gap:+.2f}")
+    if not misses:
+        return "No recorded cell misses the paper's number." if recorded else "No cell of this table is recorded yet."
+    unit = "points of error above" if kind == "error" else "points below"
+    return f"Cells that miss the paper's number ({unit} it): {', '.join(misses)}."
 
 
-COLOC_NOTE = [
-    "The transformer finds the digit (pictures below) with four choices the paper leaves open, all in the `coloc`",
-    "config (`torchstn.train.tasks.ColocTask`): the gradient reaches each crop through its anchor terms only",
-    "(`positive: detach`), every ordered pair of the batch is used (`pairs: all`), the random crops are",
-    "28x28-pixel windows, the encoder's input (`negatives: crop`), and the margin is 100 instead of 1, because our",
-    "encoder's squared feature distances are about 425 between two 3s and 2285 between a 3 and a blank crop, so a",
-    "margin of 1 is lost in them; `coloc_attention` also bounds the crop's scale and centre. Taken literally, with",
-    "gradients through both crops of a pair, the loss collapses: a crop that catches the digit is also another",
-    "image's positive and is pulled towards that image's crop, at first mostly blank, so every crop drifts to empty",
-    "background (0% in our first runs). The table below isolates each choice: without the detached positive, or",
-    "with random crops at the transformer's scale, no variant leaves the background; with clutter a margin of 1",
-    "settles on whole-image crops, where the loss is already zero.",
-]
-COLOC_VARIANTS_NOTE = (
-    "Readings of the loss tried by `scripts/coloc_variants.py` (3000 training and 500 test images of the digit 3, "
-    "8 epochs each; read from the logs in `docs/results/coloc-variants/`, whose README gives each command):"
-)
-ADDITION_NOTE = [
-    "Far from the paper. The column's budget is the plain CNN's on the 2x42x42 input, so the FCN classifiers are",
-    "tiny: the plain FCN's hidden layers are the largest that fit it, and beside the transformers' fully",
-    "connected localisation networks (three layers of 32 units on 3528 inputs, already more than the budget) the",
-    "classifier gets the smallest width allowed, 16 hidden units (`torchstn.models.mnist`). Training longer helps",
-    "the single transformers little: from 12 to 40 epochs the plain FCN went from 88.1 to 85.8% and the ST-FCN",
-    "Aff from 86.8 to 78.3%, while the two-transformer models dropped from 80.8-85.4% to 49.8-61.5%; the",
-    "training error is about the test error throughout (underfitting; see each run's log.jsonl).",
-]
-TABLE1_NOTE = [
-    "Notes on Table 1:",
-    "",
-    "- The FCN family underfits at the column's parameter budget (the plain CNN's, 32 and 32 channels): its training",
-    "  error is about its test error (see each run's log.jsonl).",
-    "- P as reconstructed (each corner of the 28x28 image moved by N(0, 5 px) after the 0.75-1.0 scaling) is much",
-    "  harder for every model than the paper's P column, which the paper puts level with E.",
-]
+def curve_points(report: Report) -> dict[str, Any]:
+    """The learning curve's data: per model and recorded schedule length, the means over seeds."""
+    curve = report.experiments.curve
+    points = []
+    for model in curve.get("models", []):
+        lengths = sorted({c.epochs for c in report.records if (c.column, c.model) == (curve["column"], model)})
+        for epochs in lengths:
+            rs = report.seeds(curve["column"], model, epochs)
+            points.append(
+                {
+                    "model": model,
+                    "epochs": epochs,
+                    "seeds": [r.cell.seed for r in rs],
+                    "samples": mean_std([r.samples for r in rs])[0],
+                    "test_error": mean_std([r.test_error for r in rs])[0],
+                    "train_error": mean_std([r.train_error for r in rs])[0],
+                }
+            )
+    paper = report.experiments.columns[curve["column"]]["paper"] if curve else {}
+    models = list(curve.get("models", []))
+    return {"column": curve.get("column"), "models": models, "paper": {m: paper[m] for m in models}, "points": points}
 
 
-def _coloc(cells: dict[tuple[str, str], list[dict[str, Any]]]) -> list[str]:
-    """Co-localisation accuracy (% of test images with IoU > 0.5); runs log its complement as test_error."""
-    lines = ["| setting | digit | ours (% IoU > 0.5) | paper |", "|---|---|---|---|"]
-    for column, paper in PAPER_COLOC.items():
-        results = cells.get((column, "coloc_attention"))
-        key = (column, "coloc_attention")
-        if results:
-            hits = [{**r, "error": 100.0 - r["error"]} for r in results]
-            ours, digit = _cell(hits), results[0]["digit"]
-        else:
-            ours, digit = RUNNING.get(key, "not run"), "—"
-        lines.append(f"| {COLUMN_NAMES[column]} | {digit} | {ours} | {paper} |")
-    return lines
+def _draw_curve(data: dict[str, Any], labels: dict[str, str], title: str, path: Path) -> None:
+    import matplotlib
 
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
 
-def _coloc_variants(folder: Path) -> list[str]:
-    """One row per log listed in the folder's README: the command, then the last epoch's test hits and scale."""
-    readme = folder / "README.md"
-    if not readme.is_file():
-        return []
-    lines = ["| variant (`scripts/coloc_variants.py` flags) | epochs | % IoU > 0.5 at the end | mean scale | log |"]
-    lines.append("|---|---:|---:|---:|---|")
-    for row in readme.read_text().splitlines():
-        m = re.match(r"\| `([^`]+\.log)` \| `python scripts/coloc_variants\.py ?([^`]*)` \|", row)
-        if not m or not (folder / m.group(1)).is_file():
+    fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=100)
+    for i, model in enumerate(data["models"]):
+        pts = [p for p in data["points"] if p["model"] == model]
+        if not pts:
             continue
-        epochs = [line for line in (folder / m.group(1)).read_text().splitlines() if "hit" in line]
-        if not epochs:
-            continue
-        hit = re.search(r"hit ([\d.]+)%", epochs[-1])
-        scale = re.search(r"(?:scale|s) (-?[\d.]+)", epochs[-1].split("hit", 1)[1])
-        flags = m.group(2) or "(the literal reading)"
+        x = [p["samples"] / 1e6 for p in pts]
+        colour = f"C{i}"
+        ax.plot(x, [p["test_error"] for p in pts], "o-", color=colour, label=f"{labels[model]} test")
+        ax.plot(x, [p["train_error"] for p in pts], "x--", color=colour, label=f"{labels[model]} train (last epoch)")
+        for p, xi in zip(pts, x, strict=True):
+            ax.annotate(f"{p['epochs']} ep", (xi, p["test_error"]), textcoords="offset points", xytext=(4, 4), size=7)
+        ax.axhline(float(data["paper"][model]), color=colour, linestyle=":", label=f"{labels[model]} paper (test)")
+    if data["points"]:
+        from matplotlib.ticker import ScalarFormatter
+
+        ax.set_xscale("log")
+        for axis in (ax.xaxis.set_major_formatter, ax.xaxis.set_minor_formatter):
+            axis(ScalarFormatter())
+        ax.set_ylim(bottom=0)
+        ax.legend(fontsize=8)
+    else:
+        ax.text(0.5, 0.5, "no committed records yet", ha="center", va="center", transform=ax.transAxes)
+    ax.set_xlabel("training samples seen (millions)")
+    ax.set_ylabel("error (%)")
+    ax.set_title(f"Learning curve, {title}: final errors against samples seen")
+    ax.grid(True, which="both", alpha=0.3)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    import io
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", metadata={"Software": None})
+    plt.close(fig)
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def _curve_section(report: Report, data: dict[str, Any], link: str, json_link: str) -> list[str]:
+    exp = report.experiments
+    lines = [f"![learning curve]({link})", "", f"Data: [`{json_link}`]({json_link}).", ""]
+    lines += ["| model | epochs | seeds | samples seen | test error | train error (last epoch) |"]
+    lines += ["|---|---|---|---|---|---|"]
+    for p in data["points"]:
         lines.append(
-            f"| `{flags}` | {len(epochs)} | {hit.group(1) if hit else '?'} | {scale.group(1) if scale else '?'} "
-            f"| `{m.group(1)}` |"
+            f"| {exp.label(p['model'])} | {p['epochs']} | {len(p['seeds'])} | {p['samples'] / 1e6:.2f}M | "
+            f"{p['test_error']:.2f} | {p['train_error']:.2f} |"
         )
+    if not data["points"]:
+        lines.append(f"| {', '.join(exp.label(m) for m in data['models'])} | not run | | | | |")
+    families = sorted({f for spec in exp.columns.values() for f in spec["epochs"]})
+    lines += ["", "Chosen schedule (epochs) of each model family, per column (`results/experiments.yaml`):", ""]
+    lines += ["| column | " + " | ".join(families) + " |", "|---|" + "---|" * len(families)]
+    for spec in exp.columns.values():
+        lines.append(f"| {spec['label']} | " + " | ".join(str(spec["epochs"].get(f, "—")) for f in families) + " |")
     return lines
 
 
-def _budget(cells: dict[tuple[str, str], list[dict[str, Any]]]) -> list[str]:
+def _budget_overrides(exp: Experiments, record: Record) -> list[str]:
+    """The budget-only settings in which a record differs from its column's config (e.g. train.threads=1)."""
+    base = exp.config(record.cell)
+    out = []
+    for key in exp.budget_keys:
+        node_r: Any = record.config
+        node_b: Any = base
+        for part in key.split("."):
+            node_r = node_r.get(part) if isinstance(node_r, dict) else None
+            node_b = node_b.get(part) if isinstance(node_b, dict) else None
+        if node_r != node_b:
+            out.append(f"{key}={node_r!r}" if isinstance(node_r, str) else f"{key}={node_r}")
+    return out
+
+
+def _budget(report: Report, results_link: str) -> tuple[list[str], list[str]]:
+    exp = report.experiments
+    machines = sorted({json.dumps(r.machine, sort_keys=True) for r in report.records.values()})
     lines = [
-        "| column | model | seeds | epochs | samples seen | wall time | threads | optimiser | redraw | code |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "Every committed record, also those at schedules a table does not use (they feed the learning curve).",
+        "Training time is the sum of the epochs' training time (evaluation excluded); samples seen, the images",
+        "trained on (redrawn every epoch where the config says `redraw`).",
+        "",
+        "| record | epochs | seed | samples seen | training time | threads | machine | optimiser | code |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
-    for (column, model), results in sorted(cells.items()):
-        r0 = results[0]
-        minutes = statistics.mean(r["seconds"] for r in results) / 60
-        samples = statistics.mean(r["samples"] for r in results)
-        opt = f"{r0['optimizer']} lr {r0['lr']:g} {r0['schedule']} batch {r0['batch']}"
+    for cell, r in sorted(report.records.items()):
+        t = r.config["train"]
+        opt = f"{t['optimizer']} lr {t['lr']:g} {t['schedule']} batch {t['batch_size']}"
+        machine = machines.index(json.dumps(r.machine, sort_keys=True)) + 1
         lines.append(
-            f"| {COLUMN_NAMES.get(column, column)} | {LABELS.get(model, model)} | {len(results)} | {r0['epochs']} | "
-            f"{samples / 1e6:.2f}M | {minutes:.1f} min | {r0['threads']} | {opt} | {r0['redraw']} | {r0['sha']} |"
+            f"| [`{cell.path.as_posix()}`]({results_link}/{cell.path.as_posix()}) | {cell.epochs} | {cell.seed} | "
+            f"{r.samples / 1e6:.2f}M | {r.seconds / 60:.1f} min | {r.threads} | M{machine} | {opt} | "
+            f"`{r.sha[:10]}` |"
         )
-    return lines
+    if not report.records:
+        lines.append("| none committed yet | | | | | | | | |")
+    lines += ["", "Machines (from each record's meta.json):", ""]
+    lines += [f"- M{i}: `{m}`" for i, m in enumerate(machines, 1)] or ["- none"]
+    commands = []
+    for cell, r in sorted(report.records.items()):
+        spec = exp.columns[cell.column]
+        sets = " ".join([*exp.overrides(cell), *_budget_overrides(exp, r)])
+        commands.append(
+            f"- `{cell.path.as_posix()}` (code `{r.sha[:10]}`): `python -m torchstn.cli train --config "
+            f"{spec['config']} --out runs/repro/{cell.path.as_posix()} --set {sets}`"
+        )
+    return lines, commands
 
 
-def _pictures(cells: dict[tuple[str, str], list[dict[str, Any]]], out_dir: Path) -> list[str]:
-    """Copy each transformer model's end-of-training pictures (one per transformer) next to the report."""
+def _pictures(report: Report, sections: list[dict[str, Any]], root_out: Path) -> list[str]:
+    """The first seed's transformer pictures of each cell a table shows."""
+    exp = report.experiments
     lines = []
-    out_dir.mkdir(parents=True, exist_ok=True)
-    for (column, model), results in sorted(cells.items()):
-        if "st_" not in model and not model.startswith("coloc"):
-            continue
-        for src in sorted((results[0]["run"] / "pictures").glob("transformer*.png")):
-            suffix = src.stem.removeprefix("transformer").replace("_transformers_", "-")
-            dst = out_dir / f"{column}-{model}{suffix}.png"
-            shutil.copyfile(src, dst)
-            which = f" (transformer {suffix.lstrip('-')})" if suffix else ""
-            label = f"{COLUMN_NAMES.get(column, column)}, {LABELS.get(model, model)}{which}"
-            lines.append(f"**{label}**\n\n![]({dst.as_posix()})\n")
+    for spec in sections:
+        for column in spec["columns"]:
+            for model in exp.columns[column]["paper"]:
+                rs = report.seeds(column, model)
+                if not rs:
+                    continue
+                for picture in rs[0].pictures:
+                    which = picture.stem.removeprefix("transformer").replace("_transformers_", " ").strip()
+                    label = f"{exp.columns[column]['label']}, {exp.label(model)}"
+                    label += f" (transformer {which})" if which else ""
+                    link = Path(os.path.relpath(picture, root_out)).as_posix()
+                    lines += [
+                        f"**{label}** (seed {rs[0].cell.seed}, {rs[0].cell.epochs} epochs)",
+                        "",
+                        f"![]({link})",
+                        "",
+                    ]
     return lines
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--runs", default="runs/repro")
-    parser.add_argument("--out", default="RESULTS.md")
-    parser.add_argument("--pictures", default="docs/results")
-    parser.add_argument("--coloc-variants", default="docs/results/coloc-variants", help="logs of coloc_variants.py")
-    parser.add_argument("--command", default=None, help="the command that trained the runs, quoted in the report")
-    args = parser.parse_args()
-    cells = _collect(Path(args.runs))
-    machines = {json.dumps(r["machine"], sort_keys=True) for rs in cells.values() for r in rs}
+def _variants(folder: Path, results_link: str) -> list[str]:
+    """The co-localisation variants' committed records (``scripts/coloc_variants.py --record``), one row each."""
+    records = sorted(folder.glob("*.json")) if folder.is_dir() else []
+    if not records:
+        return ["No committed records of `scripts/coloc_variants.py` yet."]
+    lines = [
+        "| variant (`scripts/coloc_variants.py` flags) | epochs | % IoU > 0.5 at the end | mean scale "
+        "| d(3,3') | d(3,blank) | code | record |",
+        "|---|---:|---:|---:|---:|---:|---|---|",
+    ]
+    for path in records:
+        rec = json.loads(path.read_text())
+        last, dist = rec["epochs"][-1], rec.get("distances", {})
+        link = f"{results_link}/{folder.name}/{path.name}"
+        lines.append(
+            f"| `{rec['flags'] or '(the literal reading)'}` | {len(rec['epochs'])} | {last['hit']:.1f} | "
+            f"{last['scale']:.3f} | {dist.get('digit_digit', float('nan')):.0f} | "
+            f"{dist.get('digit_blank', float('nan')):.0f} | `{rec['meta']['git_sha'][:10]}` | [`{path.name}`]({link}) |"
+        )
+    return lines
+
+
+def generate(
+    results: Path, out: Path, figures: Path, experiments: Path | None = None, notes: Path | None = None
+) -> str:
+    """Write ``out`` (RESULTS.md) and the learning curve (PNG and JSON) into ``figures``; return the report."""
+    exp = Experiments(experiments or results / "experiments.yaml")
+    text_notes = read_notes(notes or results / "NOTES.md")
+    report = Report(exp, load_records(results))
+    root_out = out.resolve().parent
+    results_link = Path(os.path.relpath(results.resolve(), root_out)).as_posix()
+
+    def note(name: str) -> list[str]:
+        if name not in text_notes:
+            raise KeyError(f"notes: no section '## {name}'")
+        return ["", text_notes[name]]
+
     text = [
         "# Reproduction of the paper's results",
         "",
-        "Generated by `scripts/make_results.py` from the run directories; do not edit by hand. Test error in %,",
-        "our number beside the paper's (PAPER.md). A cell reads *not run* until a finished run exists for it",
-        "(*training* while its run is under way).",
-        "",
-        f"Regenerate: `.venv/bin/python scripts/make_results.py --runs {args.runs} --out {args.out}`.",
+        f"Generated by `scripts/make_results.py` (`make results`) from the committed records in `{results_link}/`",
+        f"and `{results_link}/experiments.yaml` (models, the paper's numbers, chosen schedules), with the notes of",
+        f"`{results_link}/NOTES.md`; do not edit by hand. A cell reads *not run* until a record is committed for it.",
+        *note("intro"),
     ]
-    if args.command:
-        text += ["", f"Runs trained with: `{args.command}`."]
-    text += ["", "## Table 1: distorted MNIST", "", *_table1(cells), "", *TABLE1_NOTE]
-    text += ["", "## Translated-cluttered MNIST", "", *_simple(cells, "tc", PAPER_TC)]
-    text += ["", "## MNIST addition", "", *_simple(cells, "addition", PAPER_ADDITION), "", *ADDITION_NOTE]
-    text += ["", "## Co-localisation", "", *_coloc(cells), "", *COLOC_NOTE]
-    variants = _coloc_variants(Path(args.coloc_variants))
-    if variants:
-        text += ["", COLOC_VARIANTS_NOTE, "", *variants]
-    text += ["", "## Training budget of each cell", "", *_budget(cells)]
-    text += ["", "Machines:", ""] + [f"- `{m}`" for m in sorted(machines)]
-    pics = _pictures(cells, Path(args.pictures))
-    if pics:
+    for spec in exp.sections:
+        text += ["", f"## {spec['title']}", "", *_section(report, spec)]
+        for name in spec.get("notes", []):
+            text += note(name)
+            if name == "coloc_variants":
+                text += ["", *_variants(results / "coloc-variants", results_link)]
+    data = curve_points(report)
+    png, sidecar = figures / f"{CURVE_NAME}.png", figures / f"{CURVE_NAME}.json"
+    title = exp.columns[exp.curve["column"]]["label"] if exp.curve else ""
+    _draw_curve(data, {m: exp.label(m) for m in data["models"]}, title, png)
+    atomic_write_text(sidecar, json.dumps(data, indent=1, sort_keys=True) + "\n")
+    link = Path(os.path.relpath(png.resolve(), root_out)).as_posix()
+    json_link = Path(os.path.relpath(sidecar.resolve(), root_out)).as_posix()
+    text += ["", f"## Learning curve ({title})", "", *_curve_section(report, data, link, json_link), *note("curve")]
+    budget, commands = _budget(report, results_link)
+    text += ["", "## Training budget of each record", "", *budget]
+    text += ["", "## Commands", "", *note("commands")[1:]]
+    if commands:
+        text += ["", "Each record's run, as `scripts/reproduce.py` starts it (at the record's code):", "", *commands]
+    if report.stale:
+        text += ["", "## Records not shown", "", "Committed records whose config no longer matches their cell's:", ""]
+        text += [f"- `{c.path.as_posix()}`: {', '.join(d)}" for c, d in sorted(report.stale.items())]
+    pictures = _pictures(report, exp.sections, root_out)
+    if pictures:
         text += ["", "## What the transformers learnt", "", "Test inputs with the sampling grid outlined (left) and"]
-        text += ["the transformer's output (right), at the end of training.", "", *pics]
-    Path(args.out).write_text("\n".join(text) + "\n")
-    print(f"wrote {args.out}: {sum(len(v) for v in cells.values())} finished runs in {len(cells)} cells")
+        text += ["the transformer's output (right), at the end of training.", "", *pictures]
+    body = "\n".join(text).rstrip("\n") + "\n"
+    atomic_write_text(out, body)
+    return body
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--results", type=Path, default=ROOT / "results", help="the records (default: results/)")
+    parser.add_argument("--out", type=Path, default=ROOT / "RESULTS.md")
+    parser.add_argument("--figures", type=Path, default=ROOT / "docs" / "results", help="the learning curve's folder")
+    parser.add_argument("--experiments", type=Path, default=None, help="default: RESULTS/experiments.yaml")
+    parser.add_argument("--notes", type=Path, default=None, help="default: RESULTS/NOTES.md")
+    args = parser.parse_args(argv)
+    generate(args.results, args.out, args.figures, args.experiments, args.notes)
+    print(f"wrote {args.out} and {args.figures / CURVE_NAME}.png/.json")
     return 0
 
 

@@ -1,13 +1,16 @@
-"""Train the reproduction cells (model x dataset x seed) one after another, resuming what was interrupted.
+"""Train the reproduction's cells one after another: skip the recorded, resume the interrupted, start the rest.
 
-Each cell is a run directory ``RUNS/<column>/<model>-seed<k>`` made by ``torchstn train`` from
-``configs/<column>.yaml`` with the model, seed and any ``--set`` overrides. A cell whose ``metrics.json`` says
-``finished`` is skipped; a stopped one is resumed. Run it in the background and regenerate the report with
-``scripts/make_results.py`` whenever you like; cells not yet run are reported as such.
+The cells come from ``results/experiments.yaml``: for each seed, column and model (cheapest first), the schedule
+the column chose for the model's family (or the ``--epochs`` given, or with ``--curve`` the learning curve's
+schedule lengths). A cell whose record is committed in ``results/`` is skipped; otherwise its run directory
+``runs/repro/<column>/<model>/e<epochs>-seed<seed>`` is resumed from its last checkpoint if it has one, left alone
+if it finished (record it with ``scripts/record.py``, or pass ``--record``), else started with ``torchstn train``
+from the column's config and the cell's overrides. ``--set`` may change only the budget-only keys of the
+experiments file (threads, evaluation batch, ...): anything else would train a run that is not the cell.
 
-Example (the command behind RESULTS.md is written there)::
+Example (the commands behind RESULTS.md are listed there)::
 
-    nohup .venv/bin/python scripts/reproduce.py --columns r rts --seeds 0 > runs/repro.log 2>&1 &
+    nohup .venv/bin/python scripts/reproduce.py --columns rts --seeds 0 1 2 --set train.threads=1 >repro.log 2>&1 &
 """
 
 from __future__ import annotations
@@ -17,40 +20,43 @@ import json
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
-# Cheapest first, so that a column fills from the fast cells while the slow ones train.
-TABLE1_MODELS = [
-    "fcn_baseline",
-    "st_fcn_aff",
-    "st_fcn_proj",
-    "st_fcn_tps",
-    "st_cnn_aff",
-    "cnn_baseline",
-    "st_cnn_proj",
-    "st_cnn_tps",
-]
-COLUMNS = {
-    "r": TABLE1_MODELS,
-    "rts": TABLE1_MODELS,
-    "p": TABLE1_MODELS,
-    "e": TABLE1_MODELS,
-    "tc": ["fcn_baseline", "cnn_baseline", "st_fcn_aff", "st_cnn_aff"],
-    "addition": [
-        "addition_fcn",
-        "addition_cnn",
-        "addition_st_fcn_aff",
-        "addition_st_fcn_proj",
-        "addition_st_fcn_tps",
-        "addition_2xst_fcn_aff",
-        "addition_2xst_fcn_proj",
-        "addition_2xst_fcn_tps",
-    ],
-    "coloc": ["coloc_attention"],
-    "coloc_clutter": ["coloc_attention"],
-}
-# Columns that reuse another column's config with extra overrides.
-COLUMN_CONFIGS = {"coloc_clutter": ("coloc", ["data.recipe_params.clutter=16"])}
+import yaml
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _results import ROOT, Cell, Experiments, RecordError, config_differences
+
+from torchstn.train.config import parse_overrides
+
+__all__ = ["cells", "command", "plan"]
+
+
+def cells(
+    exp: Experiments,
+    columns: Sequence[str],
+    seeds: Sequence[int],
+    models: Sequence[str] | None = None,
+    epochs: Sequence[int] | None = None,
+) -> list[Cell]:
+    """The cells to train, seed by seed (all of seed 0 first), each column's models cheapest first."""
+    out = []
+    for seed in seeds:
+        for column in columns:
+            for model in exp.column_models(column):
+                if models and model not in models:
+                    continue
+                for e in epochs or [exp.chosen_epochs(column, model)]:
+                    out.append(Cell(column, model, int(e), seed))
+    return out
+
+
+def curve_cells(exp: Experiments, seeds: Sequence[int], models: Sequence[str] | None = None) -> list[Cell]:
+    """The learning curve's cells: its column and models at each of its schedule lengths, shortest first."""
+    curve = exp.curve
+    chosen = [m for m in curve["models"] if not models or m in models]
+    return [Cell(curve["column"], m, int(e), s) for s in seeds for e in curve["epochs"] for m in chosen]
 
 
 def _status(run: Path) -> str | None:
@@ -58,39 +64,98 @@ def _status(run: Path) -> str | None:
     return json.loads(path.read_text()).get("status") if path.exists() else None
 
 
-def main() -> int:
+def command(exp: Experiments, cell: Cell, run: Path, extra: Sequence[str]) -> list[str]:
+    """The ``torchstn train`` arguments that start (or resume) a cell's run directory."""
+    exe = [sys.executable, "-m", "torchstn.cli", "train", "--quiet"]
+    if (run / "checkpoints" / "last.pt").exists():
+        return [*exe, "--resume", str(run)]
+    config = exp.columns[cell.column]["config"]
+    # --overwrite: a cell killed before its first checkpoint starts again (its run directory holds no epoch)
+    again = ["--overwrite"] if run.exists() else []
+    return [*exe, "--config", str(ROOT / config), "--out", str(run), *again, "--set", *exp.overrides(cell), *extra]
+
+
+def _stale(exp: Experiments, cell: Cell, run: Path) -> list[str]:
+    """The keys in which an existing run directory's config is not the cell's (empty: it is, or there is none)."""
+    if not (run / "config.yaml").is_file():
+        return []
+    recorded = yaml.safe_load((run / "config.yaml").read_text())
+    return config_differences(recorded, exp.config(cell), exp.budget_keys)
+
+
+def plan(exp: Experiments, todo: Sequence[Cell], runs: Path, results: Path) -> list[tuple[Cell, str]]:
+    """What to do with each cell: ``recorded``, ``stale`` (its run directory trained another config: left alone),
+    ``finished`` (not yet recorded), ``resume`` or ``start``."""
+    out = []
+    for cell in todo:
+        run = runs / cell.path
+        if (results / cell.path / "metrics.json").exists():
+            out.append((cell, "recorded"))
+        elif _stale(exp, cell, run):
+            out.append((cell, "stale"))
+        elif _status(run) == "finished":
+            out.append((cell, "finished"))
+        elif (run / "checkpoints" / "last.pt").exists():
+            out.append((cell, "resume"))
+        else:
+            out.append((cell, "start"))
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--columns", nargs="+", default=["r", "rts"], choices=sorted(COLUMNS))
+    parser.add_argument("--experiments", type=Path, default=ROOT / "results" / "experiments.yaml")
+    parser.add_argument("--columns", nargs="+", default=None, help="default: every column of the experiments file")
     parser.add_argument("--models", nargs="*", default=None, help="default: every model of each column")
     parser.add_argument("--seeds", nargs="+", type=int, default=[0])
-    parser.add_argument("--runs", default="runs/repro")
-    parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="overrides for every cell")
-    parser.add_argument("--dry-run", action="store_true")
-    args = parser.parse_args()
-    exe = [sys.executable, "-m", "torchstn.cli", "train", "--quiet"]
-    for seed in args.seeds:
-        for column in args.columns:
-            for model in args.models or COLUMNS[column]:
-                if model not in COLUMNS[column]:
-                    continue
-                run = Path(args.runs) / column / f"{model}-seed{seed}"
-                status = _status(run)
-                if status == "finished":
-                    print(f"[skip] {run} finished", flush=True)
-                    continue
-                if (run / "checkpoints" / "last.pt").exists():
-                    cmd = [*exe, "--resume", str(run)]
-                else:
-                    config, extra = COLUMN_CONFIGS.get(column, (column, []))
-                    sets = [f"model.name={model}", f"train.seed={seed}", f"name={column}-{model}", *extra, *args.set]
-                    # --overwrite: a cell killed before its first checkpoint starts again
-                    cmd = [*exe, "--config", f"configs/{config}.yaml", "--out", str(run), "--overwrite", "--set", *sets]
-                print(f"[run ] {' '.join(cmd[1:])}", flush=True)
-                if args.dry_run:
-                    continue
-                start = time.perf_counter()
-                done = subprocess.run(cmd, check=False)
-                print(f"[done] {run} rc={done.returncode} in {time.perf_counter() - start:.0f} s", flush=True)
+    parser.add_argument("--epochs", nargs="+", type=int, default=None, help="default: each family's chosen schedule")
+    parser.add_argument("--curve", action="store_true", help="the learning curve's cells (its column, models, epochs)")
+    parser.add_argument("--runs", type=Path, default=ROOT / "runs" / "repro")
+    parser.add_argument("--results", type=Path, default=ROOT / "results", help="committed records (skipped)")
+    parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="budget-only overrides")
+    parser.add_argument("--record", action="store_true", help="record each run that finishes (scripts/record.py)")
+    parser.add_argument("--dry-run", action="store_true", help="print what would run")
+    args = parser.parse_args(argv)
+    exp = Experiments(args.experiments)
+    args.runs, args.results = args.runs.resolve(), args.results.resolve()  # the runs start from ROOT
+    for key, _ in parse_overrides(args.set):
+        if not any(key == k or key.startswith(k + ".") for k in exp.budget_keys):
+            parser.error(
+                f"--set {key}: not a budget-only key ({', '.join(exp.budget_keys)}); change the column's config"
+            )
+    unknown = sorted(set(args.columns or []) - set(exp.columns))
+    if unknown:
+        parser.error(f"--columns: unknown {unknown}; the experiments file has {sorted(exp.columns)}")
+    if args.curve:
+        todo = curve_cells(exp, args.seeds, args.models)
+    else:
+        todo = cells(exp, args.columns or list(exp.columns), args.seeds, args.models, args.epochs)
+    for cell, action in plan(exp, todo, args.runs, args.results):
+        run = args.runs / cell.path
+        if action == "recorded":
+            print(f"[skip] {cell.path} is recorded", flush=True)
+            continue
+        if action == "stale":
+            diff = ", ".join(_stale(exp, cell, run))
+            print(f"[skip] {run} trained another config (differs in {diff}); move it away to retrain", flush=True)
+            continue
+        if action == "finished":
+            print(f"[skip] {run} finished; record it: scripts/record.py {run} --into {args.results}", flush=True)
+            continue
+        cmd = command(exp, cell, run, args.set)
+        print(f"[{action}] {' '.join(cmd[1:])}", flush=True)
+        if args.dry_run:
+            continue
+        start = time.perf_counter()
+        done = subprocess.run(cmd, check=False, cwd=ROOT)
+        print(f"[done] {run} rc={done.returncode} in {time.perf_counter() - start:.0f} s", flush=True)
+        if args.record and done.returncode == 0 and _status(run) == "finished":
+            from record import record_run
+
+            try:
+                print(f"[recorded] {record_run(run, args.results, exp)}", flush=True)
+            except RecordError as exc:
+                print(f"[not recorded] {exc}", flush=True)
     return 0
 
 

@@ -410,7 +410,10 @@ def _coloc(config: dict[str, Any]) -> Task:
     train = TensorSource(train.images, train.labels, train.dataset, train.meta, target="boxes")
     test = TensorSource(test.images, test.labels, None, test.meta, target="boxes")
     c = config["coloc"]
-    encoder = train_encoder(mnist.split(config["data"]["train_split"]), c["encoder_epochs"], 0)
+    # The encoder is the same for every run (seed 0); forking the global generator around its training keeps
+    # the model's initial weights, drawn next by the engine, a function of train.seed.
+    with torch.random.fork_rng(devices=[]):
+        encoder = train_encoder(mnist.split(config["data"]["train_split"]), c["encoder_epochs"], 0)
     return ColocTask(
         train,
         test,

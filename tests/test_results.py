@@ -1,0 +1,420 @@
+"""RESULTS.md is what the committed records generate; records are refused unless auditable; the table's math.
+
+Synthetic records are written only under pytest's tmp_path, never into the repository's results/ tree.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import shutil
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPTS = ROOT / "scripts"
+
+
+def _script(name: str) -> ModuleType:
+    """A script loaded from scripts/ (the shared ``_results`` module by its own name, as the scripts import it)."""
+    if str(SCRIPTS) not in sys.path:
+        sys.path.insert(0, str(SCRIPTS))
+    if name.startswith("_"):
+        return importlib.import_module(name)
+    spec = importlib.util.spec_from_file_location(f"_torchstn_script_{name}", SCRIPTS / f"{name}.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+results_lib = _script("_results")
+record = _script("record")
+make_results = _script("make_results")
+reproduce = _script("reproduce")
+RecordError = results_lib.RecordError
+
+
+def _git(repo: Path, *args: str) -> str:
+    cmd = ["git", "-c", "user.name=t", "-c", "user.email=t@t", "-c", "commit.gpgsign=false", *args]
+    return subprocess.run(cmd, cwd=repo, capture_output=True, text=True, check=True).stdout.strip()
+
+
+@pytest.fixture(scope="module")
+def head() -> str:
+    try:
+        return _git(ROOT, "rev-parse", "HEAD")
+    except (OSError, subprocess.CalledProcessError):
+        pytest.skip("not a git checkout")
+
+
+@pytest.fixture(scope="module")
+def exp() -> Any:
+    return results_lib.Experiments(ROOT / "results" / "experiments.yaml")
+
+
+def _fake_run(
+    path: Path,
+    exp: Any,
+    cell: Any,
+    sha: str,
+    *,
+    test_error: float = 1.0,
+    train_errors: tuple[float, ...] | None = None,
+    dirty: bool | None = False,
+    status: str | None = "finished",
+    logged: int | None = None,
+    sets: tuple[str, ...] = ("train.threads=1",),
+    pictures: dict[str, int] | None = None,
+) -> Path:
+    """A run directory as the engine writes it, small: config, meta, log, metrics, a checkpoint, pictures."""
+    path.mkdir(parents=True)
+    config = exp.config(cell, list(sets))
+    (path / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    meta = {"git_sha": sha, "git_dirty": dirty, "seed": cell.seed, "machine": {"cpus": 2, "threads": 1}}
+    (path / "meta.json").write_text(json.dumps(meta))
+    n = cell.epochs if logged is None else logged
+    train_errors = train_errors or tuple(10.0 / (e + 1) for e in range(n))
+    rows = [
+        {
+            "epoch": e + 1,
+            "train_error": train_errors[e],
+            "test_error": test_error,
+            "epoch_seconds": 60.0,
+            "images_per_second": 1000.0,
+        }
+        for e in range(n)
+    ]
+    (path / "log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    if status is not None:
+        (path / "metrics.json").write_text(json.dumps({**rows[-1], "status": status, "model": cell.model}))
+    (path / "checkpoints").mkdir()
+    (path / "checkpoints" / "last.pt").write_bytes(b"weights")
+    if pictures:
+        (path / "pictures").mkdir()
+        for name, size in pictures.items():
+            (path / "pictures" / name).write_bytes(b"\x89PNG" + b"0" * (size - 4))
+    return path
+
+
+def _cell(column: str = "rts", model: str = "st_cnn_aff", epochs: int = 2, seed: int = 0) -> Any:
+    return results_lib.Cell(column, model, epochs, seed)
+
+
+# --- the committed report ---------------------------------------------------------------------------------------
+
+
+def test_committed_results_md_is_what_the_committed_records_generate(tmp_path: Path) -> None:
+    shutil.copytree(ROOT / "results", tmp_path / "results")
+    out, figures = tmp_path / "RESULTS.md", tmp_path / "docs" / "results"
+    text = make_results.generate(tmp_path / "results", out, figures)
+    assert text == (ROOT / "RESULTS.md").read_text(), "RESULTS.md is stale or hand-edited: run `make results`"
+    committed = json.loads((ROOT / "docs" / "results" / "learning-curve.json").read_text())
+    assert json.loads((figures / "learning-curve.json").read_text()) == committed
+    assert (ROOT / "docs" / "results" / "learning-curve.png").is_file()
+
+
+def test_committed_records_are_auditable(exp: Any, head: str) -> None:
+    """Every committed record is finished, of clean code that HEAD contains, at its cell's config."""
+    for cell, rec in results_lib.load_records(ROOT / "results").items():
+        meta = json.loads((rec.path / "meta.json").read_text())
+        record.check_code(meta)
+        assert rec.logged_epochs == cell.epochs
+        assert not results_lib.config_differences(rec.config, exp.config(cell), exp.budget_keys)
+        assert not (rec.path / "checkpoints").exists()
+    for variant in sorted((ROOT / "results" / "coloc-variants").glob("*.json")):
+        record.check_code(json.loads(variant.read_text())["meta"])
+
+
+# --- record.py --------------------------------------------------------------------------------------------------
+
+
+def test_record_copies_only_the_small_record(tmp_path: Path, exp: Any, head: str) -> None:
+    big = results_lib.MAX_PICTURE_BYTES + 1
+    run = _fake_run(tmp_path / "run", exp, _cell(), head, pictures={"transformer.png": 100, "transformer_x.png": big})
+    dest = record.record_run(run, tmp_path / "results", exp)
+    assert dest == tmp_path / "results" / "rts" / "st_cnn_aff" / "e2-seed0"
+    assert sorted(p.relative_to(dest).as_posix() for p in dest.rglob("*") if p.is_file()) == [
+        "config.yaml",
+        "log.jsonl",
+        "meta.json",
+        "metrics.json",
+        "pictures/transformer.png",
+    ]
+    for name in results_lib.RECORD_FILES:
+        assert (dest / name).read_bytes() == (run / name).read_bytes()
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"dirty": True}, "uncommitted changes"),
+        ({"dirty": None}, "unknown working tree"),
+        ({"status": "stopped"}, "not finished"),
+        ({"status": None}, "not finished"),
+        ({"logged": 1}, "1 epochs logged of the 2"),
+        ({"sets": ("train.lr=0.5",)}, "differs in train.lr"),
+        ({"sets": ("train.max_steps=3",)}, "differs in train.max_steps"),
+    ],
+)
+def test_record_refuses_runs_that_cannot_be_audited(
+    tmp_path: Path, exp: Any, head: str, kwargs: dict[str, Any], message: str
+) -> None:
+    run = _fake_run(tmp_path / "run", exp, _cell(), head, **kwargs)
+    with pytest.raises(RecordError, match=message):
+        record.record_run(run, tmp_path / "results", exp)
+    assert not (tmp_path / "results").exists()
+
+
+def test_record_refuses_code_that_is_not_an_ancestor_of_head(tmp_path: Path, exp: Any) -> None:
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    _git(repo, "init", "-q", "-b", "main")
+    _git(repo, "commit", "-q", "--allow-empty", "-m", "a")
+    ancestor = _git(repo, "rev-parse", "HEAD")
+    _git(repo, "checkout", "-q", "-b", "side")
+    _git(repo, "commit", "-q", "--allow-empty", "-m", "b")
+    side = _git(repo, "rev-parse", "HEAD")
+    _git(repo, "checkout", "-q", "main")
+    _git(repo, "commit", "-q", "--allow-empty", "-m", "c")
+    for sha in (side, "0" * 40):
+        run = _fake_run(tmp_path / f"run-{sha[:4]}", exp, _cell(), sha)
+        with pytest.raises(RecordError, match="not an ancestor of HEAD"):
+            record.record_run(run, tmp_path / "results", exp, repo=repo)
+    run = _fake_run(tmp_path / "run-ok", exp, _cell(), ancestor)
+    assert (record.record_run(run, tmp_path / "results", exp, repo=repo) / "metrics.json").is_file()
+
+
+def test_an_epoch_logged_twice_by_a_resumed_run_counts_once(tmp_path: Path, exp: Any, head: str) -> None:
+    run = _fake_run(tmp_path / "run", exp, _cell(), head)
+    rows = (run / "log.jsonl").read_text().splitlines()
+    (run / "log.jsonl").write_text("\n".join([rows[0], rows[0], *rows[1:]]) + "\n")
+    rec = results_lib.read_record(record.record_run(run, tmp_path / "results", exp))
+    assert rec.logged_epochs == 2 and rec.seconds == 120.0
+
+
+def test_record_refuses_to_overwrite_unless_asked(tmp_path: Path, exp: Any, head: str) -> None:
+    first = _fake_run(tmp_path / "a", exp, _cell(), head, test_error=1.0)
+    second = _fake_run(tmp_path / "b", exp, _cell(), head, test_error=2.0)
+    record.record_run(first, tmp_path / "results", exp)
+    with pytest.raises(RecordError, match="already recorded"):
+        record.record_run(second, tmp_path / "results", exp)
+    dest = record.record_run(second, tmp_path / "results", exp, replace=True)
+    assert json.loads((dest / "metrics.json").read_text())["test_error"] == 2.0
+
+
+def test_record_cli_reports_refusals(tmp_path: Path, exp: Any, head: str, capsys: pytest.CaptureFixture[str]) -> None:
+    good = _fake_run(tmp_path / "good", exp, _cell(seed=0), head)
+    bad = _fake_run(tmp_path / "bad", exp, _cell(seed=1), head, dirty=True)
+    into = tmp_path / "results"
+    args = [str(good), str(bad), "--into", str(into), "--experiments", str(ROOT / "results" / "experiments.yaml")]
+    assert record.main(args) == 1
+    err = capsys.readouterr().err
+    assert "[refused]" in err and "bad" in err
+    assert (into / "rts" / "st_cnn_aff" / "e2-seed0" / "metrics.json").is_file()
+    assert not (into / "rts" / "st_cnn_aff" / "e2-seed1").exists()
+
+
+def test_record_finds_the_column_a_config_belongs_to(tmp_path: Path, exp: Any, head: str) -> None:
+    plain = _fake_run(tmp_path / "a", exp, _cell("coloc", "coloc_attention", 3), head)
+    cluttered = _fake_run(tmp_path / "b", exp, _cell("coloc_clutter", "coloc_attention", 3), head)
+    assert record.cell_of_run(plain, exp) == _cell("coloc", "coloc_attention", 3)
+    assert record.cell_of_run(cluttered, exp) == _cell("coloc_clutter", "coloc_attention", 3)
+
+
+def test_a_real_run_directory_is_read_and_checked(tmp_path: Path, exp: Any) -> None:
+    """The engine's own output (tiny stand-in digits, so its config is no cell's: refused as off-config)."""
+    import gzip
+    import pickle
+
+    import numpy as np
+
+    from torchstn.train import load_config, train
+
+    rng = np.random.default_rng(0)
+
+    def split(n: int) -> tuple[Any, Any]:
+        return rng.random((n, 784), dtype=np.float32), rng.integers(0, 10, n).astype(np.int64)
+
+    mnist = tmp_path / "mnist.pkl.gz"
+    with gzip.open(mnist, "wb") as f:
+        pickle.dump((split(128), split(16), split(32)), f, protocol=2)
+    cell = _cell("rts", "fcn_baseline", 2, 0)
+    overrides = [f"data.mnist={str(mnist)!r}", f"data.cache_dir={str(tmp_path / 'cache')!r}", "visualize.enabled=False"]
+    config = exp.config(cell, [*overrides, "train.threads=1", "train.batch_size=64"])
+    run = tmp_path / "run"
+    metrics = train(config, run, quiet=True)
+    rec = results_lib.read_record(run, cell)
+    assert rec.test_error == metrics["test_error"] and rec.logged_epochs == 2
+    # train+valid (144 digits) twice; the log's rounding of a 10 ms epoch leaves a few % of slack
+    assert rec.samples == pytest.approx(2 * 144, rel=0.05)
+    with pytest.raises(RecordError, match=r"differs in data\.mnist, train\.batch_size"):
+        record.record_run(run, tmp_path / "results", exp)
+    assert load_config(None)["data"]["mnist"] is None  # the cells train on the bundled digits
+
+
+# --- the table's math and the report -------------------------------------------------------------------------
+
+
+def test_cell_text_is_mean_and_sample_std_over_seeds() -> None:
+    assert make_results.cell_text([]) == "not run"
+    assert make_results.cell_text([1.234]) == "1.23 (n=1)"
+    values = [1.0, 2.0, 4.0]
+    mean, std = statistics.mean(values), statistics.stdev(values)
+    assert (round(mean, 2), round(std, 2)) == (2.33, 1.53)
+    assert make_results.cell_text(values) == "2.33 ± 1.53 (n=3)"
+    assert make_results.cell_text([0.5, 0.5]) == "0.50 ± 0.00 (n=2)"
+
+
+def _results_tree(tmp_path: Path, exp: Any, head: str, runs: list[tuple[Any, dict[str, Any]]]) -> Path:
+    results = tmp_path / "results"
+    results.mkdir()
+    for name in ("experiments.yaml", "NOTES.md"):
+        shutil.copyfile(ROOT / "results" / name, results / name)
+    for i, (cell, kwargs) in enumerate(runs):
+        record.record_run(_fake_run(tmp_path / "runs" / str(i), exp, cell, head, **kwargs), results, exp)
+    return results
+
+
+def _row(text: str, first: str) -> str:
+    """The first table row that starts with ``first`` (Table 1 comes first)."""
+    return next(line for line in text.splitlines() if line.startswith(f"| {first} |"))
+
+
+def test_report_of_synthetic_records(tmp_path: Path, exp: Any, head: str) -> None:
+    chosen = exp.chosen_epochs("rts", "st_cnn_aff")
+    runs = [(_cell("rts", "st_cnn_aff", chosen, s), {"test_error": e}) for s, e in enumerate([1.0, 2.0, 4.0])]
+    runs.append((_cell("rts", "st_cnn_aff", chosen + 1, 0), {"test_error": 9.0}))  # another schedule: curve only
+    runs.append((_cell("tc", "cnn_baseline", exp.chosen_epochs("tc", "cnn_baseline"), 0), {"test_error": 3.0}))
+    runs.append(
+        (_cell("coloc", "coloc_attention", exp.chosen_epochs("coloc", "coloc_attention"), 0), {"test_error": 4.0})
+    )
+    results = _results_tree(tmp_path, exp, head, runs)
+    text = make_results.generate(results, tmp_path / "RESULTS.md", tmp_path / "docs" / "results")
+    assert (tmp_path / "RESULTS.md").read_text() == text
+    assert _row(text, "ST-CNN Aff").split(" | ")[3:5] == ["2.33 ± 1.53 (n=3)", "0.5"]  # RTS ours, RTS paper
+    assert _row(text, "CNN").count("not run") == 4  # Table 1: no CNN record
+    assert "| CNN | 8 | 3.00 (n=1) | 3.5 |" in text  # TC
+    assert "| co-localisation | coloc_attention | 20 | 96.00 (n=1) | 100 |" in text  # hits = 100 - error
+    assert "| co-localisation, cluttered | coloc_attention | 20 | not run | 75-93 |" in text
+    assert "Cells that miss the paper's number (points of error above it): RTS ST-CNN Aff +1.83." in text
+    assert "No recorded cell misses the paper's number." in text  # TC: 3.00 against 3.5
+    assert "No cell of this table is recorded yet." in text  # addition
+    # co-localisation: 96 against 100
+    assert "Cells that miss the paper's number (points below it): co-localisation coloc_attention -4.00." in text
+    assert text.count("| [`rts/st_cnn_aff/") == 4  # the budget lists every record, the extra schedule too
+    first = f"rts/st_cnn_aff/e{chosen}-seed0"  # each epoch: 60 s at 1000 images/s
+    assert f"| [`{first}`](results/{first}) | {chosen} | 0 | {chosen * 0.06:.2f}M | {chosen:.1f} min | 1 | M1 |" in text
+    sets = f"model.name=st_cnn_aff train.seed=2 train.epochs={chosen} name=rts-st_cnn_aff train.threads=1"
+    assert f"--out runs/repro/rts/st_cnn_aff/e{chosen}-seed2 --set {sets}`" in text
+    data = json.loads((tmp_path / "docs" / "results" / "learning-curve.json").read_text())
+    points = [(p["model"], p["epochs"], p["seeds"], p["test_error"]) for p in data["points"]]
+    assert points == [("st_cnn_aff", chosen, [0, 1, 2], pytest.approx(7 / 3)), ("st_cnn_aff", chosen + 1, [0], 9.0)]
+    assert (tmp_path / "docs" / "results" / "learning-curve.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_report_sets_aside_records_whose_config_no_longer_matches(tmp_path: Path, exp: Any, head: str) -> None:
+    results = _results_tree(tmp_path, exp, head, [(_cell("rts", "cnn_baseline", 8, 0), {"test_error": 2.0})])
+    config_path = next(results.glob("rts/cnn_baseline/*/config.yaml"))
+    config = yaml.safe_load(config_path.read_text())
+    config["train"]["lr"] = 0.5  # as if configs/rts.yaml had changed after the run was recorded
+    config_path.write_text(yaml.safe_dump(config, sort_keys=False))
+    text = make_results.generate(results, tmp_path / "RESULTS.md", tmp_path / "docs" / "results")
+    assert _row(text, "CNN").count("not run") == 4
+    assert "- `rts/cnn_baseline/e8-seed0`: train.lr" in text
+
+
+def test_learning_curve_with_no_and_one_point(tmp_path: Path, exp: Any, head: str) -> None:
+    for runs in ([], [(_cell("rts", "cnn_baseline", 3, 0), {"test_error": 2.0})]):
+        shutil.rmtree(tmp_path, ignore_errors=True)
+        tmp_path.mkdir()
+        results = _results_tree(tmp_path, exp, head, runs)
+        make_results.generate(results, tmp_path / "RESULTS.md", tmp_path / "docs" / "results")
+        data = json.loads((tmp_path / "docs" / "results" / "learning-curve.json").read_text())
+        assert len(data["points"]) == len(runs)
+        assert (tmp_path / "docs" / "results" / "learning-curve.png").stat().st_size > 1000
+
+
+def test_coloc_variant_records_are_tabulated(tmp_path: Path, exp: Any, head: str) -> None:
+    results = _results_tree(tmp_path, exp, head, [])
+    (results / "coloc-variants").mkdir()
+    variant = {
+        "flags": "--negatives digit --positive detach",
+        "meta": {"git_sha": head, "git_dirty": False},
+        "distances": {"digit_digit": 424.99, "digit_blank": 2284.9},
+        "epochs": [{"epoch": 0, "hit": 12.34, "scale": 0.5}, {"epoch": 1, "hit": 56.78, "scale": 0.3456}],
+    }
+    (results / "coloc-variants" / "dn-detach.json").write_text(json.dumps(variant))
+    text = make_results.generate(results, tmp_path / "RESULTS.md", tmp_path / "docs" / "results")
+    row = f"| `--negatives digit --positive detach` | 2 | 56.8 | 0.346 | 425 | 2285 | `{head[:10]}` | [`dn-detach"
+    assert row in text
+
+
+def test_config_differences_tolerate_keys_added_with_their_default(exp: Any) -> None:
+    expected = exp.config(_cell())
+    older = json.loads(json.dumps(expected))
+    del older["train"]["grad_clip"]  # as if the run predates the key; its default (None) is what it trained with
+    assert results_lib.config_differences(older, expected) == []
+    older["train"]["lr"] = 1.0
+    del older["train"]["epochs"]
+    assert results_lib.config_differences(older, expected) == ["train.epochs", "train.lr"]
+    assert results_lib.config_differences(older, expected, ["train"]) == []
+
+
+def test_a_missing_notes_section_is_an_error(tmp_path: Path, exp: Any, head: str) -> None:
+    results = _results_tree(tmp_path, exp, head, [])
+    notes = (results / "NOTES.md").read_text().replace("## intro", "## intro-renamed")
+    (results / "NOTES.md").write_text(notes)
+    with pytest.raises(KeyError, match="## intro"):
+        make_results.generate(results, tmp_path / "RESULTS.md", tmp_path / "docs" / "results")
+
+
+def test_notes_sections_are_read(tmp_path: Path) -> None:
+    notes = tmp_path / "NOTES.md"
+    notes.write_text("comment\n\n## one\n\ntext of one\n\n## two\nline\n### sub\nmore\n")
+    assert make_results.read_notes(notes) == {"one": "text of one", "two": "line\n### sub\nmore"}
+
+
+# --- reproduce.py -----------------------------------------------------------------------------------------------
+
+
+def test_reproduce_skips_recorded_cells_and_resumes_interrupted_runs(tmp_path: Path, exp: Any, head: str) -> None:
+    todo = reproduce.cells(exp, ["rts"], [0], models=["cnn_baseline", "st_cnn_aff", "st_cnn_tps", "st_fcn_aff"])
+    assert [c.path.as_posix() for c in todo] == [
+        "rts/st_fcn_aff/e40-seed0",
+        "rts/st_cnn_aff/e8-seed0",
+        "rts/cnn_baseline/e8-seed0",
+        "rts/st_cnn_tps/e8-seed0",
+    ]
+    runs, results = tmp_path / "runs", tmp_path / "results"
+    record.record_run(_fake_run(tmp_path / "x", exp, todo[0], head), results, exp)
+    _fake_run(runs / todo[1].path, exp, todo[1], head)  # finished, not recorded
+    _fake_run(runs / todo[2].path, exp, todo[2], head, status="stopped")  # has a checkpoint
+    actions = [a for _, a in reproduce.plan(exp, todo, runs, results)]
+    assert actions == ["recorded", "finished", "resume", "start"]
+    assert reproduce.command(exp, todo[2], runs / todo[2].path, [])[-2:] == ["--resume", str(runs / todo[2].path)]
+    start = reproduce.command(exp, todo[3], runs / todo[3].path, ["train.threads=1"])
+    assert start[start.index("--set") + 1 :] == [*exp.overrides(todo[3]), "train.threads=1"]
+    _fake_run(runs / todo[3].path, exp, todo[3], head, status="stopped", sets=("train.lr=0.5",))
+    assert reproduce.plan(exp, todo[3:], runs, results) == [(todo[3], "stale")]  # left alone, never resumed
+    curve = reproduce.curve_cells(exp, [0])
+    assert {c.epochs for c in curve} == set(exp.curve["epochs"]) and {c.model for c in curve} == set(
+        exp.curve["models"]
+    )
+
+
+def test_experiments_file_is_consistent(exp: Any) -> None:
+    for column, spec in exp.columns.items():
+        assert (ROOT / spec["config"]).is_file()
+        for model in spec["paper"]:
+            config = exp.config(results_lib.Cell(column, model, exp.chosen_epochs(column, model), 0))
+            assert config["model"]["name"] == model
+    shown = [c for section in exp.sections for c in section["columns"]]
+    assert sorted(shown) == sorted(exp.columns)
