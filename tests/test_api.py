@@ -94,3 +94,13 @@ def test_errors_subclass_the_builtins() -> None:
         cls = getattr(torchstn.errors, name)
         assert issubclass(cls, torchstn.STNError) and issubclass(cls, base), name
     assert str(torchstn.errors.ConfigKeyError("config: unknown key 'x'")) == "config: unknown key 'x'"
+
+
+def test_the_version_is_written_once() -> None:
+    """pyproject.toml reads the version from ``torchstn.__version__`` (dynamic), so the two cannot disagree."""
+    import tomllib
+    from pathlib import Path
+
+    project = tomllib.loads((Path(__file__).resolve().parents[1] / "pyproject.toml").read_text())
+    assert "version" not in project["project"] and "version" in project["project"]["dynamic"]
+    assert project["tool"]["setuptools"]["dynamic"]["version"] == {"attr": "torchstn.__version__"}

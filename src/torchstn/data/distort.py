@@ -1,8 +1,8 @@
 """The paper's distorted-MNIST recipes, generated in vectorised batches with the library's own warps.
 
-Every recipe is a frozen dataclass whose fields are its parameters, with the paper's values (PAPER.md sections 2
-and 5, appendix A.4 as reconstructed) as defaults. ``recipe.generate(source, index, seed, stream)`` returns the
-samples for a batch of indices; sample ``i`` depends on ``(seed, stream, i)`` alone (see
+Every recipe is a frozen dataclass whose fields are its parameters, with the paper's values (Jaderberg et al.
+2015, section 4.1 and appendix A.4, as reconstructed) as defaults. ``recipe.generate(source, index, seed, stream)``
+returns the samples for a batch of indices; sample ``i`` depends on ``(seed, stream, i)`` alone (see
 :class:`~torchstn.data._random.Draws`), so a dataset is the same whatever the batch size or process.
 
 Images are returned as ``uint8`` (the warps are computed in float32 and rounded once), as real image datasets

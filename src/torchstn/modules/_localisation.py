@@ -422,7 +422,7 @@ def conv_localisation(
     ``stride`` to the first only (the paper's networks pool once, after the first convolution). (ReLU and
     max-pooling commute, so pooling before the ReLU, as the tutorial writes it, is the same function.)
 
-    Paper variants (PAPER.md) and the tutorial:
+    Paper variants (Jaderberg et al. 2015, section 4 and appendix A) and the tutorial:
 
     * MNIST ST-CNN: ``downsample=2, channels=(20, 20), kernel_size=5, hidden=(20,)`` (the defaults but downsample).
     * SVHN: ``channels=(32, 32), kernel_size=5, hidden=(32, 32)``.
