@@ -104,3 +104,9 @@ def test_the_version_is_written_once() -> None:
     project = tomllib.loads((Path(__file__).resolve().parents[1] / "pyproject.toml").read_text())
     assert "version" not in project["project"] and "version" in project["project"]["dynamic"]
     assert project["tool"]["setuptools"]["dynamic"]["version"] == {"attr": "torchstn.__version__"}
+
+
+def test_a_missing_checkpoint_reads_like_a_missing_file() -> None:
+    err = torchstn.errors.CheckpointNotFoundError(2, "No such file (no checkpoint)", "run/last.pt")
+    assert isinstance(err, FileNotFoundError) and isinstance(err, torchstn.errors.CheckpointError)
+    assert str(err) == "run/last.pt: No such file (no checkpoint)"

@@ -93,7 +93,17 @@ class CheckpointError(STNError, ValueError):
 
 
 class CheckpointNotFoundError(CheckpointError, FileNotFoundError):
-    """There is no checkpoint file where one was asked for."""
+    """There is no checkpoint file where one was asked for.
+
+    Raised as ``CheckpointNotFoundError(errno, strerror, filename)``, like ``FileNotFoundError``; the message
+    reads ``filename: strerror``.
+    """
+
+    def __str__(self) -> str:
+        if len(self.args) == 3:
+            _, strerror, filename = self.args
+            return f"{filename}: {strerror}"
+        return super().__str__()
 
 
 class RunError(STNError, RuntimeError):
