@@ -190,3 +190,22 @@ def test_draw_record_draws_no_points_for_matrix_families(images: Tensor) -> None
     assert np.array_equal(np.asarray(draw_record(rec, points=True)), np.asarray(draw_record(rec, points=False)))
     with pytest.raises(TypeError, match="points"):
         draw_record(rec, points="yes")  # type: ignore[arg-type]
+
+
+def test_sheet_captions_digit_sequences_without_the_padding(monkeypatch: pytest.MonkeyPatch) -> None:
+    from PIL import ImageDraw
+
+    texts: list[str] = []
+    real = ImageDraw.ImageDraw.text
+
+    def record(self: ImageDraw.ImageDraw, xy: object, text: str, *args: object, **kwargs: object) -> None:
+        texts.append(text)
+        real(self, xy, text, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(ImageDraw.ImageDraw, "text", record)
+    labels = torch.tensor([[7, 0, 5, 10, 10], [1, 2, 3, 4, 5]])
+    img = sheet(torch.zeros(2, 1, 8, 20), labels=labels)
+    assert texts == ["705", "12345"] and img.size[0] > 0
+    texts.clear()
+    sheet(torch.zeros(2, 1, 8, 8), labels=torch.tensor([3, 10]))  # class labels: as they are
+    assert texts == ["3", "10"]

@@ -20,6 +20,7 @@ from torch import Tensor, nn
 
 from torchstn._checks import check_bool, check_instance, check_int, check_number, check_positive_int, check_tensor
 from torchstn._io import atomic_write
+from torchstn.data.svhn import NO_DIGIT
 from torchstn.errors import DTypeError, ShapeError
 from torchstn.geometry import pixel_from_normalized
 from torchstn.transforms import ThinPlateSpline, Transform
@@ -98,6 +99,15 @@ def _colour(k: int) -> RGB:
     return HEAD_COLOURS[k % len(HEAD_COLOURS)]
 
 
+def _caption(label: object) -> str:
+    """A label as text; a row of class indices (a digit sequence) as its digits, the "no digit" padding left out."""
+    if isinstance(label, Tensor):
+        if label.numel() == 1:
+            return str(label.item())
+        return "".join(str(v) for v in label.flatten().tolist() if v != NO_DIGIT)
+    return str(label)
+
+
 def sheet(
     images: Tensor,
     labels: Sequence[object] | Tensor | None = None,
@@ -111,7 +121,8 @@ def sheet(
     Args:
         images: ``(N, C, H, W)``, uint8 or float in [0, 1]; 1 channel is grey, 2 show as red and green, 3 as RGB,
             more as the mean over channels.
-        labels: ``N`` captions.
+        labels: ``N`` captions; a ``(N, D)`` tensor of digit sequences (SVHN, ``text_strips``) is captioned with
+            each row's digits, the "no digit" class 10 left out.
         boxes: ``(N, 4)`` true boxes ``(x0, y0, x1, y1)`` in pixels, drawn in green.
         pred_boxes: ``(N, 4)`` predicted boxes, drawn in red.
         ncols: Images per row.
@@ -146,7 +157,7 @@ def sheet(
                 b = [float(v) * zoom for v in bx[i]]
                 draw.rectangle([x0 + b[0], y0 + b[1], x0 + b[2] - 1, y0 + b[3] - 1], outline=colour)
         if labels is not None:
-            text = str(labels[i].item() if isinstance(labels, Tensor) else labels[i])
+            text = _caption(labels[i])
             draw.text((x0 + 1, y0 + h * zoom), text, fill=(255, 255, 255))
     return canvas
 
