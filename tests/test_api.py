@@ -41,13 +41,14 @@ PUBLIC = {
     ],
     "torchstn.models": [
         "STClassifier", "SingleChannelConv2d", "VolumeProjector", "common", "create_model", "cub", "list_models",
-        "make_transform", "mnist", "model_function", "parameter_count", "register_model", "supported_kwargs", "svhn",
+        "make_transform", "mnist", "model_function", "parameter_count", "register_model", "strips", "supported_kwargs",
+        "svhn",
     ],
     "torchstn.data": [
         "Batch", "CACHE_VERSION", "CoLocalisation", "DistortedMNIST", "Elastic", "MNIST", "MNISTAddition",
-        "MNISTSplit", "Projected", "RECIPES", "Recipe", "Rotated", "RotatedTranslatedScaled", "TranslatedCluttered",
-        "Volumetric", "cub", "default_cache_dir", "find_bundled_mnist", "generate", "get_recipe", "load_mnist",
-        "materialise", "read_idx", "svhn",
+        "MNISTSplit", "Projected", "RECIPES", "Recipe", "Rotated", "RotatedTranslatedScaled", "TextStrips",
+        "TranslatedCluttered", "Volumetric", "cub", "default_cache_dir", "find_bundled_mnist", "generate", "get_recipe",
+        "load_mnist", "materialise", "read_idx", "svhn",
     ],
     "torchstn.train": [
         "ClassifyTask", "Config", "DEFAULTS", "StreamSource", "Task", "TensorSource", "TrainingDiverged",
@@ -60,12 +61,13 @@ PUBLIC = {
     ],
     # torchstn.visualize is the old name of torchstn.viz, kept as a re-export (the CLI and the engine import it).
     "torchstn.viz": [
-        "EpochAnimator", "HEAD_COLOURS", "TransformerRecord", "attention_boxes", "capture", "draw_boxes",
-        "draw_record", "grid_outline", "plot_curves", "save_sheet", "save_transformer_pictures", "sheet",
+        "EpochAnimator", "HEAD_COLOURS", "TransformerRecord", "attention_boxes", "capture", "control_point_pixels",
+        "draw_boxes", "draw_record", "grid_outline", "plot_curves", "save_sheet", "save_transformer_pictures", "sheet",
     ],
     "torchstn.viz.capture": ["TransformerRecord", "capture"],
     "torchstn.viz.draw": [
-        "HEAD_COLOURS", "draw_boxes", "draw_record", "save_sheet", "save_transformer_pictures", "sheet",
+        "HEAD_COLOURS", "control_point_pixels", "draw_boxes", "draw_record", "save_sheet", "save_transformer_pictures",
+        "sheet",
     ],
     "torchstn.viz.animate": ["EpochAnimator"],
     "torchstn.viz.curves": ["plot_curves"],

@@ -35,6 +35,7 @@ SHAPES = {
     "addition": (2, 42, 42),
     "colocalisation": (1, 84, 84),
     "volumetric": (1, 60, 60, 60),
+    "text_strips": (1, 32, 100),
 }
 
 
@@ -205,6 +206,7 @@ GOLDEN = {
     "projective": "cb24055975f0ec09b801d6ea8afcbe2b",
     "rotated": "4c3c26df4ed2fc011af5359fa9832ae3",
     "rts": "6c25412cd870f247237a3a921e041bfd",
+    "text_strips": "45be2426cd481719f7b197eaeabb9876",
     "translated_cluttered": "8379bd3f20e464340b3cd61eace13bb9",
     "volumetric": "22e74ce0564357b4bda53e40ac5f56eb",
 }

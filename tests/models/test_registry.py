@@ -27,6 +27,8 @@ CASES: dict[str, tuple[dict[str, Any], tuple[int, ...]]] = {
     "svhn_cnn": ({"width": 0.125}, (2, 3, 64, 64)),
     "svhn_st_cnn_single": ({"width": 0.125}, (2, 3, 64, 64)),
     "svhn_st_cnn_multi": ({"width": 0.125}, (2, 3, 64, 64)),
+    "strip_cnn": ({}, (2, 1, 32, 100)),
+    "strip_tps_cnn": ({}, (2, 1, 32, 100)),
 }
 
 

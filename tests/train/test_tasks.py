@@ -23,7 +23,12 @@ def test_registry_lists_the_tasks_and_refuses_unknown_ones() -> None:
 @pytest.mark.parametrize(
     ("sets", "message"),
     [
-        (["task=sequence"], r"task 'sequence' takes svhn, got 'distorted_mnist'"),
+        (
+            ["task=sequence"],
+            r"data\.recipe: task 'sequence' takes svhn, or distorted_mnist with a recipe of digit "
+            r"sequences \(text_strips\), got 'rts'",
+        ),
+        (["task=sequence", "data.dataset=cub", "data.root=/x"], r"task 'sequence' takes svhn or distorted_mnist"),
         (["data.dataset=svhn", "data.root=/x"], r"task 'classify' takes distorted_mnist or cub, got 'svhn'"),
         (["task=coloc", "data.dataset=cub", "data.root=/x"], r"task 'coloc' takes distorted_mnist"),
         (["data.dataset=cub"], r"data\.root: the cub directory is required"),
@@ -49,3 +54,21 @@ def test_colocalisation_loads_mnist_once(tiny_mnist: Path, tmp_path: Path, monke
     task = build_task(load_config(None, sets))
     assert isinstance(task, ColocTask) and len(task.train) == 16
     assert len(calls) == 1
+
+
+def test_sequence_task_reads_text_strips(tiny_mnist: Path, tmp_path: Path) -> None:
+    import torch
+
+    from torchstn.models import create_model
+    from torchstn.train.tasks import SequenceTask
+
+    sets = [f"data.mnist={tiny_mnist}", f"data.cache_dir={tmp_path}", "task=sequence", "data.recipe=text_strips",
+            "data.n_train=12", "data.n_test=6"]  # fmt: skip
+    task = build_task(load_config(None, sets))
+    assert isinstance(task, SequenceTask) and len(task.train) == 12 and len(task.test) == 6
+    x, y = task.train.batch(torch.arange(4))
+    assert x.shape == (4, 1, 32, 100) and x.dtype == torch.float32 and y.shape == (4, 5)
+    model = create_model("strip_cnn")
+    loss, wrong = task.loss(model, x, y)
+    assert loss.ndim == 0 and torch.isfinite(loss) and 0 <= int(wrong) <= 4
+    assert int(task.errors(model, x, y)) == int((model.eval()(x).argmax(-1) != y).any(-1).sum())

@@ -18,12 +18,13 @@ from torchstn.modules import (
     SpatialTransformer,
     mlp_localisation,
 )
-from torchstn.transforms import Affine, Affine3D, Attention
+from torchstn.transforms import Affine, Affine3D, Attention, ThinPlateSpline
 from torchstn.viz import (
     HEAD_COLOURS,
     TransformerRecord,
     attention_boxes,
     capture,
+    control_point_pixels,
     draw_boxes,
     draw_record,
     plot_curves,
@@ -137,3 +138,74 @@ def test_one_colour_mapping_for_sheets_and_drawings(gen: torch.Generator) -> Non
     assert (_to_rgb(torch.full((1, 1, 2, 2), float("nan"))) == 0).all()
     tile = sheet(x[:1], ncols=1, zoom=1)
     np.testing.assert_array_equal(np.asarray(tile)[2:7, 2:7], _to_rgb(x[:1])[0])  # the sheet shows exactly these
+
+
+def _tps_record(params: Tensor, tps: ThinPlateSpline, size: tuple[int, int] = (32, 100)) -> TransformerRecord:
+    x = torch.zeros(params.shape[0], 1, *size)
+    return TransformerRecord("rectifier", x, x.clone(), params, tps)
+
+
+def test_control_point_pixels_are_the_source_positions_in_pixels() -> None:
+    tps = ThinPlateSpline.fiducials(k=20, margin=0.05)
+    ident = tps.identity_params(2, dtype=torch.float64)
+    px = control_point_pixels(tps, ident, (32, 100))
+    assert px is not None and px.shape == (2, 20, 2)
+    # x = -0.9 is 0.05 * 100 = 5 pixels in from the left edge, i.e. at 4.5 in pixel-centre coordinates.
+    torch.testing.assert_close(px[0, 0], torch.tensor([4.5, 0.05 * 32 - 0.5], dtype=torch.float64))
+    torch.testing.assert_close(px[0, 19], torch.tensor([94.5, 0.95 * 32 - 0.5], dtype=torch.float64))
+    corners = control_point_pixels(tps, ident, (32, 100), align_corners=True)
+    assert corners is not None
+    torch.testing.assert_close(corners[0, 0], torch.tensor([0.05 * 99, 0.05 * 31], dtype=torch.float64))
+    heads = control_point_pixels(tps, ident.view(1, 2, 40), (32, 100))  # (B, N, 2K) -> (B, N, K, 2)
+    assert heads is not None and heads.shape == (1, 2, 20, 2)
+    assert control_point_pixels(Affine(), Affine().identity_params(1), (28, 28)) is None
+
+
+def test_draw_record_marks_each_fiducial_where_it_reads_the_input() -> None:
+    tps = ThinPlateSpline.fiducials(k=20, margin=0.05)
+    params = tps.identity_params(1).clone()
+    params[0, 1] += 0.2  # the first top fiducial moved down
+    rec = _tps_record(params, tps)
+    kw = {"zoom": 2, "margin": 0.1, "mesh": 0, "title": ""}
+    with_dots = np.asarray(draw_record(rec, points=True, **kw)).astype(int)
+    without = np.asarray(draw_record(rec, points=False, **kw)).astype(int)
+    assert with_dots.shape == without.shape
+    pixels = control_point_pixels(tps, params, (32, 100))
+    assert pixels is not None
+    m, pad = 10, 4  # round(0.1 * 100) margin pixels, cell padding
+    centres = (pixels[0] + 0.5 + m) * 2 + pad  # canvas pixels (the first cell sits at (pad, pad))
+    changed = np.argwhere((with_dots != without).any(-1))  # (n, 2) as (row, col)
+    assert len(changed) > 0
+    for cx, cy in centres.tolist():
+        r, c = round(cy), round(cx)
+        assert tuple(with_dots[r, c]) == HEAD_COLOURS[0], (cx, cy)  # a dot in the head's colour on each point
+    d = np.sqrt(((changed[:, None, ::-1] - centres.numpy()[None]) ** 2).sum(-1)).min(1)
+    assert d.max() <= 3.0  # nothing else changed: every changed pixel is within a dot's radius
+    assert has_colour(Image.fromarray(with_dots.astype(np.uint8)), (255, 255, 255))  # the white ring
+
+
+def test_draw_record_draws_no_points_for_matrix_families(images: Tensor) -> None:
+    t = Affine()
+    rec = TransformerRecord("aff", images, images, t.identity_params(len(images)), t)
+    assert np.array_equal(np.asarray(draw_record(rec, points=True)), np.asarray(draw_record(rec, points=False)))
+    with pytest.raises(TypeError, match="points"):
+        draw_record(rec, points="yes")  # type: ignore[arg-type]
+
+
+def test_sheet_captions_digit_sequences_without_the_padding(monkeypatch: pytest.MonkeyPatch) -> None:
+    from PIL import ImageDraw
+
+    texts: list[str] = []
+    real = ImageDraw.ImageDraw.text
+
+    def record(self: ImageDraw.ImageDraw, xy: object, text: str, *args: object, **kwargs: object) -> None:
+        texts.append(text)
+        real(self, xy, text, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(ImageDraw.ImageDraw, "text", record)
+    labels = torch.tensor([[7, 0, 5, 10, 10], [1, 2, 3, 4, 5]])
+    img = sheet(torch.zeros(2, 1, 8, 20), labels=labels)
+    assert texts == ["705", "12345"] and img.size[0] > 0
+    texts.clear()
+    sheet(torch.zeros(2, 1, 8, 8), labels=torch.tensor([3, 10]))  # class labels: as they are
+    assert texts == ["3", "10"]

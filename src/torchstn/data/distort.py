@@ -24,8 +24,10 @@ from torch import Tensor
 from torchstn._checks import check_instance, check_int, check_number
 from torchstn.data._random import Draws
 from torchstn.data.mnist import MNISTSplit
+from torchstn.data.svhn import MAX_DIGITS, NO_DIGIT
 from torchstn.errors import DTypeError, OptionError
-from torchstn.sampling import warp
+from torchstn.geometry import normalized_coords
+from torchstn.sampling import sample, warp
 from torchstn.transforms import Affine, Affine3D, Projective, ThinPlateSpline
 
 __all__ = [
@@ -38,6 +40,7 @@ __all__ = [
     "Recipe",
     "Rotated",
     "RotatedTranslatedScaled",
+    "TextStrips",
     "TranslatedCluttered",
     "Volumetric",
     "get_recipe",
@@ -127,6 +130,8 @@ class Recipe:
 
     name: ClassVar[str]
     num_classes: ClassVar[int] = 10
+    #: Shape of one sample's label: ``()`` for a class, ``(5,)`` for a digit sequence (``text_strips``).
+    label_shape: ClassVar[tuple[int, ...]] = ()
 
     def __post_init__(self) -> None:
         for f in fields(self):  # type: ignore[arg-type]
@@ -422,6 +427,118 @@ class Volumetric(Recipe):
         return Batch(_to_uint8(vol), source.labels[src], {"angles": torch.rad2deg(angles), "shift": shift})
 
 
+def _sine_curve(x: Tensor, amplitude: Tensor, freq: Tensor, phase: Tensor) -> Tensor:
+    """``a sin(pi f x + phi)`` for points ``x`` ``(B, ...)`` and per-sample ``(B,)`` parameters."""
+    shape = (-1,) + (1,) * (x.ndim - 1)
+    return amplitude.view(shape) * torch.sin(torch.pi * freq.view(shape) * x + phase.view(shape))
+
+
+@dataclass(frozen=True)
+class TextStrips(Recipe):
+    """Text strips: 3-5 MNIST digits side by side in a ``height`` x ``width`` strip, bent and in perspective.
+
+    A synthetic scene-text task for thin-plate-spline rectifiers (RARE, ASTER). Sample ``i`` draws a length ``n``
+    uniformly in ``digits``, then ``n`` random training digits. Each digit's 28x28 box is resized to
+    ``size * height`` pixels (one size per strip, uniform in ``size``) and the boxes are placed left to right,
+    ``pitch * box`` pixels apart (uniform in ``pitch``; narrowed where needed so the row fits inside the strip
+    with 2 pixels to spare), each moved by a uniform ``jitter`` pixels along x; the row is centred at a uniform
+    offset within the room left. Digits overlap a little and are combined with a pixel-wise maximum.
+
+    The flat strip is then distorted by one resampling (a dense map, no second interpolation): an output point
+    ``(x, y)`` (normalised) is first taken through a homography whose four image corners move by
+    N(0, ``corner_std`` px), then bent: the flat strip is read at ``y - c(x)`` with the baseline curve
+    ``c(x) = a sin(pi f x + phi)``, ``a`` uniform in ``+-curve`` pixels, ``f`` in ``frequency``, ``phi`` in
+    ``[0, 2 pi)``. So the digits' row follows ``c`` in the output.
+
+    Labels are ``(5,)`` int64: the ``n`` digits left to right, then :data:`NO_DIGIT` (10, "no digit") padding, as
+    the SVHN sequence labels (:mod:`torchstn.data.svhn`); ``num_classes`` is 11. Metadata: ``length`` ``(B,)``,
+    ``centres`` ``(B, 5)`` box centres along x in flat-strip pixels (edge convention; entries past the
+    length are where a further digit would sit), ``box`` ``(B,)`` the box side
+    in pixels, ``curve`` ``(B, 3)`` ``(a px, f, phi)``, ``corners`` ``(B, 4, 2)`` where the homography sends the
+    corners (normalised, ``src_from_dst`` as the ``projective`` recipe's).
+
+    Example:
+        >>> src = MNISTSplit(torch.rand(8, 28, 28), torch.arange(8) % 10)
+        >>> b = TextStrips().generate(src, torch.arange(2), seed=0, stream="train")
+        >>> tuple(b.images.shape), tuple(b.labels.shape)
+        ((2, 1, 32, 100), (2, 5))
+    """
+
+    name: ClassVar[str] = "text_strips"
+    num_classes: ClassVar[int] = NO_DIGIT + 1
+    label_shape: ClassVar[tuple[int, ...]] = (MAX_DIGITS,)
+    height: int = 32
+    width: int = 100
+    digits: tuple[int, int] = (3, 5)
+    size: tuple[float, float] = (0.8, 0.95)
+    pitch: tuple[float, float] = (0.55, 0.7)
+    jitter: float = 1.5
+    curve: float = 6.0
+    frequency: tuple[float, float] = (0.3, 1.2)
+    corner_std: float = 2.0
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        lo, hi = self.digits
+        if not 1 <= lo <= hi <= MAX_DIGITS:
+            raise OptionError(f"TextStrips.digits: expected 1 <= low <= high <= {MAX_DIGITS}, got {self.digits!r}")
+        if self.height < 8 or self.width < self.height:
+            raise OptionError(
+                f"TextStrips.height, width: expected height >= 8 and width >= height, got {self.height}, {self.width}"
+            )
+
+    def shape(self) -> tuple[int, ...]:
+        return (1, self.height, self.width)
+
+    def generate(self, source: MNISTSplit, index: Tensor, seed: int, stream: str) -> Batch:
+        d = Draws(seed, f"{self.name}/{stream}", index)
+        b, k, h, w = len(index), MAX_DIGITS, self.height, self.width
+        lo, hi = self.digits
+        length = lo + d.integers("length", 1, hi - lo + 1)[:, 0]  # (B,)
+        picks = d.integers("digits", k, len(source))  # (B, K)
+        active = torch.arange(k)[None, :] < length[:, None]  # (B, K)
+        labels = torch.where(active, source.labels[picks], torch.full_like(picks, NO_DIGIT))
+        box = d.uniform("size", 1, *self.size)[:, 0] * h  # (B,) box side in pixels
+        room = (w - 2.0 - box) / (length - 1).clamp_min(1).double()  # the widest pitch that still fits
+        step = torch.minimum(d.uniform("pitch", 1, *self.pitch)[:, 0] * box, room)  # (B,)
+        span = step * (length - 1).double() + box  # (B,)
+        start = 1.0 + d.uniform("offset", 1)[:, 0] * (w - 2.0 - span) + box / 2  # centre of the first box
+        jitter = d.uniform("jitter", k, -self.jitter, self.jitter)
+        centres = start[:, None] + step[:, None] * torch.arange(k, dtype=torch.float64) + jitter  # (B, K) px
+        # The distortion: output (x, y) -> homography -> bend -> flat-strip point.
+        moved = d.normal("corners", 8, 1.0).view(-1, 4, 2) * (
+            torch.tensor([2.0 / w, 2.0 / h], dtype=torch.float64) * self.corner_std
+        )
+        corners = _CORNERS + moved  # where the output corners read the strip
+        hom = _homography_from_points(_CORNERS.expand_as(corners), corners)  # (B, 3, 3) src_from_dst
+        amplitude = d.uniform("curve_amplitude", 1, -self.curve, self.curve)[:, 0]  # pixels
+        freq = d.uniform("curve_frequency", 1, *self.frequency)[:, 0]
+        phase = d.uniform("curve_phase", 1, 0.0, 2.0 * torch.pi)[:, 0]
+        ys, xs = normalized_coords(h, dtype=torch.float64), normalized_coords(w, dtype=torch.float64)
+        gy, gx = torch.meshgrid(ys, xs, indexing="ij")
+        pts = torch.stack((gx, gy, torch.ones_like(gx)), -1).reshape(1, -1, 3) @ hom.transpose(1, 2)  # (B, HW, 3)
+        fx, fy = pts[..., 0] / pts[..., 2], pts[..., 1] / pts[..., 2]  # (B, HW) normalised flat-strip point
+        fy = fy - _sine_curve(fx, amplitude * (2.0 / h), freq, phase)
+        px, py = (fx + 1) * (w / 2.0), (fy + 1) * (h / 2.0)  # edge-convention pixels of the flat strip
+        strip = torch.zeros(b, 1, h, w)
+        half = (box / 2.0)[:, None]  # (B, 1)
+        for j in range(k):
+            u = (px - centres[:, j : j + 1]) / half  # (B, HW): the digit box spans [-1, 1]
+            v = (py - h / 2.0) / half
+            grid = torch.stack((u, v), -1).view(b, h, w, 2).float()
+            # backend="torch": the data must not depend on whether this machine built the fused kernel.
+            digit = sample(source.images[picks[:, j], None], grid, backend="torch")  # (B, 1, H, W)
+            strip = torch.maximum(strip, digit * active[:, j, None, None, None])
+        meta = {
+            "length": length,
+            "centres": centres,
+            "box": box,
+            "curve": torch.stack((amplitude, freq, phase), -1),
+            "corners": corners,
+        }
+        return Batch(_to_uint8(strip), labels, meta)
+
+
 RECIPES: dict[str, type[Recipe]] = {
     r.name: r
     for r in (
@@ -433,6 +550,7 @@ RECIPES: dict[str, type[Recipe]] = {
         MNISTAddition,
         CoLocalisation,
         Volumetric,
+        TextStrips,
     )
 }
 _ALIASES = {"r": "rotated", "p": "projective", "e": "elastic", "tc": "translated_cluttered"}
@@ -440,7 +558,8 @@ _ALIASES = {"r": "rotated", "p": "projective", "e": "elastic", "tc": "translated
 
 def get_recipe(name: str, **params: object) -> Recipe:
     """A recipe by name (``rotated``/``r``, ``rts``, ``projective``/``p``, ``elastic``/``e``,
-    ``translated_cluttered``/``tc``, ``addition``, ``colocalisation``, ``volumetric``) with parameters overridden.
+    ``translated_cluttered``/``tc``, ``addition``, ``colocalisation``, ``volumetric``,
+    ``text_strips``) with parameters overridden.
 
     Example:
         >>> get_recipe("rts", canvas=48).shape()

@@ -390,10 +390,18 @@ def _classify(config: dict[str, Any]) -> Task:
 
 @register_task("sequence")
 def _sequence(config: dict[str, Any]) -> Task:
-    """SVHN digit sequences (section 4)."""
+    """Digit sequences: SVHN (section 4), or a distorted-MNIST recipe with sequence labels (``text_strips``)."""
     from torchstn.data.svhn import preprocess_svhn_split
 
-    _require_dataset(config, "sequence", ("svhn",))
+    if _require_dataset(config, "sequence", ("svhn", "distorted_mnist")) == "distorted_mnist":
+        data = config["data"]
+        if not get_recipe(data["recipe"], **data["recipe_params"]).label_shape:
+            raise ConfigError(
+                f"data.recipe: task 'sequence' takes svhn, or distorted_mnist with a recipe of digit sequences "
+                f"(text_strips), got {data['recipe']!r}"
+            )
+        train, test, _ = _mnist_sources(config)
+        return SequenceTask(train, test)
     data = config["data"]
     size = data["size"] or 64
     sets = [preprocess_svhn_split(data["root"], split, size) for split in (data["train_split"], data["test_split"])]

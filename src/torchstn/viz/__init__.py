@@ -33,7 +33,15 @@ from torchstn.transforms._outline import grid_outline
 from torchstn.viz.animate import EpochAnimator
 from torchstn.viz.capture import TransformerRecord, capture
 from torchstn.viz.curves import plot_curves
-from torchstn.viz.draw import HEAD_COLOURS, draw_boxes, draw_record, save_sheet, save_transformer_pictures, sheet
+from torchstn.viz.draw import (
+    HEAD_COLOURS,
+    control_point_pixels,
+    draw_boxes,
+    draw_record,
+    save_sheet,
+    save_transformer_pictures,
+    sheet,
+)
 
 __all__ = [
     "HEAD_COLOURS",
@@ -41,6 +49,7 @@ __all__ = [
     "TransformerRecord",
     "attention_boxes",
     "capture",
+    "control_point_pixels",
     "draw_boxes",
     "draw_record",
     "grid_outline",

@@ -18,13 +18,24 @@ import torch
 from PIL import Image, ImageDraw
 from torch import Tensor, nn
 
-from torchstn._checks import check_instance, check_int, check_number, check_positive_int, check_tensor
+from torchstn._checks import check_bool, check_instance, check_int, check_number, check_positive_int, check_tensor
 from torchstn._io import atomic_write
+from torchstn.data.svhn import NO_DIGIT
 from torchstn.errors import DTypeError, ShapeError
+from torchstn.geometry import pixel_from_normalized
+from torchstn.transforms import ThinPlateSpline, Transform
 from torchstn.transforms._outline import grid_outline
 from torchstn.viz.capture import TransformerRecord, _drawable, capture
 
-__all__ = ["HEAD_COLOURS", "draw_boxes", "draw_record", "save_sheet", "save_transformer_pictures", "sheet"]
+__all__ = [
+    "HEAD_COLOURS",
+    "control_point_pixels",
+    "draw_boxes",
+    "draw_record",
+    "save_sheet",
+    "save_transformer_pictures",
+    "sheet",
+]
 
 RGB = tuple[int, int, int]
 
@@ -88,6 +99,15 @@ def _colour(k: int) -> RGB:
     return HEAD_COLOURS[k % len(HEAD_COLOURS)]
 
 
+def _caption(label: object) -> str:
+    """A label as text; a row of class indices (a digit sequence) as its digits, the "no digit" padding left out."""
+    if isinstance(label, Tensor):
+        if label.numel() == 1:
+            return str(label.item())
+        return "".join(str(v) for v in label.flatten().tolist() if v != NO_DIGIT)
+    return str(label)
+
+
 def sheet(
     images: Tensor,
     labels: Sequence[object] | Tensor | None = None,
@@ -101,7 +121,8 @@ def sheet(
     Args:
         images: ``(N, C, H, W)``, uint8 or float in [0, 1]; 1 channel is grey, 2 show as red and green, 3 as RGB,
             more as the mean over channels.
-        labels: ``N`` captions.
+        labels: ``N`` captions; a ``(N, D)`` tensor of digit sequences (SVHN, ``text_strips``) is captioned with
+            each row's digits, the "no digit" class 10 left out.
         boxes: ``(N, 4)`` true boxes ``(x0, y0, x1, y1)`` in pixels, drawn in green.
         pred_boxes: ``(N, 4)`` predicted boxes, drawn in red.
         ncols: Images per row.
@@ -136,7 +157,7 @@ def sheet(
                 b = [float(v) * zoom for v in bx[i]]
                 draw.rectangle([x0 + b[0], y0 + b[1], x0 + b[2] - 1, y0 + b[3] - 1], outline=colour)
         if labels is not None:
-            text = str(labels[i].item() if isinstance(labels, Tensor) else labels[i])
+            text = _caption(labels[i])
             draw.text((x0 + 1, y0 + h * zoom), text, fill=(255, 255, 255))
     return canvas
 
@@ -152,6 +173,40 @@ def save_sheet(path: str | os.PathLike[str], images: Tensor, **kwargs: object) -
     return _save_png(sheet(images, **kwargs), Path(path))  # type: ignore[arg-type]
 
 
+def control_point_pixels(
+    transform: Transform, params: Tensor, src_size: Sequence[int], align_corners: bool = False
+) -> Tensor | None:
+    """Where a thin-plate spline's control points land in its input, in input pixels; None for other families.
+
+    A :class:`~torchstn.transforms.ThinPlateSpline`'s parameters are the **source** positions of its control
+    points (normalised ``(x, y)``), so this is those positions converted to pixels, in the pixel-centre convention
+    of :func:`grid_outline` (pixel ``i``'s centre at ``i``).
+
+    Args:
+        transform: The transform family.
+        params: ``(..., 2K)`` parameters (e.g. ``(B, N, 2K)`` for several heads).
+        src_size: Input size ``(H, W)``.
+        align_corners: The convention the transformer samples with.
+
+    Returns:
+        ``(..., K, 2)`` pixel coordinates, or None when ``transform`` is not a thin-plate spline.
+
+    Example:
+        >>> tps = ThinPlateSpline.fiducials(k=4, margin=0.0)
+        >>> control_point_pixels(tps, tps.identity_params(1), (10, 20))[0]
+        tensor([[-0.5000, -0.5000],
+                [19.5000, -0.5000],
+                [-0.5000,  9.5000],
+                [19.5000,  9.5000]])
+    """
+    if not isinstance(transform, ThinPlateSpline):
+        return None
+    check_tensor(params, "params", f"*,{transform.num_params}")
+    m = pixel_from_normalized(src_size, align_corners, device=params.device, dtype=params.dtype)  # (3, 3)
+    pts = params.reshape(*params.shape[:-1], transform.num_controls, 2)
+    return pts @ m[:2, :2].T + m[:2, 2]
+
+
 def draw_record(
     record: TransformerRecord,
     max_items: int = 16,
@@ -160,13 +215,16 @@ def draw_record(
     title: str | None = None,
     mesh: int | None = None,
     margin: float = 0.25,
+    points: bool = True,
 ) -> Image.Image:
     """Draw what a transformer did: each input with its sampling outline, and each head's output beside it.
 
     Each sample is one cell: the input (1 channel grey, 2 red/green, 3 RGB, more: the mean over channels,
     normalised) on a grey margin so that outlines reaching past the image stay visible, with the outline of every
     head in its own colour (:data:`HEAD_COLOURS`, see :func:`grid_outline`), then each head's output framed in the
-    same colour. Outputs share their input's intensity scale; an output smaller than its input is enlarged by an
+    same colour. For a thin-plate spline the control points are drawn too, as dots in the head's colour ringed in
+    white, where each lands in the input (its source position, :func:`control_point_pixels`). Outputs share
+    their input's intensity scale; an output smaller than its input is enlarged by an
     integer factor so that it is about as tall. Upscaling is nearest-neighbour.
 
     Args:
@@ -177,6 +235,7 @@ def draw_record(
         title: Text on a strip above the cells; default the record's name. ``""`` for no strip.
         mesh: As in :func:`grid_outline` (default: border for matrix families, a 7x7 mesh otherwise).
         margin: Grey border around each input, as a fraction of its larger side.
+        points: Draw a thin-plate spline's control points (ignored for other families).
 
     Returns:
         An RGB Pillow image.
@@ -199,6 +258,7 @@ def draw_record(
         check_positive_int(v, k) for k, v in {"max_items": max_items, "zoom": zoom, "ncols": ncols}.items()
     )
     margin = check_number(margin, "margin", low=0.0, high=4.0)
+    check_bool(points, "points")
     x = record.input.float()
     x = x / 255.0 if record.input.dtype == torch.uint8 else x
     b = min(int(x.shape[0]), max_items)
@@ -211,6 +271,7 @@ def draw_record(
     polylines = grid_outline(
         record.transform, params, (h, w), record.align_corners, mesh, output_size=(ho, wo)
     )  # each (b, N, L, 2)
+    dots = control_point_pixels(record.transform, params, (h, w), record.align_corners) if points else None
     lo, hi = _display_range(x[:b])
     m = round(margin * max(h, w))
     panel_w, panel_h = (w + 2 * m) * zoom, (h + 2 * m) * zoom
@@ -238,6 +299,10 @@ def draw_record(
                     continue
                 pts = ((line[i, k] + 0.5 + m) * zoom).clamp(-1e4, 1e4).tolist()  # pixel centres -> panel pixels
                 pen.line([(float(px), float(py)) for px, py in pts], fill=_colour(k), width=width)
+            if dots is not None and bool(torch.isfinite(dots[i, k]).all()):
+                r = max(1.5, 0.8 * zoom)
+                for px, py in ((dots[i, k] + 0.5 + m) * zoom).clamp(-1e4, 1e4).tolist():
+                    pen.ellipse([px - r, py - r, px + r, py + r], fill=_colour(k), outline=(255, 255, 255))
         canvas.paste(panel, (x0, y0))
         ox = x0 + panel_w + pad
         for k in range(n_heads):
