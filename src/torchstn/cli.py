@@ -141,9 +141,10 @@ def _cmd_train(args: argparse.Namespace) -> int:
             with contextlib.suppress(OSError):
                 path.rmdir()  # the name claimed for this run, left empty
         raise
-    run = claimed[0] if claimed else Path(run_dir)
-    if metrics:
-        print(f"{run}: test error {metrics.get('test_error', float('nan')):.2f}% after {metrics.get('epoch')} epochs")
+    run = claimed[0] if claimed else run_dir  # a process other than 0 under DDP claims none (and has no metrics)
+    if metrics and os.environ.get("RANK", "0") == "0":  # under DDP, process 0 speaks
+        scores = [f"{k[:-6]} error {metrics[k]:.2f}%" for k in ("valid_error", "test_error") if k in metrics]
+        print(f"{run}: {', '.join(scores) or 'not scored'} after {metrics.get('epoch')} epochs")
     return 0
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import subprocess
 import sys
 import types
@@ -328,3 +329,33 @@ def test_git_provenance_comes_from_the_working_directory(tmp_path: Path, monkeyp
     assert git_info() == {"git_sha": sha, "git_dirty": False}
     (repo / "b.txt").write_text("b")
     assert git_info()["git_dirty"] is True
+
+
+@pytest.mark.skipif(CUDA, reason="checks the refusal on a machine without CUDA")
+def test_the_device_flag_on_a_machine_without_cuda_is_a_one_line_error(
+    tiny_mnist: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    runs = tmp_path / "runs"
+    flags = [f"data.mnist={tiny_mnist}", "visualize.enabled=False"]
+    assert main(["train", "--runs", str(runs), "--device", "cuda", "--set", *flags]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "train.device" in err and "not available" in err
+    assert not runs.exists() or not list(runs.iterdir())
+
+
+_TORCHRUN = Path(sys.executable).with_name("torchrun")
+
+
+@pytest.mark.skipif(not _TORCHRUN.exists(), reason="torchrun is not installed beside this Python")
+def test_ddp_without_out_claims_one_run_directory_for_all_processes(tiny_mnist: Path, tmp_path: Path) -> None:
+    runs = tmp_path / "runs"
+    cmd = [str(_TORCHRUN), "--nproc_per_node=2", "--master_port=29563", "-m", "torchstn.cli", "train", "--runs",
+           str(runs), "--device", "cpu", "--quiet", "--set", *_flags(tiny_mnist, tmp_path), "train.epochs=1",
+           "data.n_valid=32"]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=240, env=env)
+    assert done.returncode == 0, done.stderr[-2000:]
+    (run,) = runs.iterdir()  # process 1 trains into process 0's directory, and makes none of its own
+    assert json.loads((run / "meta.json").read_text())["world_size"] == 2
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["status"] == "finished" and "valid_error" in metrics and (run / "checkpoints" / "best.pt").is_file()
