@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import sysconfig
@@ -32,8 +33,14 @@ def _run(cmd: list[str], cwd: Path, timeout: int = 600) -> subprocess.CompletedP
 
 @pytest.mark.slow
 def test_the_wheel_installs_and_trains_a_packaged_config_elsewhere(tmp_path: Path) -> None:
+    # built from a copy, so the checkout gets no build/ or egg-info (a stale build/ could leak into later wheels)
+    source = tmp_path / "source"
+    skip = shutil.ignore_patterns(".git", ".venv", "build", "dist", "runs", "*.egg-info", "__pycache__", ".*_cache")
+    shutil.copytree(ROOT / "src", source / "src", ignore=skip)
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy2(ROOT / name, source / name)
     wheels = tmp_path / "wheels"
-    _run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", str(ROOT), "-w",
+    _run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", str(source), "-w",
           str(wheels)], cwd=tmp_path)  # fmt: skip
     (wheel,) = wheels.glob("torchstn-*.whl")
     names = zipfile.ZipFile(wheel).namelist()
