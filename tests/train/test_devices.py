@@ -360,3 +360,22 @@ def test_ddp_without_out_claims_one_run_directory_for_all_processes(tiny_mnist: 
     assert json.loads((run / "meta.json").read_text())["world_size"] == 2
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["status"] == "finished" and "valid_error" in metrics and (run / "checkpoints" / "best.pt").is_file()
+
+
+def test_a_task_moves_the_networks_it_keeps(device: torch.device) -> None:
+    from torchstn.train.tasks import ColocTask
+
+    images = torch.zeros(4, 1, 8, 8, dtype=torch.uint8)
+    source = TensorSource(images, torch.zeros(4, dtype=torch.long))
+    task = ColocTask(source, source, torch.nn.Linear(3, 2), 1.0, 8)
+    assert task.to(device) is task
+    assert all(p.device.type == device.type for p in task.encoder.parameters())
+    assert task.train is source  # the sources serve CPU tensors; the loop moves each batch
+
+
+def test_every_process_but_the_first_gets_its_own_stream() -> None:
+    from torchstn.train.engine import _rank_seed
+
+    seeds = {_rank_seed(0, rank, epoch) for rank in range(1, 5) for epoch in range(4)}
+    assert len(seeds) == 16
+    assert _rank_seed(1, 1, 0) != _rank_seed(0, 1, 0)
