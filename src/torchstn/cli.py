@@ -2,11 +2,13 @@
 
 * ``torchstn data NAME`` materialises a distorted MNIST split into the cache (or ``--cache-dir``) and writes a PNG
   sheet of samples; ``torchstn data --list`` lists the recipes and their parameters.
-* ``torchstn train --config configs/rts.yaml [--set key=value ...]`` trains into a new run directory (``--out``
-  names one; an existing run is replaced only with ``--overwrite``); ``--print-config`` prints the resolved config;
-  ``--resume RUN`` continues a stopped run exactly where it stopped (``--set train.epochs=N`` extends a finished
-  one).
-* ``torchstn eval RUN`` re-evaluates a run's checkpoint (``--split``, ``--checkpoint``, ``--batch-size``).
+* ``torchstn train --config rts [--set key=value ...]`` trains into a new run directory (``--config`` is a YAML
+  file or the name of a config shipped with the package; without one the built-in defaults train; ``--out`` names
+  the directory; an existing run is replaced only with ``--overwrite``; ``--device`` sets ``train.device``);
+  ``--print-config`` prints the resolved config; ``--resume RUN`` continues a stopped run exactly where it stopped
+  (``--set train.epochs=N`` extends a finished one; ``--device`` moves it to another device).
+* ``torchstn eval RUN`` re-evaluates a run's checkpoint (``--split``, ``--checkpoint``, ``--batch-size``,
+  ``--device``).
 * ``torchstn visualize RUN`` redraws what the run's transformers learnt.
 * ``torchstn export RUN`` writes the run's model as ONNX (``RUN/model.onnx``) and checks it with onnxruntime.
 * ``torchstn models [PATTERN]`` lists the registered models (a substring or a wildcard pattern).
@@ -95,24 +97,33 @@ def _cmd_train(args: argparse.Namespace) -> int:
         run = Path(args.resume)
         config = _recorded_config(run)
         for item, (key, value) in zip(args.set, parse_overrides(args.set), strict=True):
-            if key != "train.epochs":
+            if key not in ("train.epochs", "train.device"):
                 raise ConfigError(
-                    f"train: --set {key} cannot change a run being resumed (only train.epochs, to extend)"
+                    f"train: --set {key} cannot change a run being resumed (only train.epochs, to extend, and "
+                    "train.device)"
                 )
             set_key(config, key, value, raw=item.partition("=")[2])
     else:
         config = load_config(args.config, args.set)
+    if args.device is not None:
+        set_key(config, "train.device", args.device)
     if args.print_config:
         print(format_config(config), end="")
         return 0
+    claimed: list[Path] = []
+
+    def claim() -> Path:  # called by train once the model and the data are built
+        claimed.append(new_run_dir(args.runs, config["name"]))
+        return claimed[-1]
+
     if not args.resume:
         model_function(config["model"]["name"])  # an unknown model or task fails before a directory is made
         task_builder(config["task"])
-        run = Path(args.out) if args.out else new_run_dir(args.runs, config["name"])
+    run_dir: Any = Path(args.resume) if args.resume else (Path(args.out) if args.out else claim)
     try:
         metrics = train(
             config,
-            run,
+            run_dir,
             resume=bool(args.resume),
             quiet=args.quiet,
             stop_after=args.stop_after,
@@ -126,12 +137,14 @@ def _cmd_train(args: argparse.Namespace) -> int:
         print(f"train: {err}", file=sys.stderr)
         return 128 + err.signum
     except STNError:
-        if not args.out and not args.resume:
+        for path in claimed:
             with contextlib.suppress(OSError):
-                run.rmdir()  # the name claimed for this run, left empty
+                path.rmdir()  # the name claimed for this run, left empty
         raise
-    if metrics:
-        print(f"{run}: test error {metrics.get('test_error', float('nan')):.2f}% after {metrics.get('epoch')} epochs")
+    run = claimed[0] if claimed else run_dir  # a process other than 0 under DDP claims none (and has no metrics)
+    if metrics and os.environ.get("RANK", "0") == "0":  # under DDP, process 0 speaks
+        scores = [f"{k[:-6]} error {metrics[k]:.2f}%" for k in ("valid_error", "test_error") if k in metrics]
+        print(f"{run}: {', '.join(scores) or 'not scored'} after {metrics.get('epoch')} epochs")
     return 0
 
 
@@ -155,18 +168,23 @@ def _recorded_config(run: Path) -> dict[str, Any]:
 
 
 def _load_run(
-    run: Path, allow_call: Sequence[str] = (), checkpoint: str | None = None
+    run: Path, allow_call: Sequence[str] = (), checkpoint: str | None = None, device: str = "cpu"
 ) -> tuple[dict[str, Any], Any, Any]:
-    """A run's config, its model with the checkpoint's weights, and its task.
+    """A run's config, its model with the checkpoint's weights (on ``device``), and its task.
 
-    Code named by ``model.kwargs`` ``call:`` values runs only for modules in ``allow_call``.
+    ``checkpoint`` is a file, or ``last`` / ``best`` (``RUN/checkpoints/NAME.pt``). Code named by ``model.kwargs``
+    ``call:`` values runs only for modules in ``allow_call``.
     """
     from torchstn.train import build_model, build_task, load_checkpoint
+    from torchstn.train.engine import resolve_device
 
     config = _recorded_config(run)
+    target = resolve_device(device)
     model = build_model(config, allow_call)
-    model.load_state_dict(load_checkpoint(Path(checkpoint) if checkpoint else run / "checkpoints" / "last.pt")["model"])
-    return config, model, build_task(config)
+    name = checkpoint or "last"
+    path = run / "checkpoints" / f"{name}.pt" if name in ("last", "best") else Path(name)
+    model.load_state_dict(load_checkpoint(path, map_location=target)["model"])
+    return config, model.to(target), build_task(config).to(target)
 
 
 def _cmd_eval(args: argparse.Namespace) -> int:
@@ -177,10 +195,16 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 
     if args.batch_size is not None and args.batch_size < 1:
         raise OptionError(f"eval: --batch-size must be positive, got {args.batch_size}")
-    config, model, task = _load_run(Path(args.run), args.allow_call, args.checkpoint)
-    if args.split == "train":  # score the training source with the test metric
+    from torchstn.train.engine import split_validation
+
+    config, model, task = _load_run(Path(args.run), args.allow_call, args.checkpoint, args.device or "auto")
+    n_valid = config["data"]["n_valid"]
+    if args.split == "valid" and not n_valid:
+        raise OptionError(f"eval: --split valid: the run {args.run} holds out no validation set (data.n_valid=0)")
+    if args.split in ("train", "valid"):  # score a part of the training source with the test metric
+        train_part, valid_part = split_validation(task.train, n_valid) if n_valid else (task.train, None)
         task = copy.copy(task)
-        task.test = task.train
+        task.test = valid_part if args.split == "valid" else train_part
     metrics = evaluate(model, task, args.batch_size or config["train"]["eval_batch_size"])
     error = metrics.pop("test_error")
     print(json.dumps({"run": args.run, "split": args.split, **metrics, f"{args.split}_error": error}))
@@ -261,7 +285,10 @@ def build_parser() -> argparse.ArgumentParser:
     data.set_defaults(func=_cmd_data)
 
     tr = sub.add_parser("train", help="train a model from a config (flags override the file)")
-    tr.add_argument("--config", default=None, help="YAML file (see configs/)")
+    tr.add_argument(
+        "--config", default=None, help="YAML file, or the name of a packaged config (demo, rts, ...; default: none)"
+    )
+    tr.add_argument("--device", default=None, help="train.device: auto (default), cpu, cuda or cuda:N")
     tr.add_argument(
         "--set", nargs="*", default=[], metavar="KEY=VALUE", help="override config keys, e.g. train.epochs=3"
     )
@@ -279,8 +306,13 @@ def build_parser() -> argparse.ArgumentParser:
     _allow_call_flag(tr)
     ev = sub.add_parser("eval", help="evaluate a run's checkpoint on its test split")
     ev.add_argument("run")
-    ev.add_argument("--split", choices=("test", "train"), default="test", help="which source to score (default: test)")
-    ev.add_argument("--checkpoint", default=None, help="checkpoint file (default: RUN/checkpoints/last.pt)")
+    ev.add_argument(
+        "--split", choices=("test", "valid", "train"), default="test", help="which source to score (default: test)"
+    )
+    ev.add_argument(
+        "--checkpoint", default=None, help="checkpoint file, or last / best (default: RUN/checkpoints/last.pt)"
+    )
+    ev.add_argument("--device", default=None, help="auto (default), cpu, cuda or cuda:N")
     ev.add_argument("--batch-size", type=int, default=None, help="default: the run's train.eval_batch_size")
     _allow_call_flag(ev)
     ev.set_defaults(func=_cmd_eval)
@@ -310,6 +342,9 @@ def build_parser() -> argparse.ArgumentParser:
 def _one_line(err: BaseException) -> str:
     if isinstance(err, OSError) and err.filename is not None:
         return f"{err.filename}: {err.strerror or err}"
+    if isinstance(err, OSError) and len(err.args) == 3 and isinstance(err.args[0], int):
+        # (errno, strerror, filename) on an error whose first base is not OSError: the attributes stay unset
+        return f"{err.args[2]}: {err.args[1]}"
     return " ".join(str(err).split()) or type(err).__name__
 
 

@@ -10,7 +10,8 @@ anyway, so ``except ValueError`` (or ``KeyError``, ``RuntimeError``, ``OSError``
 - :class:`UnsupportedError` (``RuntimeError``): a backend cannot do what was asked (second-order gradients
   through the fused kernel).
 - :class:`ConfigError` (``ValueError``): an experiment config has an unknown key or a value of the wrong type;
-  :class:`ConfigKeyError` (also ``KeyError``) for an unknown key.
+  :class:`ConfigKeyError` (also ``KeyError``) for an unknown key; :class:`ConfigNotFoundError` (also
+  ``FileNotFoundError``) for a config that is neither a file nor shipped with the package.
 - :class:`DataError` (``ValueError``): a dataset file or cache is malformed or disagrees with its recipe;
   :class:`DataNotFoundError` (also ``FileNotFoundError``) for a dataset file or directory that is missing.
 - :class:`CheckpointError` (``ValueError``): a checkpoint is not a torchstn checkpoint, or fails its checksum.
@@ -29,6 +30,7 @@ __all__ = [
     "CheckpointNotFoundError",
     "ConfigError",
     "ConfigKeyError",
+    "ConfigNotFoundError",
     "DTypeError",
     "DataError",
     "DataNotFoundError",
@@ -78,6 +80,10 @@ class ConfigKeyError(ConfigError, KeyError):
 
     def __str__(self) -> str:  # KeyError's str() quotes the message; show it as written
         return str(self.args[0]) if self.args else ""
+
+
+class ConfigNotFoundError(ConfigError, FileNotFoundError):
+    """A config named by path or by name is neither a file nor a config shipped with the package."""
 
 
 class DataError(STNError, ValueError):

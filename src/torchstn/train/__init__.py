@@ -7,7 +7,7 @@
 * :mod:`~torchstn.train.engine`: the loop.
 """
 
-from torchstn.train.config import DEFAULTS, Config, format_config, load_config
+from torchstn.train.config import DEFAULTS, Config, format_config, list_configs, load_config
 from torchstn.train.engine import TrainingDiverged, TrainingInterrupted, evaluate, train
 from torchstn.train.factories import build_model
 from torchstn.train.rundir import load_checkpoint, save_checkpoint
@@ -26,6 +26,7 @@ __all__ = [
     "build_task",
     "evaluate",
     "format_config",
+    "list_configs",
     "list_tasks",
     "load_checkpoint",
     "load_config",

@@ -16,16 +16,19 @@ from __future__ import annotations
 import ast
 import copy
 import dataclasses
+import errno
 import os
+import re
 import types
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from importlib import resources
 from pathlib import Path
 from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
 
 import yaml
 
-from torchstn.errors import ConfigError, ConfigKeyError
+from torchstn.errors import ConfigError, ConfigKeyError, ConfigNotFoundError
 
 __all__ = [
     "DEFAULTS",
@@ -35,7 +38,9 @@ __all__ = [
     "ModelConfig",
     "TrainConfig",
     "VisualizeConfig",
+    "find_config",
     "format_config",
+    "list_configs",
     "load_config",
     "parse_overrides",
     "parse_value",
@@ -51,12 +56,13 @@ class DataConfig:
     """Where the samples come from."""
 
     dataset: str = "distorted_mnist"  # distorted_mnist | svhn | cub
-    recipe: str = "rts"  # distorted-MNIST recipe name (torchstn data --list)
+    recipe: str = "rotated"  # distorted-MNIST recipe name (torchstn data --list); 28x28, as the default model
     recipe_params: dict[str, Any] = field(default_factory=dict)  # overrides of the recipe's parameters
     train_split: str = "train"  # train | train+valid
     test_split: str = "test"
     n_train: int | None = None  # default: one sample per source digit
     n_test: int | None = None
+    n_valid: int = 0  # training samples held out as a validation set (0: none; the error per epoch is the test's)
     seed: int = 0  # dataset seed
     redraw: bool = False  # fresh distortions every epoch (the paper used a fixed set)
     stream: bool = False  # generate batches on the fly instead of materialising (3D volumes)
@@ -94,6 +100,8 @@ class TrainConfig:
     threads: int | None = None  # torch.set_num_threads
     eval_batch_size: int = 1024
     checkpoint_every: int = 1  # epochs
+    device: str = "auto"  # auto (CUDA when available, else CPU) | cpu | cuda | cuda:N
+    precision: Literal["32", "bf16", "16"] = "32"  # float32, bfloat16 autocast, or float16 autocast (CUDA) + scaler
 
 
 @dataclass
@@ -167,8 +175,8 @@ DEFAULTS: dict[str, Any] = Config().to_dict()
 _POSITIVE = ("train.epochs", "train.batch_size", "train.checkpoint_every", "train.eval_batch_size", "data.n_train",
              "data.n_test", "train.grad_clip", "train.max_steps", "train.step_every", "train.threads",
              "visualize.count", "data.size")  # fmt: skip
-_NON_NEGATIVE = ("train.lr", "train.momentum", "train.weight_decay", "train.loc_lr_scale", "train.identity_penalty",
-                 "coloc.encoder_epochs", "coloc.margin")  # fmt: skip
+_NON_NEGATIVE = ("data.n_valid", "train.lr", "train.momentum", "train.weight_decay", "train.loc_lr_scale",
+                 "train.identity_penalty", "coloc.encoder_epochs", "coloc.margin")  # fmt: skip
 
 
 def _type_name(hint: Any) -> str:
@@ -212,8 +220,16 @@ def _coerce(value: Any, hint: Any) -> tuple[bool, Any]:
     return isinstance(value, hint), value
 
 
+# Keys added after runs were first recorded: a recorded config without one gets its default, which reproduces the
+# behaviour the run was trained with (no validation split, float32; the device is where it resumes).
+_ADDED = ("data.n_valid", "train.device", "train.precision")
+_DEVICE = re.compile(r"auto|cpu|cuda(:[0-9]+)?")
+
+
 def _check_value(key: str, value: Any) -> Any:
     hint = LEAF_TYPES[key]
+    if key == "train.precision" and isinstance(value, int) and not isinstance(value, bool) and value in (16, 32):
+        value = str(value)  # precision: 16 or 32 as a number
     ok, out = _coerce(value, hint)
     if not ok:
         raise ConfigError(f"config: {key} expects {_type_name(hint)}, got {value!r} ({type(value).__name__})")
@@ -222,6 +238,8 @@ def _check_value(key: str, value: Any) -> Any:
         raise ConfigError(f"config: {key} must be positive{null}, got {out!r}")
     if key in _NON_NEGATIVE and not out >= 0:
         raise ConfigError(f"config: {key} must be non-negative, got {out!r}")
+    if key == "train.device" and not _DEVICE.fullmatch(out):
+        raise ConfigError(f"config: train.device expects 'auto', 'cpu', 'cuda' or 'cuda:N', got {out!r}")
     return out
 
 
@@ -252,10 +270,13 @@ def validate_config(config: Mapping[str, Any]) -> dict[str, Any]:
             for sub in value:
                 if sub not in default:
                     raise _unknown(f"{key}.{sub}")
-            missing = [sub for sub in default if sub not in value]
+            missing = [sub for sub in default if sub not in value and f"{key}.{sub}" not in _ADDED]
             if missing:
                 raise ConfigKeyError(f"config: missing key {key}.{missing[0]!r}")
-            out[key] = {sub: _check_value(f"{key}.{sub}", copy.deepcopy(value[sub])) for sub in default}
+            out[key] = {
+                sub: _check_value(f"{key}.{sub}", copy.deepcopy(value[sub] if sub in value else default[sub]))
+                for sub in default
+            }
         else:
             out[key] = _check_value(key, value)
     return out
@@ -353,8 +374,42 @@ def _merge(base: dict[str, Any], update: Mapping[str, Any], prefix: str = "") ->
             base[key] = value
 
 
+def list_configs() -> list[str]:
+    """The names of the experiment configs shipped inside the package (``torchstn/configs/NAME.yaml``), sorted.
+
+    Example:
+        >>> {"demo", "rts"} <= set(list_configs())
+        True
+    """
+    folder = resources.files("torchstn") / "configs"
+    if not folder.is_dir():
+        return []
+    return sorted(p.name[: -len(".yaml")] for p in folder.iterdir() if p.name.endswith(".yaml"))
+
+
+def find_config(name: str | os.PathLike[str]) -> Path:
+    """The config file ``name`` means: a path that exists, else a config shipped with the package (``rts``,
+    ``rts.yaml``).
+
+    Raises:
+        ConfigNotFoundError: Neither a file nor a packaged config of that name (also a ``FileNotFoundError``).
+    """
+    path = Path(name)
+    if path.is_file():
+        return path
+    text = str(name)
+    stem = text[: -len(".yaml")] if text.endswith(".yaml") else text
+    if "/" not in text and os.sep not in text and stem in list_configs():
+        return Path(str(resources.files("torchstn") / "configs" / f"{stem}.yaml"))
+    raise ConfigNotFoundError(
+        errno.ENOENT, f"No such file or directory (nor a packaged config: {', '.join(list_configs())})", text
+    )
+
+
 def load_config(path: str | os.PathLike[str] | None, overrides: Sequence[str] = ()) -> dict[str, Any]:
     """Defaults, then the YAML file (read with ``yaml.safe_load``), then ``key=value`` overrides; validated.
+
+    ``path`` is a file, or the name of a config shipped with the package (:func:`list_configs`).
 
     Example:
         >>> cfg = load_config(None, ["train.epochs=3", "model.kwargs.downsample=2"])
@@ -364,10 +419,11 @@ def load_config(path: str | os.PathLike[str] | None, overrides: Sequence[str] = 
     Raises:
         ConfigKeyError: A key is unknown.
         ConfigError: A value has the wrong type or range, or the file does not hold a mapping.
-        FileNotFoundError: ``path`` does not exist.
+        ConfigNotFoundError: ``path`` is neither a file nor a packaged config (also a ``FileNotFoundError``).
     """
     config = copy.deepcopy(DEFAULTS)
     if path is not None:
+        path = find_config(path)
         try:
             loaded = yaml.safe_load(Path(path).read_text()) or {}
         except yaml.YAMLError as err:

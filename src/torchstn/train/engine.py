@@ -6,13 +6,27 @@ optimizer, schedule) is :mod:`torchstn.train.factories`'.
 Determinism: the order of epoch ``e`` is a permutation drawn from ``(seed, e)`` alone and the global RNG state is
 saved in each checkpoint, so a resumed run reproduces an uninterrupted one.
 
+Devices: ``train.device`` (``auto``: CUDA when available, else the CPU) holds the model, every batch (moved there
+as it is served), the metric accumulators and the frozen networks a task keeps; checkpoints are written from it and
+load onto any device. ``train.precision`` runs the forward pass and the loss under :func:`torch.autocast`
+(``bf16``; ``16`` with a :class:`torch.amp.GradScaler`, CUDA only); the weights and the optimizer stay float32.
+
 Distributed data parallel: launched by ``torchrun``, each of ``W`` processes takes every ``W``-th sample of each
 global batch (``train.batch_size`` is the global batch), gradients are averaged by DDP, and error counts are summed
-across processes before they are logged. gloo on CPU, nccl on GPU.
+across processes before they are logged. One process per GPU (``LOCAL_RANK`` picks it) over nccl for CUDA
+devices, gloo for the CPU. Process 0 keeps the stream of the global RNG a single process would; every other
+process reseeds it at each epoch from ``(seed, rank, epoch)``, so random augmentation differs between processes
+(a resume inside an epoch is exact on process 0; the others restart that epoch's stream). Only process 0 logs and
+writes the run directory.
+
+Validation: ``data.n_valid`` holds out the last ``n_valid`` training samples; their error is logged every epoch
+(``valid_error``), the test error only in the last epoch's row, and ``checkpoints/best.pt`` keeps the weights of the
+epoch with the lowest validation error. With ``n_valid=0`` (the default) the test error is logged every epoch.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -20,9 +34,9 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Collection, Iterator
+from collections.abc import Callable, Collection, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +51,7 @@ from torchstn.modules import SpatialTransformer, identity_penalty
 from torchstn.train.config import validate_config
 from torchstn.train.factories import build_model, build_optimizer, build_scheduler
 from torchstn.train.rundir import (
+    BEST_CHECKPOINT,
     CHECKPOINT,
     clean_stale_temporaries,
     load_checkpoint,
@@ -47,11 +62,12 @@ from torchstn.train.rundir import (
     run_meta,
     save_checkpoint,
     write_config,
+    write_csv,
     write_json,
     write_log,
     writing,
 )
-from torchstn.train.tasks import Task, build_task, task_builder
+from torchstn.train.tasks import Source, SubsetSource, Task, build_task, task_builder
 
 __all__ = [
     "TrainingDiverged",
@@ -60,8 +76,10 @@ __all__ = [
     "epoch_order",
     "evaluate",
     "load_checkpoint",
+    "resolve_device",
     "save_checkpoint",
     "shard",
+    "split_validation",
     "train",
 ]
 
@@ -69,23 +87,69 @@ __all__ = [
 # --- distributed context ----------------------------------------------------------------------------------------
 
 
+def resolve_device(spec: str = "auto", local_rank: int | None = None) -> torch.device:
+    """The device ``train.device`` names: ``auto`` is CUDA when available, else the CPU; ``cuda`` is the current
+    CUDA device, ``cuda:N`` the N-th. Under DDP (``local_rank`` given) a CUDA device is the process's own GPU,
+    ``cuda:LOCAL_RANK``.
+
+    Example:
+        >>> resolve_device("cpu")
+        device(type='cpu')
+
+    Raises:
+        ConfigError: The spec is not a device, CUDA is asked for but not available, or there is no GPU ``N``.
+    """
+    if spec == "auto":
+        spec = "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        device = torch.device(spec)
+    except (RuntimeError, TypeError):
+        raise ConfigError(f"train.device: expected 'auto', 'cpu', 'cuda' or 'cuda:N', got {spec!r}") from None
+    if device.type == "cpu":
+        return torch.device("cpu")
+    if device.type != "cuda":
+        raise ConfigError(f"train.device: expected 'auto', 'cpu', 'cuda' or 'cuda:N', got {spec!r}")
+    if not torch.cuda.is_available():
+        raise ConfigError(f"train.device: {spec!r} asked for, but CUDA is not available here; use train.device=cpu")
+    if local_rank is not None:
+        index = local_rank
+    else:
+        index = device.index if device.index is not None else torch.cuda.current_device()
+    if index >= torch.cuda.device_count():
+        raise ConfigError(
+            f"train.device: there is no CUDA device {index} (this machine has {torch.cuda.device_count()})"
+        )
+    return torch.device("cuda", index)
+
+
 @dataclass(frozen=True)
 class Dist:
+    """This process's place in a (possibly distributed) run, and its device."""
+
     rank: int = 0
     world: int = 1
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
 
     @property
     def main(self) -> bool:
         return self.rank == 0
 
     @staticmethod
-    def from_env() -> Dist:
+    def from_env(device: str = "auto") -> Dist:
+        """The context ``torchrun``'s variables describe (one process without them); ``device`` is ``train.device``.
+
+        Under DDP a CUDA device is ``cuda:LOCAL_RANK`` (made current) and the process group uses nccl; a CPU device
+        uses gloo. The backend follows the chosen device, not whether CUDA happens to be installed.
+        """
         world = int(os.environ.get("WORLD_SIZE", "1"))
         if world == 1:
-            return Dist()
+            return Dist(device=resolve_device(device))
+        chosen = resolve_device(device, local_rank=int(os.environ.get("LOCAL_RANK", "0")))
+        if chosen.type == "cuda":
+            torch.cuda.set_device(chosen)
         if not dist.is_initialized():
-            dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
-        return Dist(dist.get_rank(), dist.get_world_size())
+            dist.init_process_group("nccl" if chosen.type == "cuda" else "gloo")
+        return Dist(dist.get_rank(), dist.get_world_size(), chosen)
 
     def sum(self, t: Tensor) -> Tensor:
         if self.world > 1:
@@ -145,21 +209,101 @@ def shard(index: Tensor, rank: int, world: int) -> Tensor:
     return index[rank::world]
 
 
+def split_validation(source: Source, n_valid: int) -> tuple[Source, Source]:
+    """``(train, valid)``: the first ``len(source) - n_valid`` samples and the last ``n_valid``.
+
+    The validation part never regenerates the samples itself (``set_epoch`` is the training part's), so a redrawn
+    dataset is drawn once per epoch for both.
+
+    Raises:
+        ConfigError: ``n_valid`` leaves no training sample.
+    """
+    n = len(source)
+    if not 0 < n_valid < n:
+        raise ConfigError(f"data.n_valid: must leave training samples (0 < n_valid < {n}), got {n_valid}")
+    return SubsetSource(source, torch.arange(n - n_valid)), SubsetSource(source, torch.arange(n - n_valid, n), False)
+
+
+def _model_device(model: nn.Module) -> torch.device:
+    first = next(iter(model.parameters()), None)
+    return first.device if first is not None else torch.device("cpu")
+
+
+def _autocast(precision: str, device: torch.device) -> contextlib.AbstractContextManager[Any]:
+    """The autocast region ``train.precision`` asks for (nothing for ``32``)."""
+    if precision == "bf16":
+        return torch.autocast(device.type, dtype=torch.bfloat16)
+    if precision == "16":
+        return torch.autocast(device.type, dtype=torch.float16)
+    return contextlib.nullcontext()
+
+
+def _check_precision(precision: str, device: torch.device) -> None:
+    if precision == "16" and device.type != "cuda":
+        raise ConfigError(
+            f"train.precision: '16' (float16 with a gradient scaler) needs a CUDA device, got {device}; "
+            "use train.precision=bf16 on the CPU"
+        )
+
+
 @torch.no_grad()
-def evaluate(model: nn.Module, task: Task, batch_size: int = 1024, ctx: Dist | None = None) -> dict[str, float]:
-    """Error (%) of ``model`` on the task's test source; summed over processes under DDP."""
+def evaluate(
+    model: nn.Module,
+    task: Task,
+    batch_size: int = 1024,
+    ctx: Dist | None = None,
+    *,
+    source: Source | None = None,
+    precision: str = "32",
+) -> dict[str, float]:
+    """Error (%) of ``model`` on the task's test source (or ``source``); summed over processes under DDP.
+
+    Batches are moved to the model's device and scored under ``precision``'s autocast.
+    """
     ctx = ctx or Dist()
+    device = _model_device(model)
+    source = task.test if source is None else source
     was = model.training
     model.eval()
-    n = len(task.test)
+    n = len(source)
     mine = torch.arange(ctx.rank, n, ctx.world)
-    errors = torch.zeros((), dtype=torch.float64)
+    errors = torch.zeros((), dtype=torch.float64, device=device)
     for lo in range(0, len(mine), batch_size):
-        x, y = task.test.batch(mine[lo : lo + batch_size])
-        errors += task.errors(model, x, y).double()
-    stats = ctx.sum(torch.stack((errors, torch.tensor(float(len(mine)), dtype=torch.float64))))
+        x, y = source.batch(mine[lo : lo + batch_size])
+        with _autocast(precision, device):
+            errors += task.errors(model, x.to(device, non_blocking=True), y.to(device, non_blocking=True)).double()
+    count = torch.tensor(float(len(mine)), dtype=torch.float64, device=device)
+    stats = ctx.sum(torch.stack((errors, count)))
     model.train(was)
     return {"test_error": float(100.0 * stats[0] / stats[1])}
+
+
+def _rank_seed(seed: int, rank: int, epoch: int) -> int:
+    return (seed * 1_000_003 + rank) * 1_000_003 + epoch
+
+
+class _TensorBoard:
+    """The log rows as TensorBoard scalars, when ``torch.utils.tensorboard`` imports (else nothing is written)."""
+
+    def __init__(self, folder: Path) -> None:
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError:  # tensorboard is not installed
+            self.writer: Any = None
+            return
+        self.writer = SummaryWriter(str(folder))
+
+    def add(self, row: dict[str, Any]) -> None:
+        if self.writer is None:
+            return
+        for key, value in row.items():
+            if key not in ("epoch", "step") and isinstance(value, int | float) and not isinstance(value, bool):
+                self.writer.add_scalar(key, value, int(row["epoch"]))
+        self.writer.flush()
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
 
 
 @contextmanager
@@ -198,9 +342,12 @@ def _stop_on_signals() -> Iterator[dict[str, int]]:
             signal.signal(s, handler)
 
 
+RunDir = str | os.PathLike[str] | Callable[[], Path]
+
+
 def train(
     config: dict[str, Any],
-    run_dir: str | os.PathLike[str],
+    run_dir: RunDir,
     *,
     resume: bool = False,
     quiet: bool = False,
@@ -211,11 +358,16 @@ def train(
     """Train (or resume) the run that ``config`` describes in ``run_dir``; return the final metrics.
 
     Resuming a finished run changes nothing and returns its metrics; resuming with a larger ``train.epochs`` than
-    the run was started with extends it (the only change a resume accepts).
+    the run was started with extends it (the only change a resume accepts, besides ``train.device``).
+
+    The model and the data are built before the run directory is touched, so a config that cannot build leaves
+    nothing behind.
 
     Args:
         config: A resolved config (:func:`~torchstn.train.load_config`).
-        run_dir: The run directory (created if needed; for a new run it must not hold a run unless ``overwrite``).
+        run_dir: The run directory (created if needed; for a new run it must not hold a run unless ``overwrite``),
+            or a function that creates a new one and returns it (called once the model and data are built; under
+            DDP on process 0 only, its path is passed to the others).
         resume: Continue from ``run_dir``'s last checkpoint.
         quiet: No progress output.
         stop_after: Stop after this many epochs in this call (a time-boxed session); resume later.
@@ -228,16 +380,22 @@ def train(
         TrainingInterrupted: SIGINT or SIGTERM arrived; a checkpoint of the run so far was written.
         RunError: ``run_dir`` holds a run (new run without ``overwrite``), is not a run (resume), is being trained
             by another process, or cannot be written.
-        ConfigError: The config is invalid, or differs from the resumed run's in more than ``train.epochs``.
+        ConfigError: The config is invalid, differs from the resumed run's in more than ``train.epochs``, names a
+            device this machine does not have, or asks for ``train.precision=16`` off CUDA.
     """
     config = validate_config(config)
     model_function(config["model"]["name"])  # an unknown model or task fails before the run directory is touched
     task_builder(config["task"])
-    run = Path(run_dir)
-    ctx = Dist.from_env()
+    t = config["train"]
+    if resume and not callable(run_dir) and not (Path(run_dir) / "config.yaml").is_file():
+        raise RunError(f"{run_dir}: not a run directory (no config.yaml)")
+    ctx = Dist.from_env(t["device"])
     with _process_group(ctx):
+        _check_precision(t["precision"], ctx.device)
+        task, model = _build(config, allow_call, ctx.device)
+        run = _claim(run_dir, ctx)
         if not ctx.main:
-            return _train(config, run, resume, quiet, stop_after, ctx, allow_call, {})
+            return _train(config, run, resume, quiet, stop_after, ctx, task, model, {})
         if resume:
             if not (run / "config.yaml").is_file():
                 raise RunError(f"{run}: not a run directory (no config.yaml)")
@@ -249,7 +407,29 @@ def train(
         with lock_run(run), _stop_on_signals() as stop:
             if not resume:
                 prepare_run_dir(run, overwrite=overwrite)  # again under the lock: another process may have won
-            return _train(config, run, resume, quiet, stop_after, ctx, allow_call, stop)
+            return _train(config, run, resume, quiet, stop_after, ctx, task, model, stop)
+
+
+def _claim(run_dir: RunDir, ctx: Dist) -> Path:
+    """The run directory: as given, or created now by ``run_dir()`` (on process 0, its path sent to the others)."""
+    if not callable(run_dir):
+        return Path(run_dir)
+    if ctx.world == 1:
+        return Path(run_dir())
+    box: list[Any] = [str(run_dir()) if ctx.main else None]
+    dist.broadcast_object_list(box, src=0)
+    return Path(box[0])
+
+
+def _build(config: dict[str, Any], allow_call: Collection[str], device: torch.device) -> tuple[Task, nn.Module]:
+    """Seed, then the task (its data loaded) and the model, on ``device``."""
+    t = config["train"]
+    if t["threads"]:
+        torch.set_num_threads(int(t["threads"]))
+    torch.manual_seed(t["seed"])
+    task = build_task(config).to(device)
+    model = build_model(config, allow_call).to(device)
+    return task, model
 
 
 def _normalised(config: dict[str, Any]) -> Any:
@@ -257,9 +437,17 @@ def _normalised(config: dict[str, Any]) -> Any:
 
 
 def _check_resumed_config(run: Path, config: dict[str, Any]) -> int | None:
-    """The epochs the run was started with if ``config`` extends it, ``None`` if it is the same config."""
+    """The epochs the run was started with if ``config`` extends it, ``None`` if it is the same config.
+
+    ``train.device`` may differ (a run resumes on another device); keys added to the schema after the run was
+    recorded count as their defaults.
+    """
     recorded = yaml.safe_load((run / "config.yaml").read_text())
     new = _normalised(config)
+    with contextlib.suppress(ConfigError):
+        recorded = _normalised(validate_config(recorded))
+    if isinstance(recorded, dict) and isinstance(recorded.get("train"), dict) and "device" in recorded["train"]:
+        recorded = {**recorded, "train": {**recorded["train"], "device": new["train"]["device"]}}
     if recorded == new:
         return None
     if isinstance(recorded, dict) and isinstance(recorded.get("train"), dict):
@@ -286,13 +474,12 @@ def _train(
     quiet: bool,
     stop_after: int | None,
     ctx: Dist,
-    allow_call: Collection[str],
+    task: Task,
+    model: nn.Module,
     stop: dict[str, int],
 ) -> dict[str, Any]:
     t = config["train"]
-    if t["threads"]:
-        torch.set_num_threads(int(t["threads"]))
-    torch.manual_seed(t["seed"])
+    device = ctx.device
     ckpt_path = run / CHECKPOINT
     log_path = run / "log.jsonl"
     extended_from = None
@@ -302,7 +489,7 @@ def _train(
             clean_stale_temporaries(run)
         else:
             write_config(run / "config.yaml", config)
-            write_json(run / "meta.json", run_meta(config, ctx.world))
+            write_json(run / "meta.json", run_meta(config, ctx.world, str(device)))
     state = load_checkpoint(ckpt_path) if resume and ckpt_path.exists() else None
     rows: list[dict[str, Any]] = []
     extended = False
@@ -313,9 +500,10 @@ def _train(
         # Every process sees an extension in the checkpoint (older checkpoints: the main process's config check).
         extended = extended_from is not None or int(state.get("epochs", t["epochs"])) < t["epochs"]
         if not extended and _finished(state, t):
-            return _already_finished(config, run, state, rows, allow_call) if ctx.main else {}
+            return _already_finished(config, run, state, rows, task, model) if ctx.main else {}
     if ctx.main and resume:
         write_log(log_path, rows)
+        write_csv(run / "metrics.csv", rows)
         if extended_from is not None:
             write_config(run / "config.yaml", config)
             meta = json.loads((run / "meta.json").read_text()) if (run / "meta.json").exists() else {}
@@ -324,9 +512,11 @@ def _train(
             )
             write_json(run / "meta.json", meta)
 
-    task = build_task(config)
-    model = build_model(config, allow_call)
+    valid: Source | None = None
+    if config["data"]["n_valid"]:
+        task.train, valid = split_validation(task.train, config["data"]["n_valid"])
     opt = build_optimizer(config, model)
+    scaler = torch.amp.GradScaler(device.type) if t["precision"] == "16" else None
     batch = int(t["batch_size"])
     n = len(task.train)
     steps_per_epoch = math.ceil(n / batch)
@@ -336,21 +526,32 @@ def _train(
     sched = build_scheduler(config, opt, total)
     start_epoch, step = 0, 0
     partial: dict[str, Any] | None = None
+    best: dict[str, Any] | None = None
     if state is not None:
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
         _load_scheduler(sched, state["scheduler"], extended=extended)
+        if scaler is not None and state.get("scaler"):
+            scaler.load_state_dict(state["scaler"])
         start_epoch, step = int(state["epoch"]), int(state["step"])
         partial = state.get("partial")
+        best = state.get("best")
         torch.set_rng_state(state["rng"])
+        if device.type == "cuda" and state.get("cuda_rng") is not None:
+            torch.cuda.set_rng_state(state["cuda_rng"], device)
     if ctx.main:
         # A full disk or an unwritable directory shows now, not after the first epoch.
         params = sum(p.numel() * p.element_size() for p in model.parameters())
         probe_writable(ckpt_path, 3 * params + (1 << 16))
-    net: nn.Module = nn.parallel.DistributedDataParallel(model) if ctx.world > 1 else model
+    if ctx.world > 1:
+        ids = [device.index] if device.type == "cuda" else None
+        net: nn.Module = nn.parallel.DistributedDataParallel(model, device_ids=ids)
+    else:
+        net = model
     sts = _transformers(model)
-    fixed = task.test.batch(torch.arange(min(config["visualize"]["count"], len(task.test))))[0]
+    fixed = task.test.batch(torch.arange(min(config["visualize"]["count"], len(task.test))))[0].to(device)
     animator = _animator(config, ctx)
+    board = _TensorBoard(run / "tensorboard") if ctx.main else None
 
     def checkpoint(epoch: int, position: dict[str, Any] | None = None) -> None:
         save_checkpoint(
@@ -359,10 +560,13 @@ def _train(
                 "model": model.state_dict(),
                 "optimizer": opt.state_dict(),
                 "scheduler": sched.state_dict(),
+                **({"scaler": scaler.state_dict()} if scaler is not None else {}),
                 "epoch": epoch,
                 "step": step,
                 "epochs": t["epochs"],
                 "rng": torch.get_rng_state(),
+                **({"cuda_rng": torch.cuda.get_rng_state(device)} if device.type == "cuda" else {}),
+                **({"best": best} if best is not None else {}),
                 "log": rows,
                 "partial": position,
             },
@@ -394,81 +598,126 @@ def _train(
 
     metrics: dict[str, Any] = {}
     last_epoch = t["epochs"] if stop_after is None else min(t["epochs"], start_epoch + stop_after)
-    for epoch in range(start_epoch, last_epoch):
-        if step >= total:
-            break
-        task.train.set_epoch(epoch)
-        order = epoch_order(n, t["seed"], epoch)
-        net.train()
-        began = time.perf_counter()
-        loss_sum = torch.zeros((), dtype=torch.float64)
-        err_sum = torch.zeros((), dtype=torch.float64)
-        seen, first, spent = 0, 0, 0.0
-        if partial is not None:  # resuming inside this epoch
-            first, seen, spent = int(partial["position"]), int(partial["seen"]), float(partial["seconds"])
-            loss_sum, err_sum = partial["loss_sum"].clone(), partial["err_sum"].clone()
-            partial = None
-        bar = Progress(n, f"epoch {epoch + 1}/{t['epochs']}", quiet or not ctx.main)
-        bar.update(first)
-        for lo in range(first, n, batch):
+    precision = t["precision"]
+    try:
+        for epoch in range(start_epoch, last_epoch):
             if step >= total:
                 break
-            if "signum" in stop:
-                raise interrupted(epoch, _position(lo, seen, loss_sum, err_sum, spent + time.perf_counter() - began))
-            index = shard(order[lo : lo + batch], ctx.rank, ctx.world)
-            x, y = task.train.batch(index)
-            try:
-                loss, errs = task.loss(net, x, y)
-                if t["identity_penalty"]:
-                    for st in sts:
-                        if st.params is not None:
-                            loss = loss + t["identity_penalty"] * identity_penalty(st.params, st.transform)
-            except NonFiniteError as err:
-                raise diverged(f"a transformer's parameters became non-finite ({err})", epoch) from err
-            if not torch.isfinite(loss):
-                raise diverged(f"the loss became {loss.item()}", epoch)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()  # type: ignore[no-untyped-call]
-            if t["grad_clip"]:
-                nn.utils.clip_grad_norm_(net.parameters(), t["grad_clip"])
-            opt.step()
-            sched.step()
-            step += 1
-            loss_sum += loss.detach().double() * len(index)
-            err_sum += errs.double()
-            seen += len(index)
-            bar.update(len(index) * ctx.world, loss=loss.item())
-        elapsed = spent + time.perf_counter() - began
-        totals = ctx.sum(torch.stack((loss_sum, err_sum, torch.tensor(float(seen), dtype=torch.float64))))
-        row: dict[str, Any] = {
-            "epoch": epoch + 1,
-            "step": step,
-            "train_loss": float(totals[0] / totals[2]),
-            "train_error": float(100.0 * totals[1] / totals[2]),
-            **evaluate(model, task, t["eval_batch_size"], ctx),
-            "lr": opt.param_groups[0]["lr"],
-            "epoch_seconds": round(elapsed, 3),
-            "images_per_second": round(float(totals[2]) / elapsed, 1),
-        }
-        metrics = row
-        rows.append(row)
-        if ctx.main:
-            if (epoch + 1) % t["checkpoint_every"] == 0 or epoch + 1 in (t["epochs"], last_epoch) or step >= total:
-                checkpoint(epoch + 1)  # first the checkpoint, then the log it holds
-            write_log(log_path, rows)
-            if animator is not None:
-                animator.add(model, fixed, epoch + 1)
-            if not quiet:
-                print(
-                    f"epoch {epoch + 1}: train loss {row['train_loss']:.4f}, train error {row['train_error']:.2f}%, "
-                    f"test error {row['test_error']:.2f}% ({row['images_per_second']:.0f} images/s)",
-                    file=sys.stderr,
-                )
-        if "signum" in stop and epoch + 1 < last_epoch and step < total:
-            raise interrupted(epoch + 1, None)
+            if ctx.rank > 0:  # this process's own augmentation stream (process 0 keeps a single process's)
+                torch.manual_seed(_rank_seed(t["seed"], ctx.rank, epoch))
+            task.train.set_epoch(epoch)
+            order = epoch_order(n, t["seed"], epoch)
+            net.train()
+            began = time.perf_counter()
+            loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+            err_sum = torch.zeros((), dtype=torch.float64, device=device)
+            seen, first, spent = 0, 0, 0.0
+            if partial is not None:  # resuming inside this epoch
+                first, seen, spent = int(partial["position"]), int(partial["seen"]), float(partial["seconds"])
+                loss_sum, err_sum = partial["loss_sum"].to(device).clone(), partial["err_sum"].to(device).clone()
+                partial = None
+            bar = Progress(n, f"epoch {epoch + 1}/{t['epochs']}", quiet or not ctx.main)
+            bar.update(first)
+            for lo in range(first, n, batch):
+                if step >= total:
+                    break
+                if "signum" in stop:
+                    raise interrupted(
+                        epoch, _position(lo, seen, loss_sum, err_sum, spent + time.perf_counter() - began)
+                    )
+                index = shard(order[lo : lo + batch], ctx.rank, ctx.world)
+                x, y = task.train.batch(index)
+                x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+                try:
+                    with _autocast(precision, device):
+                        loss, errs = task.loss(net, x, y)
+                        if t["identity_penalty"]:
+                            for st in sts:
+                                if st.params is not None:
+                                    loss = loss + t["identity_penalty"] * identity_penalty(st.params, st.transform)
+                except NonFiniteError as err:
+                    raise diverged(f"a transformer's parameters became non-finite ({err})", epoch) from err
+                if not torch.isfinite(loss):
+                    raise diverged(f"the loss became {loss.item()}", epoch)
+                opt.zero_grad(set_to_none=True)
+                if scaler is None:
+                    loss.backward()  # type: ignore[no-untyped-call]
+                    if t["grad_clip"]:
+                        nn.utils.clip_grad_norm_(net.parameters(), t["grad_clip"])
+                    opt.step()
+                else:
+                    scaler.scale(loss).backward()  # type: ignore[no-untyped-call]
+                    if t["grad_clip"]:
+                        scaler.unscale_(opt)
+                        nn.utils.clip_grad_norm_(net.parameters(), t["grad_clip"])
+                    scaler.step(opt)
+                    scaler.update()
+                sched.step()
+                step += 1
+                loss_sum += loss.detach().double() * len(index)
+                err_sum += errs.double()
+                seen += len(index)
+                bar.update(len(index) * ctx.world, loss=loss.item())
+            elapsed = spent + time.perf_counter() - began
+            count = torch.tensor(float(seen), dtype=torch.float64, device=device)
+            totals = ctx.sum(torch.stack((loss_sum, err_sum, count)))
+            scores: dict[str, float] = {}
+            if valid is None:
+                scores = evaluate(model, task, t["eval_batch_size"], ctx, precision=precision)
+            else:
+                scores["valid_error"] = evaluate(
+                    model, task, t["eval_batch_size"], ctx, source=valid, precision=precision
+                )["test_error"]
+                if epoch + 1 == t["epochs"] or step >= total:  # the test set is scored once, at the end
+                    scores.update(evaluate(model, task, t["eval_batch_size"], ctx, precision=precision))
+            row: dict[str, Any] = {
+                "epoch": epoch + 1,
+                "step": step,
+                "train_loss": float(totals[0] / totals[2]),
+                "train_error": float(100.0 * totals[1] / totals[2]),
+                **scores,
+                "lr": opt.param_groups[0]["lr"],
+                "epoch_seconds": round(elapsed, 3),
+                "images_per_second": round(float(totals[2]) / elapsed, 1),
+            }
+            metrics = row
+            rows.append(row)
+            improved = valid is not None and (best is None or row["valid_error"] < best["valid_error"])
+            if improved:
+                best = {"epoch": epoch + 1, "step": step, "valid_error": row["valid_error"]}
+            if ctx.main:
+                if improved:
+                    save_checkpoint(run / BEST_CHECKPOINT, {"model": model.state_dict(), **(best or {})})
+                if (epoch + 1) % t["checkpoint_every"] == 0 or epoch + 1 in (t["epochs"], last_epoch) or step >= total:
+                    checkpoint(epoch + 1)  # first the checkpoint, then the log it holds
+                write_log(log_path, rows)
+                write_csv(run / "metrics.csv", rows)
+                if board is not None:
+                    board.add(row)
+                if animator is not None:
+                    animator.add(model, fixed, epoch + 1)
+                if not quiet:
+                    score = (
+                        f"test error {row['test_error']:.2f}%"
+                        if "test_error" in row and valid is None
+                        else f"valid error {row['valid_error']:.2f}%"
+                        + (f", test error {row['test_error']:.2f}%" if "test_error" in row else "")
+                    )
+                    print(
+                        f"epoch {epoch + 1}: train loss {row['train_loss']:.4f}, train error "
+                        f"{row['train_error']:.2f}%, {score} ({row['images_per_second']:.0f} images/s)",
+                        file=sys.stderr,
+                    )
+            if "signum" in stop and epoch + 1 < last_epoch and step < total:
+                raise interrupted(epoch + 1, None)
+    finally:
+        if board is not None:
+            board.close()
     if ctx.main:
         finished = step >= total or last_epoch == t["epochs"]
         final = {**metrics, "status": "finished" if finished else "stopped", "model": _name(config)}
+        if best is not None:
+            final["best"] = best
         write_json(run / "metrics.json", final)
         _pictures(config, run, model, fixed, animator)
         return final
@@ -481,7 +730,8 @@ def _name(config: dict[str, Any]) -> str:
 
 def _position(lo: int, seen: int, loss_sum: Tensor, err_sum: Tensor, seconds: float) -> dict[str, Any]:
     """Where an interrupted epoch stands: resumed from here, it ends as the uninterrupted epoch would."""
-    return {"position": lo, "seen": seen, "loss_sum": loss_sum.clone(), "err_sum": err_sum.clone(), "seconds": seconds}
+    return {"position": lo, "seen": seen, "loss_sum": loss_sum.cpu().clone(), "err_sum": err_sum.cpu().clone(),
+            "seconds": seconds}  # fmt: skip
 
 
 def _load_scheduler(sched: Any, state: dict[str, Any], extended: bool) -> None:
@@ -494,7 +744,7 @@ def _load_scheduler(sched: Any, state: dict[str, Any], extended: bool) -> None:
 
 
 def _already_finished(
-    config: dict[str, Any], run: Path, state: dict[str, Any], rows: list[dict[str, Any]], allow_call: Collection[str]
+    config: dict[str, Any], run: Path, state: dict[str, Any], rows: list[dict[str, Any]], task: Task, model: nn.Module
 ) -> dict[str, Any]:
     """A finished run resumed: nothing changes. If a kill came between its last checkpoint and ``metrics.json``,
     the final files are completed from the checkpoint."""
@@ -511,12 +761,12 @@ def _already_finished(
             return dict(recorded)
     final = {**(rows[-1] if rows else {}), "status": "finished", "model": _name(config)}
     write_log(run / "log.jsonl", rows)
+    write_csv(run / "metrics.csv", rows)
     write_json(metrics_path, final)
     if config["visualize"]["enabled"]:
-        task = build_task(config)
-        model = build_model(config, allow_call)
         model.load_state_dict(state["model"])
         fixed = task.test.batch(torch.arange(min(config["visualize"]["count"], len(task.test))))[0]
+        fixed = fixed.to(_model_device(model))
         _pictures(config, run, model, fixed, None)
     return final
 

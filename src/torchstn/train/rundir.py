@@ -6,7 +6,10 @@
     meta.json       git sha and dirty flag, seed, package versions, command line, machine, world size
     log.jsonl       one JSON line per epoch (losses, errors, learning rate, time, images/s)
     metrics.json    final metrics and status
-    checkpoints/    last.pt (written atomically, loaded with ``weights_only=True``)
+    metrics.csv     the same rows as CSV (one column per metric)
+    tensorboard/    the same scalars for TensorBoard (when ``torch.utils.tensorboard`` imports)
+    checkpoints/    last.pt (written atomically, loaded with ``weights_only=True``); best.pt, the epoch with the
+                    lowest validation error (with ``data.n_valid``)
     pictures/       what the transformers learnt (PNG per transformer, GIF across epochs), curves.png
 
 Every file is written through :mod:`torchstn._io` (a unique temporary file renamed over the target), so a kill at
@@ -43,6 +46,7 @@ from torchstn._io import atomic_write_bytes, atomic_write_text, stale_temporarie
 from torchstn.errors import CheckpointError, CheckpointNotFoundError, RunError
 
 __all__ = [
+    "BEST_CHECKPOINT",
     "CHECKPOINT",
     "RUN_FILES",
     "clean_stale_temporaries",
@@ -56,12 +60,15 @@ __all__ = [
     "run_meta",
     "save_checkpoint",
     "write_config",
+    "write_csv",
     "write_json",
     "write_log",
 ]
 
 CHECKPOINT = Path("checkpoints") / "last.pt"
-RUN_FILES = ("config.yaml", "meta.json", "log.jsonl", "metrics.json", "checkpoints", "pictures", "model.onnx")
+BEST_CHECKPOINT = Path("checkpoints") / "best.pt"
+RUN_FILES = ("config.yaml", "meta.json", "log.jsonl", "metrics.csv", "metrics.json", "checkpoints", "pictures",
+             "tensorboard", "model.onnx")  # fmt: skip
 _FORMAT = "torchstn-checkpoint"
 _VERSION = 1
 
@@ -171,9 +178,11 @@ def probe_writable(path: Path, nbytes: int) -> None:
         probe.unlink()
 
 
-def git_info() -> dict[str, Any]:
-    """The source tree's git sha and whether it has uncommitted changes (``None`` outside a checkout)."""
-    root = Path(__file__).resolve().parents[3]
+def git_info(cwd: str | os.PathLike[str] | None = None) -> dict[str, Any]:
+    """The git sha of the checkout the run is started from (``cwd``, default: the working directory) and whether
+    it has uncommitted changes; both ``None`` outside a checkout (an installed torchstn says nothing about the
+    user's code, so its own install location is never asked)."""
+    root = Path.cwd() if cwd is None else Path(cwd)
     try:
         sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, check=True)
         dirty = subprocess.run(["git", "status", "--porcelain"], cwd=root, capture_output=True, text=True, check=True)
@@ -182,7 +191,7 @@ def git_info() -> dict[str, Any]:
         return {"git_sha": None, "git_dirty": None}
 
 
-def run_meta(config: dict[str, Any], world: int) -> dict[str, Any]:
+def run_meta(config: dict[str, Any], world: int, device: str | None = None) -> dict[str, Any]:
     """What ``meta.json`` records: code version, seeds, packages, command line, machine."""
     import numpy
 
@@ -203,6 +212,7 @@ def run_meta(config: dict[str, Any], world: int) -> dict[str, Any]:
             "cpus": os.cpu_count(),
             "threads": torch.get_num_threads(),
             "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+            "device": device,
         },
         "world_size": world,
         "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -225,6 +235,22 @@ def write_log(path: Path, rows: list[dict[str, Any]]) -> None:
     """Write ``log.jsonl`` (one JSON line per row), atomically: a kill never leaves a partial line."""
     with writing(path):
         atomic_write_text(path, "".join(json.dumps(row) + "\n" for row in rows))
+
+
+def write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
+    """Write the log rows as CSV, atomically: a column per metric (the union of the rows' keys, in the order they
+    first appear; a row without one leaves its cell empty)."""
+    import csv
+
+    columns: dict[str, None] = {}
+    for row in rows:
+        columns.update(dict.fromkeys(row))
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=list(columns), lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    with writing(path):
+        atomic_write_text(path, buffer.getvalue())
 
 
 def read_log(path: Path) -> list[dict[str, Any]]:
@@ -259,9 +285,9 @@ class _UnsafeCheckpoint(CheckpointError, pickle.UnpicklingError):
     """A checkpoint whose pickle asks for more than tensors and containers (refused, nothing is run)."""
 
 
-def _load(source: Any, path: Any) -> Any:
+def _load(source: Any, path: Any, map_location: str | torch.device = "cpu") -> Any:
     try:
-        return torch.load(source, map_location="cpu", weights_only=True)
+        return torch.load(source, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as err:
         first = (str(err).strip().splitlines() or [""])[0]
         raise _UnsafeCheckpoint(
@@ -273,8 +299,11 @@ def _load(source: Any, path: Any) -> Any:
         raise CheckpointError(f"{path}: not a readable torchstn checkpoint (corrupt or truncated: {first})") from None
 
 
-def load_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
+def load_checkpoint(path: str | os.PathLike[str], map_location: str | torch.device = "cpu") -> dict[str, Any]:
     """Load a checkpoint without executing pickled code (``weights_only=True``), verifying its SHA-256.
+
+    Tensors are loaded onto ``map_location`` (default: the CPU, whatever device wrote them); a checkpoint written
+    on a GPU loads on a machine without one.
 
     Checkpoints written before checksums were recorded (a plain state dict) still load, unverified.
 
@@ -285,7 +314,7 @@ def load_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
     """
     if not Path(path).is_file():
         raise CheckpointNotFoundError(errno.ENOENT, "No such file (no checkpoint)", str(path))
-    state = _load(path, path)
+    state = _load(path, path, map_location)
     if isinstance(state, dict) and state.get("format") == _FORMAT:
         payload = state.get("payload")
         if (
@@ -297,7 +326,7 @@ def load_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
         data = payload.numpy().tobytes()
         if hashlib.sha256(data).hexdigest() != state["sha256"]:
             raise CheckpointError(f"{path}: the checkpoint fails its SHA-256 checksum (the file is corrupt)")
-        state = _load(io.BytesIO(data), path)
+        state = _load(io.BytesIO(data), path, map_location)
     if not isinstance(state, dict) or "model" not in state:
         raise CheckpointError(f"{path}: not a torchstn checkpoint")
     return state

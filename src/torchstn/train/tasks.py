@@ -26,6 +26,7 @@ __all__ = [
     "SequenceTask",
     "Source",
     "StreamSource",
+    "SubsetSource",
     "Task",
     "TensorSource",
     "box_iou",
@@ -114,12 +115,47 @@ class DatasetSource:
         return None
 
 
+class SubsetSource:
+    """The samples ``indices`` of another source, renumbered ``0 .. len(indices) - 1`` (a validation split).
+
+    Args:
+        source: The source the samples come from.
+        indices: Their indices in ``source``, ``(N,)`` int64.
+        owns_epoch: Whether :meth:`set_epoch` prepares ``source`` (false for a second view of the same source, so
+            a redrawn dataset is regenerated once per epoch).
+    """
+
+    def __init__(self, source: Source, indices: Tensor, owns_epoch: bool = True) -> None:
+        self.source, self.indices, self.owns_epoch = source, indices, owns_epoch
+
+    def __len__(self) -> int:
+        return int(self.indices.shape[0])
+
+    def batch(self, index: Tensor) -> tuple[Tensor, Tensor]:
+        return self.source.batch(self.indices[index])
+
+    def set_epoch(self, epoch: int) -> None:
+        if self.owns_epoch:
+            self.source.set_epoch(epoch)
+
+
 @dataclass
 class Task:
-    """Loss and scoring; subclasses say how."""
+    """Loss and scoring; subclasses say how.
+
+    The sources serve CPU tensors; the loop moves each batch to the model's device. Networks a task keeps (the
+    co-localisation encoder) follow :meth:`to`.
+    """
 
     train: Source
     test: Source
+
+    def to(self, device: torch.device | str) -> Task:
+        """Move the networks this task holds (any ``nn.Module`` attribute) to ``device``; return the task."""
+        for name, value in vars(self).items():
+            if isinstance(value, nn.Module):
+                setattr(self, name, value.to(device))
+        return self
 
     def loss(self, model: nn.Module, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
         """Mean loss over the batch and the number of errors in it."""
