@@ -112,3 +112,6 @@ def test_a_missing_checkpoint_reads_like_a_missing_file() -> None:
     err = torchstn.errors.CheckpointNotFoundError(2, "No such file (no checkpoint)", "run/last.pt")
     assert isinstance(err, FileNotFoundError) and isinstance(err, torchstn.errors.CheckpointError)
     assert str(err) == "run/last.pt: No such file (no checkpoint)"
+    assert (err.errno, err.strerror, err.filename) == (2, "No such file (no checkpoint)", "run/last.pt")
+    for cls in (torchstn.errors.ConfigNotFoundError, torchstn.errors.DataNotFoundError):
+        assert isinstance(cls("plain message"), FileNotFoundError) and str(cls("plain message")) == "plain message"

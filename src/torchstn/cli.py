@@ -342,9 +342,6 @@ def build_parser() -> argparse.ArgumentParser:
 def _one_line(err: BaseException) -> str:
     if isinstance(err, OSError) and err.filename is not None:
         return f"{err.filename}: {err.strerror or err}"
-    if isinstance(err, OSError) and len(err.args) == 3 and isinstance(err.args[0], int):
-        # (errno, strerror, filename) on an error whose first base is not OSError: the attributes stay unset
-        return f"{err.args[2]}: {err.args[1]}"
     return " ".join(str(err).split()) or type(err).__name__
 
 

@@ -51,6 +51,27 @@ class STNError(Exception):
     """Base class of every error raised by torchstn."""
 
 
+class _NotFound:
+    """What the ``*NotFoundError`` classes share with ``FileNotFoundError``.
+
+    Their first builtin base is ``ValueError`` (their family's), so ``OSError`` does not read
+    ``(errno, strerror, filename)`` from the arguments; this sets ``errno``, ``strerror`` and ``filename`` as
+    ``OSError`` would, and the message reads ``filename: strerror``. One argument is the message as written.
+    """
+
+    def __init__(self, *args: object) -> None:
+        super().__init__(*args)
+        if len(args) == 3 and isinstance(args[0], int):
+            for name, value in zip(("errno", "strerror", "filename"), args, strict=True):
+                setattr(self, name, value)
+
+    def __str__(self) -> str:
+        args: tuple[object, ...] = getattr(self, "args", ())
+        if len(args) == 3 and isinstance(args[0], int):
+            return f"{args[2]}: {args[1]}"
+        return str(args[0]) if len(args) == 1 else super().__str__()
+
+
 class ShapeError(STNError, ValueError):
     """A tensor or size argument has the wrong shape (or is empty)."""
 
@@ -82,7 +103,7 @@ class ConfigKeyError(ConfigError, KeyError):
         return str(self.args[0]) if self.args else ""
 
 
-class ConfigNotFoundError(ConfigError, FileNotFoundError):
+class ConfigNotFoundError(_NotFound, ConfigError, FileNotFoundError):
     """A config named by path or by name is neither a file nor a config shipped with the package."""
 
 
@@ -90,7 +111,7 @@ class DataError(STNError, ValueError):
     """A dataset file or cache is missing, malformed, or disagrees with what it should hold."""
 
 
-class DataNotFoundError(DataError, FileNotFoundError):
+class DataNotFoundError(_NotFound, DataError, FileNotFoundError):
     """A dataset file or directory does not exist (the message says what it should hold, or how to get it)."""
 
 
@@ -98,18 +119,8 @@ class CheckpointError(STNError, ValueError):
     """A file is not a torchstn checkpoint, or its contents fail the recorded checksum."""
 
 
-class CheckpointNotFoundError(CheckpointError, FileNotFoundError):
-    """There is no checkpoint file where one was asked for.
-
-    Raised as ``CheckpointNotFoundError(errno, strerror, filename)``, like ``FileNotFoundError``; the message
-    reads ``filename: strerror``.
-    """
-
-    def __str__(self) -> str:
-        if len(self.args) == 3:
-            _, strerror, filename = self.args
-            return f"{filename}: {strerror}"
-        return super().__str__()
+class CheckpointNotFoundError(_NotFound, CheckpointError, FileNotFoundError):
+    """There is no checkpoint file where one was asked for."""
 
 
 class RunError(STNError, RuntimeError):
