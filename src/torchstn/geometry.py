@@ -273,6 +273,16 @@ def _square(m: Tensor, name: str) -> Tensor:
     return torch.cat((m, last), dim=-2)
 
 
+def _square_2d(m: Tensor, name: str) -> Tensor:
+    """:func:`_square` for a 2D transform: ``(..., 2, 3)`` or ``(..., 3, 3)`` only."""
+    check_tensor(m, name, "*,R,C")
+    if m.shape[-2:] not in ((2, 3), (3, 3)):
+        raise ShapeError(
+            f"{name}: expected (..., 2, 3) or (..., 3, 3) matrices of a 2D transform, got {tuple(m.shape)}"
+        )
+    return _square(m, name)
+
+
 def _check_eps(eps: object) -> None:
     if check_number(eps, "eps") <= 0:
         raise OptionError(f"eps: expected a positive float, got {eps!r}")
@@ -324,7 +334,10 @@ def compose(*matrices: Tensor) -> Tensor:
     for i, m in enumerate(matrices[1:], start=1):
         m = _square(m, f"matrices[{i}]")
         if m.shape[-1] != out.shape[-1]:
-            raise ShapeError(f"matrices[{i}]: expected {out.shape[-1]}x{out.shape[-1]}, got {tuple(m.shape)}")
+            raise ShapeError(
+                f"matrices[{i}]: expected {out.shape[-1]}x{out.shape[-1]} matrices like matrices[0] "
+                f"{tuple(matrices[0].shape)}, got {tuple(m.shape)}"
+            )
         check_like(m, f"matrices[{i}]", out, "matrices[0]")
         _check_broadcast(m, f"matrices[{i}]", out, "the product so far")
         out = out @ m
@@ -372,7 +385,12 @@ def transform_points(matrix: Tensor, points: Tensor, eps: float = DEFAULT_EPS) -
     """
     m = _square(matrix, "matrix")
     n = m.shape[-1]
-    check_tensor(points, "points", f"*,N,{n - 1}", nonempty=False)
+    check_tensor(points, "points", "*,N,D", nonempty=False)
+    if points.shape[-1] != n - 1:
+        raise ShapeError(
+            f"points: expected {n - 1} coordinates per point for a matrix of shape {tuple(matrix.shape)}, "
+            f"got shape {tuple(points.shape)}"
+        )
     check_like(points, "points", matrix, "matrix")
     _check_broadcast(points[..., :1], "points", m, "matrix")
     _check_eps(eps)
@@ -439,7 +457,7 @@ def normalized_to_pixel(
     check_size(src_size, "src_size", 2)
     dst_size = src_size if dst_size is None else check_size(dst_size, "dst_size", 2)
     check_bool(align_corners, "align_corners")
-    m = _square(src_from_dst, "src_from_dst")
+    m = _square_2d(src_from_dst, "src_from_dst")
     px_src = pixel_from_normalized(src_size, align_corners, device=m.device, dtype=m.dtype)
     px_dst = pixel_from_normalized(dst_size, align_corners, device=m.device, dtype=m.dtype)
     src_from_dst_px = px_src @ m @ _inv(px_dst)
@@ -469,7 +487,7 @@ def pixel_to_normalized(
     check_size(src_size, "src_size", 2)
     dst_size = src_size if dst_size is None else check_size(dst_size, "dst_size", 2)
     check_bool(align_corners, "align_corners")
-    m = _square(dst_from_src_px, "dst_from_src_px")
+    m = _square_2d(dst_from_src_px, "dst_from_src_px")
     px_src = pixel_from_normalized(src_size, align_corners, device=m.device, dtype=m.dtype)
     px_dst = pixel_from_normalized(dst_size, align_corners, device=m.device, dtype=m.dtype)
     src_from_dst: Tensor = _inv(px_src) @ _inv(m) @ px_dst
