@@ -43,7 +43,7 @@ from torchstn import (
 )
 from torchstn.transforms import MatrixTransform
 
-SETTINGS = settings(max_examples=40, deadline=None, derandomize=True, database=None, print_blob=False)
+SETTINGS = settings(max_examples=20, deadline=None, derandomize=True, database=None, print_blob=False)
 
 B, C, H, W = 2, 1, 5, 6
 
@@ -51,13 +51,13 @@ B, C, H, W = 2, 1, 5, 6
 # --------------------------------------------------------------------------------------------------- corruptions
 
 
-def _tensor_corruptions(x: Tensor) -> dict[str, Callable[[], object]]:
-    """Every way of spoiling a valid tensor argument ``x``."""
+def _tensor_corruptions(x: Tensor, where: int = -1) -> dict[str, Callable[[], object]]:
+    """Every way of spoiling a valid tensor argument ``x``; NaN and inf go to flat index ``where`` (modulo size)."""
 
     def nonfinite(value: float) -> Callable[[], object]:
         def make() -> Tensor:
             y = x.clone()
-            y.view(-1)[-1] = value
+            y.view(-1)[where % y.numel()] = value
             return y
 
         return make
@@ -175,6 +175,26 @@ def _family_targets(fname: str, t: Transform) -> Iterator[Target]:
             lambda: {"params": _p(t)},
             [Arg("params", "tensor")],
         )
+        yield Target(
+            f"{fname}.params_from_matrix",
+            t.params_from_matrix,
+            lambda: {"matrix": t.matrix(_p(t))},
+            [Arg("matrix", "tensor")],
+        )
+    if isinstance(t, ThinPlateSpline):
+        yield Target(
+            f"{fname}.weights",
+            t.weights,
+            lambda: {"size": (H, W), "align_corners": False, "device": "cpu", "dtype": torch.float64},
+            [Arg("size", "size"), Arg("align_corners", "flag"), Arg("device", "device"), Arg("dtype", "dtype")],
+        )
+        yield Target(
+            f"{fname}.control_points",
+            t.control_points,
+            lambda: {"device": "cpu", "dtype": torch.float32},
+            [Arg("device", "device"), Arg("dtype", "dtype")],
+        )
+        yield Target(f"{fname}.coefficients", t.coefficients, lambda: {"params": _p(t)}, [Arg("params", "tensor")])
 
 
 def _img() -> Tensor:
@@ -274,6 +294,19 @@ FUNCTION_TARGETS: list[Target] = [
         ],
     ),
     Target(
+        "ThinPlateSpline",
+        ThinPlateSpline,
+        lambda: {"grid": (3, 3), "regularization": 0.0},
+        [Arg("grid", "size"), Arg("regularization", "eps")],
+    ),
+    Target(
+        "ThinPlateSpline-points",
+        ThinPlateSpline,
+        lambda: {"control_points": torch.tensor([[-1.0, -1.0], [1.0, -1.0], [0.0, 1.0]])},
+        [Arg("control_points", "tensor", propagates=False)],
+    ),
+    Target("Projective", Projective, lambda: {"eps": 1e-6}, [Arg("eps", "eps")]),
+    Target(
         "SpatialTransformer",
         torchstn.SpatialTransformer,
         lambda: {"localisation": _loc(), "transform": Affine(), "output_size": (H, W)},
@@ -337,9 +370,9 @@ KNOWN: dict[tuple[str, str, str], str] = {
 # --------------------------------------------------------------------------------------------------------- checks
 
 
-def _corruptions(target: Target, arg: Arg) -> dict[str, Callable[[], object]]:
+def _corruptions(target: Target, arg: Arg, where: int = -1) -> dict[str, Callable[[], object]]:
     if arg.kind == "tensor":
-        return _tensor_corruptions(target.valid()[arg.key])
+        return _tensor_corruptions(target.valid()[arg.key], where)
     return {k: (lambda v=v: v) for k, v in CORRUPTIONS[arg.kind].items()}
 
 
@@ -351,9 +384,9 @@ def _tensors(out: object) -> Iterator[Tensor]:
             yield from _tensors(o)
 
 
-def _call_and_judge(target: Target, arg: Arg, corruption: str) -> None:
+def _call_and_judge(target: Target, arg: Arg, corruption: str, where: int = -1) -> None:
     kwargs = target.valid()
-    kwargs[arg.key] = _corruptions(target, arg)[corruption]()
+    kwargs[arg.key] = _corruptions(target, arg, where)[corruption]()
     error: Exception | None = None
     try:
         out = target.fn(**kwargs)
@@ -389,8 +422,21 @@ def _cases(target: Target) -> list[tuple[str, str]]:
 @given(data=st.data())
 def test_bad_inputs_raise_a_torchstn_error_naming_the_argument(target: Target, data: st.DataObject) -> None:
     key, corruption = data.draw(st.sampled_from(_cases(target)), label="argument, corruption")
+    where = data.draw(st.integers(0, 63), label="flat index of a NaN or inf")
     arg = next(a for a in target.args if a.key == key)
-    _call_and_judge(target, arg, corruption)
+    _call_and_judge(target, arg, corruption, where)
+
+
+def test_every_bad_input_once() -> None:
+    """Each (target, argument, corruption) once, so none is left to the draws above; failures are listed together."""
+    failures = []
+    for target in TARGETS.values():
+        for key, corruption in _cases(target):
+            try:
+                _call_and_judge(target, next(a for a in target.args if a.key == key), corruption)
+            except (AssertionError, pytest.fail.Exception) as err:
+                failures.append(str(err).splitlines()[0])
+    assert not failures, "\n".join(failures)
 
 
 @pytest.mark.parametrize("target", TARGETS.values(), ids=TARGETS.keys())

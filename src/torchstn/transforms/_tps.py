@@ -43,6 +43,8 @@ def _check_layout(points: object) -> Tensor:
     if isinstance(points, Tensor):
         if points.dtype == torch.bool or points.is_complex():
             raise DTypeError(f"{name}: expected a real tensor of (x, y) points, got dtype {points.dtype}")
+        if points.device.type == "meta":
+            raise DTypeError(f"{name}: a meta tensor holds no values; give the layout on a real device (the CPU)")
         pts = points.detach().to(device="cpu", dtype=torch.float64, copy=True)
     else:
         if isinstance(points, (str, bytes)) or not isinstance(points, Sequence):
