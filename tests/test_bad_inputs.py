@@ -1,19 +1,21 @@
 """Property test over the public functions' bad inputs (issue 17): a torchstn error naming the argument, never an
 obscure one.
 
-Every public callable of :data:`torchstn.__all__` (and each transform family's ``grid``, ``map_points``,
-``identity_params``, ``matrix`` and ``inverse_params``, and the module constructors) is described by a
-:class:`Target`: valid keyword arguments and, for each argument, its kind. Hypothesis draws one argument and one
-corruption of its kind (wrong rank or size, an integer, bool or complex dtype, a non-tensor, a zero-size tensor, NaN
-or inf, a flag that is not a bool, the meta device against CPU tensors, float64 against float32) and calls the
-target. The call must either raise an :class:`~torchstn.STNError` whose message names the corrupted argument (as a
-whole word), or succeed, in which case the corruption was a valid input and the output must be finite (NaN or inf
-in a tensor that the target does not check may propagate; a meta tensor may come back only from a target that has
-no other tensor to mix it with).
+Every public callable of :data:`torchstn.__all__` (functions, module constructors, the training aids, and each
+transform family's ``grid``, ``map_points``, ``identity_params``, ``matrix``, ``inverse_params`` and
+``params_from_matrix``) is described by a :class:`Target`: valid keyword arguments and, for each argument, its kind.
+Hypothesis draws one argument and one corruption of its kind (wrong rank or size, an integer, bool or complex
+dtype, a non-tensor, a zero-size tensor, NaN or inf at a drawn position, a flag that is not a bool, the meta device
+against CPU tensors, float64 against float32) and calls the target; :func:`test_every_bad_input_once` also runs
+every (target, argument, corruption) once. The call must either raise an :class:`~torchstn.STNError` whose message
+names the corrupted argument (as a whole word), or succeed, in which case the corruption was a valid input and the
+output must be finite (NaN or inf in a tensor that the target does not check may propagate; a meta tensor may come
+back only from a target that has no other tensor to mix it with).
 
 Cases that still fail in code owned elsewhere (``sampling/``, ``modules/_transformer.py``) are listed in
 :data:`KNOWN` and run by :func:`test_known_bad_inputs` as ``xfail(strict=True)``, so each is visible and its fix
-flips the test; the property test skips them.
+flips the test; the property test skips them. The sampler's own overflow and meta-tensor cases are the strict
+xfails at the end.
 """
 
 from __future__ import annotations
