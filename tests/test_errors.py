@@ -440,6 +440,10 @@ def test_data_and_pictures_reject(case: Case) -> None:
         ("check_number", float("nan"), OptionError, r"flag: expected a finite number, got nan"),
         ("check_number", "1", DTypeError, r"flag: expected a number, got str '1'"),
         ("check_transform", "affine", DTypeError, r"flag: expected a torchstn\.transforms\.Transform, got str"),
+        ("check_dtype", torch.int64, DTypeError, r"flag: expected a floating-point dtype, got torch\.int64"),
+        ("check_dtype", "float32", DTypeError, r"flag: expected a floating-point torch\.dtype or None, got str"),
+        ("check_device", "gpu0", OptionError, r"flag: not a device: 'gpu0'"),
+        ("check_device", 1.0, DTypeError, r"flag: expected a torch\.device, a device string, an index or None"),
     ],
 )
 def test_declarative_checks_name_the_argument_and_what_was_expected(
@@ -462,6 +466,14 @@ def test_declarative_checks_pass_good_values_through() -> None:
     with pytest.raises(OptionError, match=r"x: expected a number in \[0, 1\], got 2"):
         _checks.check_number(2, "x", low=0.0, high=1.0)
     _checks.check_transform(Affine(), ndim=2)
+    assert _checks.check_dtype(None, "d") is None and _checks.check_dtype(torch.float16, "d") is torch.float16
+    assert _checks.check_device("cpu", "d") == torch.device("cpu") and _checks.check_device(None, "d") is None
+    x = torch.zeros(2)
+    _checks.check_like(x, "x", torch.ones(3), "y")
+    with pytest.raises(DTypeError, match=r"x: expected the dtype of y \(torch\.float64\), got torch\.float32"):
+        _checks.check_like(x, "x", torch.ones(3, dtype=torch.float64), "y")
+    with pytest.raises(DTypeError, match=r"x: expected the device of y \(meta\), got cpu"):
+        _checks.check_like(x, "x", torch.ones(3, device="meta"), "y")
     with pytest.raises(OptionError, match="transform: expected a 3D transform"):
         _checks.check_transform(Affine(), ndim=3)
 

@@ -112,17 +112,20 @@ def check_dtype(value: object, name: str) -> torch.dtype | None:
 
 
 def check_device(value: object, name: str) -> torch.device | None:
-    """Check that ``value`` is None, a ``torch.device`` or a device string such as ``"cpu"``; return the device."""
+    """Check that ``value`` is None, a ``torch.device``, a device string such as ``"cpu"`` or an accelerator index
+    (as ``torch.device`` takes them); return the device."""
     if value is None:
         return None
     if isinstance(value, torch.device):
         return value
-    if isinstance(value, str):
+    if isinstance(value, str) or (isinstance(value, int) and not isinstance(value, bool) and value >= 0):
         try:
             return torch.device(value)
         except RuntimeError as err:
             raise OptionError(f"{name}: not a device: {value!r}") from err
-    raise DTypeError(f"{name}: expected a torch.device, a device string or None, got {type(value).__name__} {value!r}")
+    raise DTypeError(
+        f"{name}: expected a torch.device, a device string, an index or None, got {type(value).__name__} {value!r}"
+    )
 
 
 def check_like(x: torch.Tensor, name: str, ref: torch.Tensor, ref_name: str) -> None:
