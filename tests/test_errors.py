@@ -440,6 +440,10 @@ def test_data_and_pictures_reject(case: Case) -> None:
         ("check_number", float("nan"), OptionError, r"flag: expected a finite number, got nan"),
         ("check_number", "1", DTypeError, r"flag: expected a number, got str '1'"),
         ("check_transform", "affine", DTypeError, r"flag: expected a torchstn\.transforms\.Transform, got str"),
+        ("check_dtype", torch.int64, DTypeError, r"flag: expected a floating-point dtype, got torch\.int64"),
+        ("check_dtype", "float32", DTypeError, r"flag: expected a floating-point torch\.dtype or None, got str"),
+        ("check_device", "gpu0", OptionError, r"flag: not a device: 'gpu0'"),
+        ("check_device", 1.0, DTypeError, r"flag: expected a torch\.device, a device string, an index or None"),
     ],
 )
 def test_declarative_checks_name_the_argument_and_what_was_expected(
@@ -462,5 +466,133 @@ def test_declarative_checks_pass_good_values_through() -> None:
     with pytest.raises(OptionError, match=r"x: expected a number in \[0, 1\], got 2"):
         _checks.check_number(2, "x", low=0.0, high=1.0)
     _checks.check_transform(Affine(), ndim=2)
+    assert _checks.check_dtype(None, "d") is None and _checks.check_dtype(torch.float16, "d") is torch.float16
+    assert _checks.check_device("cpu", "d") == torch.device("cpu") and _checks.check_device(None, "d") is None
+    x = torch.zeros(2)
+    _checks.check_like(x, "x", torch.ones(3), "y")
+    with pytest.raises(DTypeError, match=r"x: expected the dtype of y \(torch\.float64\), got torch\.float32"):
+        _checks.check_like(x, "x", torch.ones(3, dtype=torch.float64), "y")
+    with pytest.raises(DTypeError, match=r"x: expected the device of y \(meta\), got cpu"):
+        _checks.check_like(x, "x", torch.ones(3, device="meta"), "y")
     with pytest.raises(OptionError, match="transform: expected a 3D transform"):
         _checks.check_transform(Affine(), ndim=3)
+
+
+# ----------------------------------------------------------------------------- library inputs (issue 17, defect 12)
+
+MATRIX_TRANSFORMS = {k: t for k, t in TRANSFORMS.items() if isinstance(t, torchstn.transforms.MatrixTransform)}
+
+
+def _size(t: Transform) -> tuple[int, ...]:
+    return (3, H, W) if t.ndim == 3 else (H, W)
+
+
+@pytest.mark.parametrize("flag", ["False", "True", 1, 0, 1.5, None])
+@pytest.mark.parametrize("transform", TRANSFORMS.values(), ids=TRANSFORMS.keys())
+def test_transform_grid_rejects_non_bool_align_corners(transform: Transform, flag: object) -> None:
+    # "False" is truthy: it used to build the align_corners=True grid
+    p = transform.identity_params(B)
+    _check(lambda: transform.grid(p, _size(transform), align_corners=flag), DTypeError, "align_corners")
+
+
+@pytest.mark.parametrize("flag", ["False", 1, 1.5])
+def test_geometry_rejects_non_bool_align_corners(flag: object) -> None:
+    cases: list[Callable[[], object]] = [
+        lambda: torchstn.affine_grid(AFF, (H, W), align_corners=flag),  # type: ignore[arg-type]
+        lambda: torchstn.affine_grid(torch.eye(4)[None, :3], (3, H, W), align_corners=flag),  # type: ignore[arg-type]
+        lambda: torchstn.projective_grid(EYE, (H, W), align_corners=flag),  # type: ignore[arg-type]
+        lambda: torchstn.normalized_to_pixel(EYE, (H, W), align_corners=flag),  # type: ignore[arg-type]
+        lambda: torchstn.pixel_to_normalized(EYE, (H, W), align_corners=flag),  # type: ignore[arg-type]
+        lambda: torchstn.geometry.pixel_from_normalized((H, W), align_corners=flag),  # type: ignore[arg-type]
+        lambda: torchstn.geometry.normalized_coords(W, align_corners=flag),  # type: ignore[arg-type]
+        lambda: torchstn.geometry.output_extent(W, align_corners=flag),  # type: ignore[arg-type]
+        lambda: ThinPlateSpline((2, 2)).weights((H, W), align_corners=flag),  # type: ignore[arg-type]
+    ]
+    for case in cases:
+        _check(case, DTypeError, "align_corners")
+
+
+@pytest.mark.parametrize("dtype", [torch.int64, torch.int32, torch.bool, torch.complex64, "float32", float])
+@pytest.mark.parametrize("transform", TRANSFORMS.values(), ids=TRANSFORMS.keys())
+def test_identity_params_rejects_non_floating_dtype(transform: Transform, dtype: Any) -> None:
+    # int64 used to truncate a thin-plate spline's control points to 0 and +-1 without a word
+    _check(lambda: transform.identity_params(B, dtype=dtype), DTypeError, "dtype")
+
+
+def test_identity_params_rejects_bad_device_and_tps_points_reject_int_dtype() -> None:
+    _check(lambda: Affine().identity_params(B, device="not-a-device"), OptionError, "device")
+    _check(lambda: Affine().identity_params(B, device=3.0), DTypeError, "device")  # type: ignore[arg-type]
+    _check(lambda: ThinPlateSpline((3, 3)).control_points(dtype=torch.int64), DTypeError, "dtype")
+    assert Affine().identity_params(B, device="cpu", dtype=torch.float64).dtype == torch.float64
+
+
+@pytest.mark.parametrize("transform", TRANSFORMS.values(), ids=TRANSFORMS.keys())
+def test_map_points_rejects_dtype_and_device_mismatch(transform: Transform) -> None:
+    p = transform.identity_params(B)
+    pts = torch.zeros(B, 5, transform.ndim)
+    # meta parameters with CPU points used to return a meta tensor; float64 points an obscure torch error
+    _check(lambda: transform.map_points(p.to("meta"), pts), DTypeError, "points")
+    _check(lambda: transform.map_points(p, pts.to("meta")), DTypeError, "points")
+    _check(lambda: transform.map_points(p, pts.double()), DTypeError, "points")
+    _check(lambda: transform.map_points(p.double(), pts), DTypeError, "points")
+    _check(lambda: transform.map_points(p, pts, inverse="False"), DTypeError, "inverse")  # type: ignore[arg-type]
+
+
+def test_compose_and_transform_points_reject_dtype_device_and_batch_mismatch() -> None:
+    _check(lambda: torchstn.compose(EYE, EYE.double()), DTypeError, "matrices[1]")
+    _check(lambda: torchstn.compose(EYE, EYE.to("meta")), DTypeError, "matrices[1]")
+    _check(lambda: torchstn.compose(EYE, torch.eye(3).expand(B + 1, 3, 3)), ShapeError, "matrices[1]")
+    _check(lambda: torchstn.compose(EYE, EYE, torch.eye(3)[:2].expand(B + 1, 2, 3)), ShapeError, "matrices[2]")
+    _check(lambda: torchstn.transform_points(EYE, torch.zeros(B, 5, 2).double()), DTypeError, "points")
+    _check(lambda: torchstn.transform_points(AFF, torch.zeros(B, 5, 2, device="meta")), DTypeError, "points")
+    _check(lambda: torchstn.transform_points(AFF, torch.zeros(B + 1, 5, 2)), ShapeError, "points")
+    _check(lambda: torchstn.transform_points(EYE, torch.zeros(B, 5, 2), eps=0.0), OptionError, "eps")
+    _check(lambda: torchstn.transform_points(EYE, torch.zeros(B, 5, 2), eps="1"), DTypeError, "eps")  # type: ignore[arg-type]
+    _check(lambda: torchstn.projective_grid(EYE, (H, W), eps=-1.0), OptionError, "eps")
+    _check(lambda: torchstn.normalized_to_pixel(EYE, (H, W), dst_size=(0, W)), ShapeError, "dst_size")
+    _check(lambda: torchstn.pixel_to_normalized(EYE, 4), DTypeError, "src_size")  # type: ignore[arg-type]
+    _check(lambda: Projective(eps="1e-6"), DTypeError, "eps")  # type: ignore[arg-type]
+    # broadcasting leading dimensions stay valid
+    assert torchstn.compose(EYE, torch.eye(3)).shape == (B, 3, 3)
+    assert torchstn.transform_points(torch.eye(3)[:2], torch.zeros(B, 5, 2)).shape == (B, 5, 2)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_invert_low_precision_in_float32(dtype: torch.dtype) -> None:
+    """torch.linalg.inv has no half or bfloat16 kernel: invert works in float32 and casts back."""
+    m = torch.tensor([[[2.0, 0.5, 1.0], [0.0, 4.0, -1.0]]])
+    inv = torchstn.invert(m.to(dtype))
+    assert inv.dtype == dtype and inv.shape == (1, 2, 3)
+    assert torch.equal(inv, torchstn.invert(m).to(dtype))
+    assert Affine().inverse_params(m.reshape(1, 6).to(dtype)).dtype == dtype
+    px = torchstn.normalized_to_pixel(m.to(dtype), (H, W))
+    assert px.dtype == dtype and bool(torch.isfinite(px).all())
+
+
+def test_invert_on_meta_matrices_gives_meta() -> None:
+    assert torchstn.invert(EYE.to("meta")).device.type == "meta"
+    assert Affine().matrix(Affine().identity_params(B, device="meta")).device.type == "meta"  # finite check skipped
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_finite_params_overflowing_the_matrix_raise(dtype: torch.dtype) -> None:
+    """A Similarity log_scale beyond log(finfo.max) overflows exp: finite parameters, an inf matrix and a NaN grid."""
+    big = 89.0 if dtype == torch.float32 else 710.0
+    p = torch.tensor([[0.0, big, 0.0, 0.0]], dtype=dtype)
+    t = Similarity()
+    for fn in (
+        lambda: t.grid(p, (H, W)),
+        lambda: t.matrix(p),
+        lambda: t.map_points(p, torch.zeros(1, 3, 2, dtype=dtype)),
+        lambda: t.inverse_params(p),
+    ):
+        _check(fn, NonFiniteError, "params")
+    # a finite matrix whose grid overflows: checked on the grid (the matrix exceeds grid_bound)
+    m = torch.full((1, 6), torch.finfo(dtype).max / 2, dtype=dtype)
+    _check(lambda: Affine().grid(m, (H, W)), NonFiniteError, "params")
+    # non-finite parameters are not the transform's to judge: they propagate, as before
+    nan = torch.tensor([[float("nan"), 0.0, 0.0, 0.0]], dtype=dtype)
+    assert bool(torch.isnan(t.grid(nan, (H, W))).all())
+    # large but representable: finite, unchanged
+    ok = torch.tensor([[0.3, 20.0, 0.0, 0.0]], dtype=dtype)
+    assert bool(torch.isfinite(t.grid(ok, (H, W))).all())

@@ -100,6 +100,46 @@ def check_bool(value: object, name: str) -> bool:
     return value
 
 
+def check_dtype(value: object, name: str) -> torch.dtype | None:
+    """Check that ``value`` is None or a floating-point ``torch.dtype`` (an integer dtype would truncate); return it."""
+    if value is None:
+        return None
+    if not isinstance(value, torch.dtype):
+        raise DTypeError(f"{name}: expected a floating-point torch.dtype or None, got {type(value).__name__} {value!r}")
+    if not value.is_floating_point:
+        raise DTypeError(f"{name}: expected a floating-point dtype, got {value}")
+    return value
+
+
+def check_device(value: object, name: str) -> torch.device | None:
+    """Check that ``value`` is None, a ``torch.device``, a device string such as ``"cpu"`` or an accelerator index
+    (as ``torch.device`` takes them); return the device."""
+    if value is None:
+        return None
+    if isinstance(value, torch.device):
+        return value
+    if isinstance(value, str) or (isinstance(value, int) and not isinstance(value, bool) and value >= 0):
+        try:
+            return torch.device(value)
+        except RuntimeError as err:
+            raise OptionError(f"{name}: not a device: {value!r}") from err
+    raise DTypeError(
+        f"{name}: expected a torch.device, a device string, an index or None, got {type(value).__name__} {value!r}"
+    )
+
+
+def check_like(x: torch.Tensor, name: str, ref: torch.Tensor, ref_name: str) -> None:
+    """Check that tensor ``x`` has the dtype and device of ``ref`` (both already checked to be tensors).
+
+    Raises:
+        DTypeError: The dtypes or the devices differ (a meta tensor against a CPU one, say).
+    """
+    if x.dtype != ref.dtype:
+        raise DTypeError(f"{name}: expected the dtype of {ref_name} ({ref.dtype}), got {x.dtype}")
+    if x.device != ref.device:
+        raise DTypeError(f"{name}: expected the device of {ref_name} ({ref.device}), got {x.device}")
+
+
 def check_int(value: object, name: str, *, minimum: int | None = None) -> int:
     """Check that ``value`` is an int (not a bool; numpy integers count) of at least ``minimum``; return it."""
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):

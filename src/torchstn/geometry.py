@@ -26,8 +26,8 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from torchstn._checks import capturing_graph, check_bool, check_size, check_tensor
-from torchstn.errors import ShapeError
+from torchstn._checks import capturing_graph, check_bool, check_like, check_number, check_size, check_tensor
+from torchstn.errors import OptionError, ShapeError
 
 __all__ = [
     "DEFAULT_EPS",
@@ -69,6 +69,7 @@ def normalized_coords(
         >>> normalized_coords(3, align_corners=True)
         tensor([-1.,  0.,  1.])
     """
+    check_bool(align_corners, "align_corners")
     dtype = dtype or torch.get_default_dtype()
     i = torch.arange(n, device=device, dtype=dtype)
     if align_corners:
@@ -170,7 +171,12 @@ def affine_grid(src_from_dst: Tensor, size: Sequence[int], align_corners: bool =
         >>> g = affine_grid(theta, (2, 3))
         >>> torch.allclose(g, torch.nn.functional.affine_grid(theta, [1, 1, 2, 3], align_corners=False))
         True
+
+    Raises:
+        DTypeError: ``align_corners`` is not a bool (the string ``"False"`` is truthy), or the matrix is not a
+            floating tensor.
     """
+    check_bool(align_corners, "align_corners")
     return _affine_grid(src_from_dst, size, align_corners, contiguous=True)
 
 
@@ -243,6 +249,8 @@ def projective_grid(
     """
     h, w = check_size(size, "size", 2)
     check_tensor(src_from_dst, "src_from_dst", "B,3,3")
+    check_bool(align_corners, "align_corners")
+    _check_eps(eps)
     xs = normalized_coords(w, align_corners, device=src_from_dst.device, dtype=src_from_dst.dtype)  # (W,)
     ys = normalized_coords(h, align_corners, device=src_from_dst.device, dtype=src_from_dst.dtype)[:, None]
     c = src_from_dst[:, :, :, None, None]  # (B, 3, 3, 1, 1)
@@ -263,6 +271,45 @@ def _square(m: Tensor, name: str) -> Tensor:
     last = torch.zeros(*m.shape[:-2], 1, cols, device=m.device, dtype=m.dtype)
     last[..., 0, -1] = 1.0
     return torch.cat((m, last), dim=-2)
+
+
+def _square_2d(m: Tensor, name: str) -> Tensor:
+    """:func:`_square` for a 2D transform: ``(..., 2, 3)`` or ``(..., 3, 3)`` only."""
+    check_tensor(m, name, "*,R,C")
+    if m.shape[-2:] not in ((2, 3), (3, 3)):
+        raise ShapeError(
+            f"{name}: expected (..., 2, 3) or (..., 3, 3) matrices of a 2D transform, got {tuple(m.shape)}"
+        )
+    return _square(m, name)
+
+
+def _check_eps(eps: object) -> None:
+    if check_number(eps, "eps") <= 0:
+        raise OptionError(f"eps: expected a positive float, got {eps!r}")
+
+
+def _check_broadcast(x: Tensor, name: str, ref: Tensor, ref_name: str) -> None:
+    """Check that the leading (batch) dimensions of ``x`` and ``ref`` (all but the last two) broadcast."""
+    try:
+        torch.broadcast_shapes(x.shape[:-2], ref.shape[:-2])  # type: ignore[no-untyped-call]
+    except RuntimeError as err:
+        raise ShapeError(
+            f"{name}: leading dimensions {tuple(x.shape[:-2])} do not broadcast with {ref_name}'s "
+            f"{tuple(ref.shape[:-2])}"
+        ) from err
+
+
+#: Dtypes ``torch.linalg.inv`` has no kernel for; :func:`invert` works on them in float32.
+_LOW_PRECISION = (torch.float16, torch.bfloat16)
+
+
+def _inv(m: Tensor) -> Tensor:
+    """``torch.linalg.inv``, in float32 for half and bfloat16 (cast back), which it does not support."""
+    if m.dtype in _LOW_PRECISION:
+        low: Tensor = torch.linalg.inv(m.float())
+        return low.to(m.dtype)
+    inv: Tensor = torch.linalg.inv(m)
+    return inv
 
 
 def compose(*matrices: Tensor) -> Tensor:
@@ -287,7 +334,12 @@ def compose(*matrices: Tensor) -> Tensor:
     for i, m in enumerate(matrices[1:], start=1):
         m = _square(m, f"matrices[{i}]")
         if m.shape[-1] != out.shape[-1]:
-            raise ShapeError(f"matrices[{i}]: expected {out.shape[-1]}x{out.shape[-1]}, got {tuple(m.shape)}")
+            raise ShapeError(
+                f"matrices[{i}]: expected {out.shape[-1]}x{out.shape[-1]} matrices like matrices[0] "
+                f"{tuple(matrices[0].shape)}, got {tuple(m.shape)}"
+            )
+        check_like(m, f"matrices[{i}]", out, "matrices[0]")
+        _check_broadcast(m, f"matrices[{i}]", out, "the product so far")
         out = out @ m
     return out
 
@@ -299,7 +351,8 @@ def invert(matrix: Tensor) -> Tensor:
         matrix: ``(..., n, n)``, or affine top rows ``(..., n-1, n)`` (the result then has the same shape).
 
     Returns:
-        The inverse, shaped like ``matrix``.
+        The inverse, shaped like ``matrix``. Half and bfloat16 matrices (which ``torch.linalg.inv`` does not
+        support) are inverted in float32 and the inverse cast back to their dtype.
 
     Raises:
         torch.linalg.LinAlgError: A matrix is singular.
@@ -311,7 +364,7 @@ def invert(matrix: Tensor) -> Tensor:
                 [ 0.0000,  0.5000,  0.0000]])
     """
     sq = _square(matrix, "matrix")
-    inv: Tensor = torch.linalg.inv(sq)
+    inv: Tensor = _inv(sq)
     return inv if matrix.shape[-2] == matrix.shape[-1] else inv[..., :-1, :]
 
 
@@ -332,7 +385,15 @@ def transform_points(matrix: Tensor, points: Tensor, eps: float = DEFAULT_EPS) -
     """
     m = _square(matrix, "matrix")
     n = m.shape[-1]
-    check_tensor(points, "points", f"*,N,{n - 1}", nonempty=False)
+    check_tensor(points, "points", "*,N,D", nonempty=False)
+    if points.shape[-1] != n - 1:
+        raise ShapeError(
+            f"points: expected {n - 1} coordinates per point for a matrix of shape {tuple(matrix.shape)}, "
+            f"got shape {tuple(points.shape)}"
+        )
+    check_like(points, "points", matrix, "matrix")
+    _check_broadcast(points[..., :1], "points", m, "matrix")
+    _check_eps(eps)
     lin = m[..., : n - 1, : n - 1]
     out = points @ lin.transpose(-1, -2) + m[..., None, : n - 1, n - 1]
     if matrix.shape[-2] == matrix.shape[-1]:  # projective: divide by the homogeneous coordinate
@@ -366,6 +427,7 @@ def pixel_from_normalized(
                 [0.0000, 0.0000, 1.0000]])
     """
     sizes = check_size(size, "size", len(size) if isinstance(size, Sequence) and len(size) == 3 else 2)[::-1]
+    check_bool(align_corners, "align_corners")
     n = len(sizes)
     m = torch.eye(n + 1, device=device, dtype=dtype or torch.get_default_dtype())
     for i, s in enumerate(sizes):  # x (width) first
@@ -392,12 +454,14 @@ def normalized_to_pixel(
     Returns:
         ``(B, 3, 3)`` ``dst_from_src`` in pixels.
     """
-    dst_size = src_size if dst_size is None else dst_size
-    m = _square(src_from_dst, "src_from_dst")
+    check_size(src_size, "src_size", 2)
+    dst_size = src_size if dst_size is None else check_size(dst_size, "dst_size", 2)
+    check_bool(align_corners, "align_corners")
+    m = _square_2d(src_from_dst, "src_from_dst")
     px_src = pixel_from_normalized(src_size, align_corners, device=m.device, dtype=m.dtype)
     px_dst = pixel_from_normalized(dst_size, align_corners, device=m.device, dtype=m.dtype)
-    src_from_dst_px = px_src @ m @ torch.linalg.inv(px_dst)
-    dst_from_src_px: Tensor = torch.linalg.inv(src_from_dst_px)
+    src_from_dst_px = px_src @ m @ _inv(px_dst)
+    dst_from_src_px: Tensor = _inv(src_from_dst_px)
     return dst_from_src_px
 
 
@@ -420,11 +484,13 @@ def pixel_to_normalized(
     Returns:
         ``(B, 3, 3)`` normalised ``src_from_dst``.
     """
-    dst_size = src_size if dst_size is None else dst_size
-    m = _square(dst_from_src_px, "dst_from_src_px")
+    check_size(src_size, "src_size", 2)
+    dst_size = src_size if dst_size is None else check_size(dst_size, "dst_size", 2)
+    check_bool(align_corners, "align_corners")
+    m = _square_2d(dst_from_src_px, "dst_from_src_px")
     px_src = pixel_from_normalized(src_size, align_corners, device=m.device, dtype=m.dtype)
     px_dst = pixel_from_normalized(dst_size, align_corners, device=m.device, dtype=m.dtype)
-    src_from_dst: Tensor = torch.linalg.inv(px_src) @ torch.linalg.inv(m) @ px_dst
+    src_from_dst: Tensor = _inv(px_src) @ _inv(m) @ px_dst
     return src_from_dst
 
 
@@ -438,6 +504,7 @@ def output_extent(n: int, align_corners: bool = False) -> float:
         >>> output_extent(28), output_extent(5, align_corners=True)
         (1.0, 1.25)
     """
+    check_bool(align_corners, "align_corners")
     return n / (n - 1) if align_corners and n > 1 else 1.0
 
 

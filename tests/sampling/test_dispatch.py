@@ -107,7 +107,9 @@ def test_warp_still_catches_a_grid_that_overflows_from_finite_params() -> None:
     steep = Projective().identity_params(1)
     steep[0, 0] = 1e33  # finite, but divided by a denominator clamped to eps it exceeds float32's range
     steep[0, 6] = 4.0 / 3.0  # the denominator 4/3 x + 1 vanishes at the first pixel centre, x = -0.75
-    assert torch.isinf(Projective().grid(steep, (4, 4))).any()
+    assert torch.isinf(torchstn.projective_grid(Projective().matrix(steep), (4, 4))).any()
+    with pytest.raises(NonFiniteError, match="params"):  # the transform's own grid names the finite params
+        Projective().grid(steep, (4, 4))
     with pytest.raises(NonFiniteError, match="grid"):
         torchstn.warp(torch.rand(1, 1, 4, 4), steep, Projective())
 

@@ -8,7 +8,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from torchstn._checks import check_tensor
+from torchstn._checks import check_int, check_number, check_tensor, check_transform
 from torchstn.errors import DTypeError, OptionError
 from torchstn.transforms import Transform
 
@@ -33,6 +33,7 @@ def identity_penalty(params: Tensor, transform: Transform) -> Tensor:
         >>> identity_penalty(torch.tensor([[1.0, 0.0, 0.0], [0.5, 0.0, 0.0]]), Attention())
         tensor(0.0417)
     """
+    check_transform(transform)
     check_tensor(params, "params", f"*,{transform.num_params}")
     ident = transform.identity_params(1, device=params.device, dtype=params.dtype)[0]
     return (params - ident).square().mean()
@@ -79,7 +80,7 @@ def localisation_param_groups(
         raise OptionError(f"lr: expected a non-negative float, got {lr!r}")
     if not isinstance(model, nn.Module):
         raise DTypeError(f"model: expected an nn.Module, got {type(model).__name__}")
-    if not localisation_lr_scale > 0:
+    if not check_number(localisation_lr_scale, "localisation_lr_scale") > 0:
         raise OptionError(f"localisation_lr_scale: expected a positive float, got {localisation_lr_scale!r}")
     loc = {id(p): p for p in _localisation_parameters(model)}
     rest = [p for p in model.parameters() if id(p) not in loc]
@@ -105,6 +106,9 @@ def tiling_params(rows: int, cols: int, overlap: float = 0.0) -> Tensor:
         tensor([[ 0.5000, -0.5000,  0.0000],
                 [ 0.5000,  0.5000,  0.0000]])
     """
+    check_int(rows, "rows")
+    check_int(cols, "cols")
+    check_number(overlap, "overlap")
     if rows < 1 or cols < 1 or overlap < 0:
         raise OptionError(f"rows, cols, overlap: expected rows, cols >= 1 and overlap >= 0, got {rows, cols, overlap}")
     s = min(1.0 / rows, 1.0 / cols) * (1.0 + overlap)  # isotropic windows: fit the finer direction

@@ -270,6 +270,8 @@ class LocalisationNet(nn.Module):
         super().__init__()
         if not isinstance(backbone, nn.Module):
             raise DTypeError(f"backbone: expected an nn.Module, got {type(backbone).__name__}")
+        if feature_size is not None:
+            _check_int(feature_size, "feature_size", 1)  # not left to the head, whose message says in_features
         if feature_size is None and input_shape is not None:
             shape = _check_ints(input_shape, "input_shape", 1)
             was = backbone.training

@@ -2,13 +2,22 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
 from torch import Tensor
 
-from torchstn._checks import check_size, check_tensor
-from torchstn.errors import DTypeError, ShapeError
+from torchstn._checks import (
+    capturing_graph,
+    check_bool,
+    check_device,
+    check_dtype,
+    check_like,
+    check_size,
+    check_tensor,
+)
+from torchstn.errors import DTypeError, NonFiniteError, ShapeError
 from torchstn.geometry import DEFAULT_EPS, _affine_grid, invert, transform_points
 
 __all__ = ["MatrixTransform", "Transform"]
@@ -43,11 +52,20 @@ class Transform:
     def identity_params(
         self, batch_size: int, device: torch.device | str | None = None, dtype: torch.dtype | None = None
     ) -> Tensor:
-        """Parameters of the identity warp, ``(batch_size, num_params)``."""
+        """Parameters of the identity warp, ``(batch_size, num_params)``.
+
+        Args:
+            batch_size: Number of rows, at least 1.
+            device: Device of the result.
+            dtype: A floating-point dtype (default: torch's default dtype); an integer dtype would truncate the
+                parameters (a thin-plate spline's control points) and is a :class:`~torchstn.errors.DTypeError`.
+        """
         if isinstance(batch_size, bool) or not isinstance(batch_size, int):
             raise DTypeError(f"batch_size: expected a positive int, got {batch_size!r}")
         if batch_size < 1:
             raise ShapeError(f"batch_size: expected a positive int, got {batch_size!r}")
+        device = check_device(device, "device")
+        dtype = check_dtype(dtype, "dtype")
         one = self._identity(device=device, dtype=dtype or torch.get_default_dtype())
         return one.expand(batch_size, self.num_params).clone()
 
@@ -84,6 +102,14 @@ class Transform:
 
         Returns:
             Contiguous grid ``(B, H', W', 2)`` (or ``(B, D', H', W', 3)``) of normalised source coordinates.
+
+        Raises:
+            DTypeError: ``align_corners`` is not a bool (the string ``"False"`` is truthy), or ``params`` is not a
+                floating tensor.
+            NonFiniteError: Finite parameters of a matrix family give a matrix or grid holding inf or NaN (the
+                entries overflow the dtype, e.g. a :class:`~torchstn.transforms.Similarity` ``log_scale`` above
+                about 88 in float32). Non-finite parameters are not checked: they give a non-finite grid, as
+                before (the sampler's ``nonfinite`` option decides what happens to it).
         """
         raise NotImplementedError
 
@@ -109,6 +135,11 @@ class Transform:
 
         Returns:
             ``(B, N, ndim)`` mapped points.
+
+        Raises:
+            DTypeError: ``points`` has another dtype or device than ``params`` (a meta tensor against a CPU one,
+                say), or ``inverse`` is not a bool.
+            NonFiniteError: As in :meth:`grid`, for the matrix of finite parameters.
         """
         raise NotImplementedError
 
@@ -181,10 +212,36 @@ class MatrixTransform(Transform):
             src_size: Input spatial size, used only by families that work in pixel space
                 (:class:`~torchstn.transforms.Similarity`); default: a square input. Unlike :meth:`grid`, which
                 defaults it to the output size, a matrix has no size to fall back on: pass it for non-square inputs.
+
+        Raises:
+            NonFiniteError: Finite parameters give a matrix holding inf or NaN (see :meth:`Transform.grid`).
         """
         params = self.check_params(params)
         src = None if src_size is None else check_size(src_size, "src_size", self.ndim)
-        return self._matrix(params, src)
+        m = self._matrix(params, src)
+        self._check_overflow(params, m)
+        return m
+
+    def _check_overflow(self, params: Tensor, matrix: Tensor) -> bool:
+        """Raise :class:`NonFiniteError` naming ``params`` when finite parameters give a non-finite matrix.
+
+        Returns whether every entry is at most :meth:`grid_bound` in magnitude (the grid is then certainly finite).
+        Costs one reduction over the small matrix and one read to the host; skipped (True) while a graph is captured
+        or compiled and for meta tensors, which hold no values. Non-finite parameters pass (True): their matrix is
+        non-finite by their own doing, and the sampler's ``nonfinite`` option handles it.
+        """
+        if capturing_graph() or torch.compiler.is_compiling() or matrix.device.type == "meta":
+            return True
+        lo, hi = (float(v) for v in torch.stack(torch.aminmax(matrix.detach())).tolist())
+        if math.isfinite(lo) and math.isfinite(hi):
+            return max(-lo, hi) <= self.grid_bound(matrix.dtype)
+        _raise_if_finite(params, f"a {self!r} matrix", matrix)
+        return True
+
+    def _check_grid_overflow(self, params: Tensor, grid: Tensor) -> None:
+        """:meth:`_check_overflow` for a grid built from a matrix larger than :meth:`grid_bound`."""
+        if not bool(torch.isfinite(grid.detach()).all()):
+            _raise_if_finite(params, f"a {self!r} grid", grid)
 
     def params_from_matrix(self, matrix: Tensor, *, src_size: Sequence[int] | None = None) -> Tensor:
         """Parameters of a matrix of this family (the inverse of :meth:`matrix`).
@@ -213,8 +270,14 @@ class MatrixTransform(Transform):
         src_size: Sequence[int] | None = None,
     ) -> Tensor:
         out, src = self._sizes(size, src_size)
+        check_bool(align_corners, "align_corners")
         params = self.check_params(params)
-        return self.grid_from_matrix(self.sampler_matrix(params, src), out, align_corners)
+        m = self.sampler_matrix(params, src)
+        small = self._check_overflow(params, m)
+        grid = self.grid_from_matrix(m, out, align_corners)
+        if not small:
+            self._check_grid_overflow(params, grid)
+        return grid
 
     def sampler_matrix(self, params: Tensor, src_size: tuple[int, ...] | None) -> Tensor:
         """The top ``ndim`` rows of the matrix, ``(B, ndim, ndim + 1)`` (the full matrix when projective)."""
@@ -241,8 +304,19 @@ class MatrixTransform(Transform):
     ) -> Tensor:
         m = self.matrix(params, src_size=src_size)
         check_tensor(points, "points", f"B,N,{self.ndim}", dims={"B": m.shape[0]}, nonempty=False)
-        if inverse:
+        check_like(points, "points", params, "params")
+        if check_bool(inverse, "inverse"):
             m = invert(m)
         if not self.projective:
             m = m[:, : self.ndim]
         return transform_points(m, points, self.eps)
+
+
+def _raise_if_finite(params: Tensor, what: str, result: Tensor) -> None:
+    """Raise :class:`NonFiniteError` when ``params`` is finite although ``result`` (its matrix or grid) is not."""
+    if bool(torch.isfinite(params.detach()).all()):
+        bad = int((~torch.isfinite(result.detach())).flatten(1).any(1).sum())
+        raise NonFiniteError(
+            f"params: {bad} sample(s) of finite parameters give {what} holding inf or NaN (an entry overflows "
+            f"{result.dtype}); keep the parameters in range, e.g. with torchstn.Bounds"
+        )

@@ -7,6 +7,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
+from torchstn._checks import check_bool, check_number
 from torchstn.errors import OptionError
 from torchstn.geometry import DEFAULT_EPS, projective_grid
 from torchstn.transforms._base import MatrixTransform
@@ -190,7 +191,7 @@ class Projective(MatrixTransform):
     projective = True
 
     def __init__(self, eps: float = DEFAULT_EPS) -> None:
-        if not eps > 0:
+        if check_number(eps, "eps") <= 0:
             raise OptionError(f"eps: expected a positive float, got {eps!r}")
         self.eps = float(eps)
 
@@ -217,8 +218,14 @@ class Projective(MatrixTransform):
         src_size: Sequence[int] | None = None,
     ) -> Tensor:
         out, _ = self._sizes(size, src_size)
+        check_bool(align_corners, "align_corners")
         params = self.check_params(params)
-        return self.grid_from_matrix(self._matrix(params, None), out, align_corners)
+        m = self._matrix(params, None)
+        small = self._check_overflow(params, m)
+        grid = self.grid_from_matrix(m, out, align_corners)
+        if not small:
+            self._check_grid_overflow(params, grid)
+        return grid
 
     def sampler_matrix(self, params: Tensor, src_size: tuple[int, ...] | None) -> Tensor:
         """The full ``(B, 3, 3)`` homography (the grid needs its last row)."""

@@ -8,7 +8,16 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from torchstn._checks import capturing_graph, check_tensor
+from torchstn._checks import (
+    capturing_graph,
+    check_bool,
+    check_device,
+    check_dtype,
+    check_int,
+    check_like,
+    check_size,
+    check_tensor,
+)
 from torchstn.errors import DTypeError, OptionError, ShapeError
 from torchstn.geometry import normalized_coords
 from torchstn.transforms._base import Transform
@@ -34,6 +43,8 @@ def _check_layout(points: object) -> Tensor:
     if isinstance(points, Tensor):
         if points.dtype == torch.bool or points.is_complex():
             raise DTypeError(f"{name}: expected a real tensor of (x, y) points, got dtype {points.dtype}")
+        if points.device.type == "meta":
+            raise DTypeError(f"{name}: a meta tensor holds no values; give the layout on a real device (the CPU)")
         pts = points.detach().to(device="cpu", dtype=torch.float64, copy=True)
     else:
         if isinstance(points, (str, bytes)) or not isinstance(points, Sequence):
@@ -201,8 +212,13 @@ class ThinPlateSpline(Transform):
         return f"{self._layout[0]}({self._layout[1]}, regularization={self.regularization:g})"
 
     def control_points(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> Tensor:
-        """The fixed target control points, ``(K, 2)`` in ``(x, y)`` order (row-major for a grid)."""
-        dtype = dtype or torch.get_default_dtype()
+        """The fixed target control points, ``(K, 2)`` in ``(x, y)`` order (row-major for a grid).
+
+        Raises:
+            DTypeError: ``dtype`` is not a floating-point dtype (integers would truncate the points).
+        """
+        device = check_device(device, "device")
+        dtype = check_dtype(dtype, "dtype") or torch.get_default_dtype()
         if self._targets is not None:
             return self._targets.to(device=device, dtype=dtype)
         assert self.grid_shape is not None
@@ -247,9 +263,10 @@ class ThinPlateSpline(Transform):
         dtype: torch.dtype | None = None,
     ) -> Tensor:
         """The cached ``(H * W, K)`` matrix taking control-point positions to grid points for an output ``size``."""
-        dtype = dtype or torch.get_default_dtype()
-        device = torch.device(device) if device is not None else torch.device("cpu")
-        h, w = (int(s) for s in size)
+        h, w = check_size(size, "size", 2)
+        check_bool(align_corners, "align_corners")
+        dtype = check_dtype(dtype, "dtype") or torch.get_default_dtype()
+        device = check_device(device, "device") or torch.device("cpu")
         key: _Key = ((h, w), bool(align_corners), device, dtype)
         m = self._weights.get(key)
         if m is None:
@@ -301,6 +318,7 @@ class ThinPlateSpline(Transform):
         src_size: Sequence[int] | None = None,
     ) -> Tensor:
         out, _ = self._sizes(size, src_size)
+        check_bool(align_corners, "align_corners")
         params = self.check_params(params)
         if out[0] * out[1] <= _INTERLEAVED_MAX_POINTS:
             big = self._interleaved_weights((out[0], out[1]), align_corners, params.device, params.dtype)
@@ -333,6 +351,9 @@ class ThinPlateSpline(Transform):
         """
         coef = self.coefficients(params)  # (B, K + 3, 2)
         check_tensor(points, "points", "B,N,2", dims={"B": coef.shape[0]}, nonempty=False)
+        check_like(points, "points", params, "params")
+        check_bool(inverse, "inverse")
+        check_int(iterations, "iterations", minimum=0)
         if not inverse or points.shape[1] == 0:
             return self._basis(points) @ coef
         ctrl = self.control_points(points.device, points.dtype)
