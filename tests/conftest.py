@@ -11,7 +11,15 @@ def gen() -> torch.Generator:
     return torch.Generator().manual_seed(0)
 
 
-DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+#: The devices the ``device`` fixture runs a test on: the CPU always, CUDA marked ``cuda`` (select the GPU cases
+#: with ``pytest -m cuda``, as ``scripts/gpu_check.sh`` does) and skipped where no GPU is available.
+DEVICES = [
+    "cpu",
+    pytest.param(
+        "cuda",
+        marks=[pytest.mark.cuda, pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA is not available")],
+    ),
+]
 
 
 @pytest.fixture(params=DEVICES)

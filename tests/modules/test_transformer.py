@@ -335,3 +335,23 @@ def test_composed_homography_uses_the_chains_eps(backend: str, gen: torch.Genera
     torch.testing.assert_close(out, expected, rtol=0, atol=1e-12)
     wrong = F.grid_sample(x, projective_grid(total, (8, 8), False, 1e-6), align_corners=False)
     assert (out - wrong).abs().max() > 1e-3  # the eps matters for this chain
+
+
+# --- on every device -------------------------------------------------------------------------------------------
+
+
+def test_modules_on_device(device: torch.device) -> None:
+    """A transformer, a multi-head one and a composed chain moved to the device: forward and backward there."""
+    torch.manual_seed(0)
+    x = torch.rand(2, 1, 28, 28, device=device)
+    single = SpatialTransformer(conv_localisation((1, 28, 28), Affine()), Affine()).to(device)
+    heads = SpatialTransformer(conv_localisation((1, 28, 28), Affine(), num_heads=2), Affine(), combine="concat")
+    chain = SerialSpatialTransformer(
+        [SpatialTransformer(conv_localisation((1, 28, 28), t), t) for t in (Affine(), Projective())]
+    )
+    for module, shape in ((single, (2, 1, 28, 28)), (heads.to(device), (2, 2, 28, 28)), (chain.to(device), None)):
+        out = module(x)
+        assert out.device == x.device and out.shape == (shape or x.shape)
+        assert torch.allclose(out[:, :1], x, atol=1e-5)  # identity at initialisation, on the device too
+        out.square().sum().backward()
+        assert all(p.grad is not None and p.grad.device == x.device for p in module.parameters())

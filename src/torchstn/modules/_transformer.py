@@ -12,6 +12,7 @@ from torch import Tensor, nn
 from torchstn._checks import check_choice, check_size
 from torchstn.errors import OptionError, ShapeError
 from torchstn.sampling import Backend, FillValue, Mode, NonFinite, Padding, SamplingOptions, warp_params
+from torchstn.sampling._autocast import autocast_dtypes, to_work_dtype
 from torchstn.transforms import Affine, Affine3D, MatrixTransform, Projective, Transform
 
 __all__ = ["ParallelSpatialTransformer", "SerialSpatialTransformer", "SpatialTransformer"]
@@ -253,8 +254,14 @@ class SerialSpatialTransformer(nn.Module):
             p = st.localisation(cur)
             st.params, st.last_params = p, p.detach()
             params.append(p)
-            m = transform.matrix(p, src_size=src_size)
-            total = m if total is None else total @ m  # src_from_dst of the chain so far
+            amp = autocast_dtypes(x)
+            if amp is None:
+                m = transform.matrix(p, src_size=src_size)
+                total = m if total is None else total @ m  # src_from_dst of the chain so far
+            else:  # under autocast the product is formed in float32, as the grid is (see torchstn.sampling)
+                with torch.autocast(amp.device_type, enabled=False):
+                    m = transform.matrix(to_work_dtype(p, amp), src_size=src_size)
+                    total = m if total is None else total @ m
             rows = total if family.projective else total[:, : family.ndim]
             cur = warp_params(x, rows.reshape(rows.shape[0], -1), family, st.output_size, st.options)
         return (cur, params, total) if return_params else cur

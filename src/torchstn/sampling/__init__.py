@@ -35,6 +35,9 @@ Export: a graph captured by ``torch.export``, ``torch.onnx.export`` or ``torch.j
 values it has not seen, so there ``"raise"`` skips its check (as ``"ignore"``); pass ``nonfinite="propagate"`` to
 have the exported graph give NaN outputs for non-finite grids instead.
 
+Mixed precision: under ``torch.autocast`` the parameters, matrix and grid are computed in float32 and the input is
+sampled in the dtype autocast gives ``F.grid_sample`` for it and that grid (float32 on CPU and CUDA; ``_autocast.py``).
+
 Layout: ``_options.py`` (:class:`SamplingOptions`, validated once), ``_dispatch.py`` (the one path from a call to
 its output), ``_backend.py`` (what a backend is), ``_backends.py`` (the registry), ``_torch.py``,
 ``_reference.py``, ``_fused.py`` (the backends) and ``_fill.py`` (``padding="fill"``).

@@ -9,6 +9,9 @@
 4. For a backend that reads a grid: build the grid and check it where the matrix did not vouch for it.
 5. Run it, with ``padding="fill"`` on zero padding (:mod:`~torchstn.sampling._fill`), and mark non-finite
    points NaN for ``nonfinite="propagate"``.
+
+Under ``torch.autocast`` the call first takes the dtypes of :mod:`~torchstn.sampling._autocast` (parameters,
+matrix and grid in float32, the input in the dtype autocast gives ``F.grid_sample``) and runs with autocast off.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from torch import Tensor
 
 from torchstn._checks import capturing_graph, check_size, check_tensor
 from torchstn.errors import DTypeError, NonFiniteError, ShapeError
+from torchstn.sampling._autocast import AutocastDtypes, autocast_dtypes, to_work_dtype
 from torchstn.sampling._backend import SamplerCall
 from torchstn.sampling._backends import choose
 from torchstn.sampling._fill import fill_tensor, filled
@@ -32,6 +36,14 @@ __all__ = ["sample_grid", "warp_params"]
 
 def sample_grid(input: Tensor, grid: Tensor, options: SamplingOptions) -> Tensor:
     """:func:`~torchstn.sampling.sample` with validated options: ``(B, C, *S)`` at ``(B, *S', nd)``."""
+    amp = autocast_dtypes(input, grid.dtype) if isinstance(input, Tensor) and isinstance(grid, Tensor) else None
+    if amp is not None:  # both in the dtype F.grid_sample under this autocast takes them to
+        with torch.autocast(amp.device_type, enabled=False):
+            return _sample_grid(input.to(amp.sample), grid.to(amp.sample), options)
+    return _sample_grid(input, grid, options)
+
+
+def _sample_grid(input: Tensor, grid: Tensor, options: SamplingOptions) -> Tensor:
     check_tensor(input, "input", "*,C,H,W")
     if input.ndim not in (4, 5):
         raise ShapeError(f"input: expected (B, C, H, W) or (B, C, D, H, W), got {tuple(input.shape)}")
@@ -68,6 +80,24 @@ def warp_params(
     Returns:
         ``(B, C, *S')``; with ``heads``, ``(B, N, C, *S')``.
     """
+    amp = autocast_dtypes(input) if isinstance(input, Tensor) else None
+    if amp is not None:
+        with torch.autocast(amp.device_type, enabled=False):
+            return _warp_params(
+                input.to(amp.sample), to_work_dtype(params, amp), transform, output_size, options, heads, amp
+            )
+    return _warp_params(input, params, transform, output_size, options, heads, None)
+
+
+def _warp_params(
+    input: Tensor,
+    params: Tensor,
+    transform: Transform,
+    output_size: Sequence[int] | None,
+    options: SamplingOptions,
+    heads: bool,
+    amp: AutocastDtypes | None,
+) -> Tensor:
     if not isinstance(transform, Transform):
         raise DTypeError(f"transform: expected a torchstn.transforms.Transform, got {type(transform).__name__}")
     check_tensor(input, "input", "*,C,H,W")
@@ -85,9 +115,10 @@ def warp_params(
         n = 1
         flat = transform.check_params(params)
         check_tensor(flat, "params", "B,P", dims={"B": b})
-    if params.dtype != input.dtype or params.device != input.device:
+    dtype = input.dtype if amp is None else amp.work  # under autocast: float32 (float64 for a float64 input)
+    if params.dtype != dtype or params.device != input.device:
         raise DTypeError(
-            f"params: expected the dtype and device of input ({input.dtype}, {input.device}), "
+            f"params: expected the dtype and device of input ({dtype}, {input.device}), "
             f"got ({params.dtype}, {params.device})"
         )
     src_size = tuple(input.shape[2:])
@@ -131,6 +162,8 @@ def _heads_grid(call: SamplerCall) -> Tensor:
         grid = transform.grid_from_matrix(call.matrix, call.size, ac, contiguous=call.heads > 1)
     else:
         grid = transform.grid(params, call.size, align_corners=ac, src_size=src_size)
+    if grid.dtype != call.input.dtype:  # under an autocast that samples in less than the grid's float32
+        grid = grid.to(call.input.dtype)
     if call.heads == 1:
         return grid
     return grid.view(call.batch, call.heads * call.size[0], *call.size[1:], transform.ndim)
