@@ -355,3 +355,30 @@ def test_modules_on_device(device: torch.device) -> None:
         assert torch.allclose(out[:, :1], x, atol=1e-5)  # identity at initialisation, on the device too
         out.square().sum().backward()
         assert all(p.grad is not None and p.grad.device == x.device for p in module.parameters())
+
+
+# --- the transform given twice must agree ------------------------------------------------------------------------
+
+
+def test_transform_mismatch_is_caught_at_construction_naming_both() -> None:
+    from torchstn.errors import OptionError
+
+    with pytest.raises(OptionError, match=r"transform: SpatialTransformer was given Projective\(eps=1e-06\) \(8 "
+                       r"parameters\) but its localisation network regresses Affine\(\) \(6 parameters, "
+                       r"localisation\.head\.transform\)"):  # fmt: skip
+        SpatialTransformer(conv_localisation((1, 28, 28), Affine()), Projective())
+    # The same count of parameters with another meaning: a thin-plate spline's other control points.
+    with pytest.raises(OptionError, match=r"ThinPlateSpline.*localisation\.head\.transform"):
+        SpatialTransformer(mlp_localisation((1, 8, 8), ThinPlateSpline((2, 3))), ThinPlateSpline((3, 2)))
+    # Found inside any wrapper: the one LocalisationHead of the network.
+    wrapped = nn.Sequential(nn.Identity(), conv_localisation((1, 28, 28), Attention()))
+    with pytest.raises(OptionError, match=r"localisation\.1\.head\.transform"):
+        SpatialTransformer(wrapped, Similarity())
+
+
+def test_agreeing_transforms_are_accepted() -> None:
+    # Another instance of the family, another eps (the clamp is the sampler's business, not the regression's).
+    st = SpatialTransformer(conv_localisation((1, 28, 28), Projective(eps=1e-3)), Projective())
+    assert st(torch.rand(2, 1, 28, 28)).shape == (2, 1, 28, 28)
+    SpatialTransformer(mlp_localisation((1, 8, 8), ThinPlateSpline((3, 3))), ThinPlateSpline((3, 3)))
+    SpatialTransformer(nn.Sequential(nn.Flatten(), nn.Linear(64, 6)), Affine())  # no head: nothing to compare

@@ -4,16 +4,18 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Sequence
-from typing import Literal
+from typing import TYPE_CHECKING, Literal, overload
 
 import torch
 from torch import Tensor, nn
 
 from torchstn._checks import check_choice, check_size
 from torchstn.errors import OptionError, ShapeError
+from torchstn.modules._localisation import LocalisationHead
 from torchstn.sampling import Backend, FillValue, Mode, NonFinite, Padding, SamplingOptions, warp_params
 from torchstn.sampling._autocast import autocast_dtypes, to_work_dtype
-from torchstn.transforms import Affine, Affine3D, MatrixTransform, Projective, Transform
+from torchstn.sampling._matrices import Homography
+from torchstn.transforms import Affine, Affine3D, MatrixTransform, Transform
 
 __all__ = ["ParallelSpatialTransformer", "SerialSpatialTransformer", "SpatialTransformer"]
 
@@ -72,6 +74,7 @@ class SpatialTransformer(nn.Module):
         super().__init__()
         if not isinstance(transform, Transform):
             raise OptionError(f"transform: expected a torchstn.transforms.Transform, got {type(transform).__name__}")
+        _check_same_family(localisation, transform)
         self.localisation = localisation
         self.transform = transform
         self.output_size = None if output_size is None else check_size(output_size, "output_size", transform.ndim)
@@ -146,6 +149,41 @@ class SpatialTransformer(nn.Module):
         out = warp_params(x, params, self.transform, self.output_size, self.options, heads=True)  # (B, N, C, ...)
         return out.reshape(out.shape[0], -1, *out.shape[3:]) if self.combine == "concat" else out
 
+    # Typed calls: ``st(x)`` is a Tensor and ``st(x, return_params=True)`` a pair (nn.Module types __call__ as Any).
+    if TYPE_CHECKING:
+
+        @overload
+        def __call__(
+            self, x: Tensor, loc_input: Tensor | None = None, return_params: Literal[False] = False
+        ) -> Tensor: ...
+        @overload
+        def __call__(
+            self, x: Tensor, loc_input: Tensor | None, return_params: Literal[True]
+        ) -> tuple[Tensor, Tensor]: ...
+        @overload
+        def __call__(
+            self, x: Tensor, loc_input: Tensor | None = None, *, return_params: Literal[True]
+        ) -> tuple[Tensor, Tensor]: ...
+        @overload
+        def __call__(
+            self, x: Tensor, loc_input: Tensor | None = None, return_params: bool = False
+        ) -> Tensor | tuple[Tensor, Tensor]: ...
+        def __call__(
+            self, x: Tensor, loc_input: Tensor | None = None, return_params: bool = False
+        ) -> Tensor | tuple[Tensor, Tensor]: ...
+
+    @overload
+    def forward(self, x: Tensor, loc_input: Tensor | None = None, return_params: Literal[False] = False) -> Tensor: ...
+    @overload
+    def forward(self, x: Tensor, loc_input: Tensor | None, return_params: Literal[True]) -> tuple[Tensor, Tensor]: ...
+    @overload
+    def forward(
+        self, x: Tensor, loc_input: Tensor | None = None, *, return_params: Literal[True]
+    ) -> tuple[Tensor, Tensor]: ...
+    @overload
+    def forward(
+        self, x: Tensor, loc_input: Tensor | None = None, return_params: bool = False
+    ) -> Tensor | tuple[Tensor, Tensor]: ...
     def forward(
         self, x: Tensor, loc_input: Tensor | None = None, return_params: bool = False
     ) -> Tensor | tuple[Tensor, Tensor]:
@@ -189,6 +227,28 @@ class ParallelSpatialTransformer(nn.Module):
             raise OptionError("transformers: expected at least one SpatialTransformer")
         self.transformers = nn.ModuleList(transformers)
         self.combine: Combine = check_choice(combine, "combine", ("stack", "concat"))  # type: ignore[assignment]
+
+    if TYPE_CHECKING:
+
+        @overload
+        def __call__(
+            self, x: Tensor, loc_input: Tensor | None = None, return_params: Literal[False] = False
+        ) -> Tensor: ...
+        @overload
+        def __call__(
+            self, x: Tensor, loc_input: Tensor | None, return_params: Literal[True]
+        ) -> tuple[Tensor, list[Tensor]]: ...
+        @overload
+        def __call__(
+            self, x: Tensor, loc_input: Tensor | None = None, *, return_params: Literal[True]
+        ) -> tuple[Tensor, list[Tensor]]: ...
+        @overload
+        def __call__(
+            self, x: Tensor, loc_input: Tensor | None = None, return_params: bool = False
+        ) -> Tensor | tuple[Tensor, list[Tensor]]: ...
+        def __call__(
+            self, x: Tensor, loc_input: Tensor | None = None, return_params: bool = False
+        ) -> Tensor | tuple[Tensor, list[Tensor]]: ...
 
     def forward(
         self, x: Tensor, loc_input: Tensor | None = None, return_params: bool = False
@@ -236,6 +296,20 @@ class SerialSpatialTransformer(nn.Module):
         # What stage k samples with: the product of the matrices of stages 1..k, as the parameters of a family.
         self._composed: list[MatrixTransform] = _composed_families(transformers) if compose else []
 
+    if TYPE_CHECKING:
+
+        @overload
+        def __call__(self, x: Tensor, return_params: Literal[False] = False) -> Tensor: ...
+        @overload
+        def __call__(self, x: Tensor, return_params: Literal[True]) -> tuple[Tensor, list[Tensor], Tensor | None]: ...
+        @overload
+        def __call__(
+            self, x: Tensor, return_params: bool = False
+        ) -> Tensor | tuple[Tensor, list[Tensor], Tensor | None]: ...
+        def __call__(
+            self, x: Tensor, return_params: bool = False
+        ) -> Tensor | tuple[Tensor, list[Tensor], Tensor | None]: ...
+
     def forward(self, x: Tensor, return_params: bool = False) -> Tensor | tuple[Tensor, list[Tensor], Tensor | None]:
         """Run the chain; with ``return_params`` also return each stage's params and the composed matrix."""
         stages: list[SpatialTransformer] = list(self.stages)  # type: ignore[arg-type]
@@ -267,21 +341,36 @@ class SerialSpatialTransformer(nn.Module):
         return (cur, params, total) if return_params else cur
 
 
-class _ComposedHomography(Projective):
-    """A homography given by all nine entries of its matrix (a composed chain's product, whose last entry need not
-    be 1), with the chain's ``eps``."""
-
-    num_params = 9
-    roles = (*Projective.roles, "linear")
+class _ComposedHomography(Homography):
+    """A composed chain's product (whose last entry need not be 1), with the chain's ``eps``."""
 
     def __repr__(self) -> str:
         return f"ComposedHomography(eps={self.eps:g})"
 
-    def _identity(self, device: torch.device | str | None, dtype: torch.dtype) -> Tensor:
-        return torch.eye(3, device=device, dtype=dtype).reshape(1, 9)
 
-    def _matrix(self, params: Tensor, src_size: tuple[int, ...] | None) -> Tensor:
-        return params.reshape(-1, 3, 3)
+def _check_same_family(localisation: nn.Module, transform: Transform) -> None:
+    """The transform given to a :class:`SpatialTransformer` must be the family its localisation network regresses
+    (when that network holds one :class:`~torchstn.modules.LocalisationHead`): the same class, the same number of
+    parameters and the same identity (a thin-plate spline's control points), else the first forward would fail on
+    the parameters' shape, or silently read them as another family's."""
+    heads = [(name, m) for name, m in localisation.named_modules() if isinstance(m, LocalisationHead)]
+    if len(heads) != 1:
+        return
+    name, head = heads[0]
+    regressed = head.transform
+    same = type(regressed) is type(transform) and regressed.num_params == transform.num_params
+    if same:
+        cpu = torch.device("cpu")  # on the CPU whatever the default device (a model may be built on "meta")
+        same = torch.equal(
+            regressed.identity_params(1, cpu, torch.float64), transform.identity_params(1, cpu, torch.float64)
+        )
+    if not same:
+        where = "localisation" + (f".{name}" if name else "")
+        raise OptionError(
+            f"transform: SpatialTransformer was given {transform!r} ({transform.num_params} parameters) but its "
+            f"localisation network regresses {regressed!r} ({regressed.num_params} parameters, {where}.transform); "
+            "pass the same transform to both"
+        )
 
 
 def _composed_families(stages: Sequence[SpatialTransformer]) -> list[MatrixTransform]:

@@ -51,6 +51,7 @@ from torch import Tensor
 
 from torchstn.sampling._dispatch import sample_grid
 from torchstn.sampling._dispatch import warp_params as warp_params  # explicit re-export (see below)
+from torchstn.sampling._matrices import params_of_matrix
 from torchstn.sampling._options import Backend, Mode, NonFinite, Padding, SamplingOptions
 from torchstn.sampling._options import FillValue as FillValue
 from torchstn.transforms import Transform
@@ -110,7 +111,7 @@ def sample(
 def warp(
     input: Tensor,
     params: Tensor,
-    transform: Transform,
+    transform: Transform | None = None,
     output_size: Sequence[int] | None = None,
     mode: Mode = "bilinear",
     padding: Padding = "zeros",
@@ -124,8 +125,11 @@ def warp(
 
     Args:
         input: ``(B, C, H, W)`` (or ``(B, C, D, H, W)`` with a 3D transform).
-        params: ``(B, transform.num_params)``, same dtype and device as ``input``.
-        transform: A :class:`~torchstn.transforms.Transform`.
+        params: ``(B, transform.num_params)``, same dtype and device as ``input``; or a matrix mapping normalised
+            target to source coordinates: a ``(B, 2, 3)`` theta (as ``F.affine_grid`` takes), a ``(B, 3, 3)``
+            homography (all nine entries; the last need not be 1) or a ``(B, 3, 4)`` theta for volumes.
+        transform: A :class:`~torchstn.transforms.Transform`; with a matrix, ``Affine()``, ``Projective()`` (its
+            ``eps`` is kept) or ``Affine3D()``, or None (the default) to read the family from the matrix's shape.
         output_size: ``(H', W')`` (or ``(D', H', W')``); defaults to the input's spatial size.
         mode, padding, fill, align_corners, nonfinite: As in :func:`sample`.
         backend: As in :func:`sample`, and ``"fused"``: the compiled kernel, which raises
@@ -134,12 +138,22 @@ def warp(
     Returns:
         ``(B, C, H', W')`` (or ``(B, C, D', H', W')``).
 
+    Raises:
+        OptionError: ``transform=None`` with ``(B, P)`` parameters (they do not say their family), or an option
+            not among its choices.
+        ShapeError: A matrix of another shape, or one the given family does not take (a ``(B, 2, 3)`` theta
+            with ``Similarity()``).
+
     Example:
         >>> from torchstn.transforms import Affine
         >>> x = torch.rand(2, 3, 8, 8)
         >>> t = Affine()
         >>> torch.allclose(warp(x, t.identity_params(2), t), x, atol=1e-6)
         True
+        >>> theta = torch.eye(2, 3).expand(2, 2, 3)  # what F.affine_grid takes: the family is read from it
+        >>> torch.allclose(warp(x, theta), x, atol=1e-6)
+        True
     """
     options = SamplingOptions(mode, padding, fill, align_corners, backend, nonfinite)
-    return warp_params(input, params, transform, output_size, options)
+    params, family = params_of_matrix(params, transform)
+    return warp_params(input, params, family, output_size, options)
