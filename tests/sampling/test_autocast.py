@@ -204,8 +204,8 @@ def test_sampling_narrower_than_the_grid(monkeypatch: pytest.MonkeyPatch, gen: t
     assert out.dtype == BF16
     grid = torchstn.affine_grid(theta.float().view(2, 2, 3), (8, 8)).to(BF16)
     assert torch.equal(out, F.grid_sample(x.to(BF16), grid, align_corners=False))
-    call = SamplerCall(x.to(BF16), SamplingOptions(), "bilinear", (8, 8), transform=Affine(), matrix=grid[:, :2, 0])
-    call.matrix = theta.float().view(2, 2, 3)
+    call = SamplerCall(x.to(BF16), SamplingOptions(), "bilinear", (8, 8), transform=Affine())
+    call.matrix, call.grid_finite = theta.float().view(2, 2, 3), True  # a float32 matrix for a bfloat16 input
     reason = FusedCPUBackend().can_run(call)
     assert reason is not None and "float32 or float64" in reason
 
