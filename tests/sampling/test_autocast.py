@@ -239,3 +239,13 @@ def test_autocast_on_device(device: torch.device) -> None:
     assert half.dtype == torch.float32  # float16 input, float32 grid: float32 on both devices
     torch.testing.assert_close(half, x, rtol=0, atol=1e-3)
     assert sampled.dtype == expected.dtype and torch.equal(sampled, expected)
+
+
+def test_compiled_warp_under_autocast_matches_eager(gen: torch.Generator) -> None:
+    x = random_input(gen, (2, 1, 8, 8), torch.float32)
+    p = (Affine().identity_params(2) + 0.1 * torch.randn(2, 6, generator=gen)).to(BF16)
+    compiled = torch.compile(lambda x, p: torchstn.warp(x, p, Affine()), backend="eager")
+    with torch.autocast("cpu", dtype=BF16):
+        out = compiled(x, p)
+        expected = torchstn.warp(x, p, Affine(), backend="torch")  # a compiled graph takes the grid path
+    assert out.dtype == torch.float32 and torch.equal(out, expected)
