@@ -49,6 +49,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from torchstn._antialias import antialiased_sample
 from torchstn._checks import capturing_graph, check_choice, check_size, check_tensor
 from torchstn.errors import DTypeError, NonFiniteError, OptionError, ShapeError
 from torchstn.geometry import normalized_coords
@@ -128,6 +129,7 @@ def sample(
     *,
     backend: Backend = "auto",
     nonfinite: NonFinite = "raise",
+    antialias: bool = False,
 ) -> Tensor:
     """Sample ``input`` at the normalised source coordinates in ``grid``.
 
@@ -143,6 +145,8 @@ def sample(
         backend: ``"auto"``/``"torch"`` (``F.grid_sample``) or ``"reference"`` (plain ops, double backward).
             ``"fused"`` only means something to :func:`warp`; a ready-made grid is sampled with ``F.grid_sample``.
         nonfinite: ``"raise"``, ``"propagate"`` or ``"ignore"`` (see the module docstring).
+        antialias: Average each output pixel's source footprint where the grid shrinks (see :func:`warp`);
+            images and bilinear only.
 
     Returns:
         ``(B, C, H', W')`` or ``(B, C, D', H', W')``.
@@ -159,6 +163,8 @@ def sample(
         >>> sample(x, torch.tensor([[[[-2.0, 0.0]]]]), padding="fill", fill=9.0)
         tensor([[[[9.]]]])
     """
+    if antialias:
+        return _antialiased(input, grid, mode, padding, fill, align_corners, backend, nonfinite)
     kernel = _check_sample_args(input, grid, mode, padding, fill, backend, nonfinite)
     finite: Tensor | None = None
     if nonfinite == "raise" and not capturing_graph():
@@ -304,6 +310,7 @@ def warp(
     *,
     backend: Backend = "auto",
     nonfinite: NonFinite = "raise",
+    antialias: bool = False,
 ) -> Tensor:
     """Warp ``input`` with a transform: build the grid from ``params`` and sample.
 
@@ -313,6 +320,10 @@ def warp(
         transform: A :class:`~torchstn.transforms.Transform`.
         output_size: ``(H', W')`` (or ``(D', H', W')``); defaults to the input's spatial size.
         mode, padding, fill, align_corners, backend, nonfinite: As in :func:`sample`.
+        antialias: Average each output pixel's source footprint where the warp shrinks (a mip-map with a
+            per-pixel level, :mod:`torchstn._antialias`); exactly the plain warp where it does not. 2D bilinear
+            only; it takes the grid path (never the fused kernel), and ``backend="reference"`` there reads level 0
+            with the reference sampler.
 
     Returns:
         ``(B, C, H', W')`` (or ``(B, C, D', H', W')``).
@@ -341,11 +352,51 @@ def warp(
         )
     src_size = tuple(input.shape[2:])
     size = src_size if output_size is None else check_size(output_size, "output_size", transform.ndim)
-    out = _try_fused(input, params, transform, size, mode, padding, fill, align_corners, backend, nonfinite)
-    if out is not None:
-        return out
+    if antialias:  # the grid path: the footprints come from the grid's finite differences
+        _check_antialias(mode, transform.ndim, backend)
+    else:
+        out = _try_fused(input, params, transform, size, mode, padding, fill, align_corners, backend, nonfinite)
+        if out is not None:
+            return out
     grid, nonfinite = _transform_grid(transform, params, size, src_size, align_corners, nonfinite)
+    if antialias:
+        return _antialiased(input, grid, mode, padding, fill, align_corners, backend, nonfinite)
     return sample(input, grid, mode, padding, fill, align_corners, backend=backend, nonfinite=nonfinite)
+
+
+def _check_antialias(mode: str, ndim: int, backend: str) -> None:
+    """Raise :class:`~torchstn.errors.OptionError` unless ``antialias=True`` can run with these settings."""
+    if mode != "bilinear":
+        raise OptionError(f"antialias: needs mode='bilinear', got mode={mode!r}")
+    if ndim != 2:
+        raise OptionError(f"antialias: needs a 2D transform, got a {ndim}D one")
+    if backend == "fused":
+        raise OptionError("backend: 'fused' cannot run antialias=True (it takes the grid path); use 'auto'")
+
+
+def _antialiased(
+    input: Tensor,
+    grid: Tensor,
+    mode: str,
+    padding: str,
+    fill: FillValue | None,
+    align_corners: bool,
+    backend: str,
+    nonfinite: str,
+) -> Tensor:
+    """``sample``'s checks and non-finite handling around :func:`~torchstn._antialias.antialiased_sample`."""
+    _check_sample_args(input, grid, mode, padding, fill, backend, nonfinite)
+    _check_antialias(mode, input.ndim - 2, backend)
+    finite: Tensor | None = None
+    if nonfinite == "raise" and not capturing_graph() and not _finite_range(grid)[0]:
+        bad = int((~torch.isfinite(grid)).any(-1).sum())
+        raise NonFiniteError(f"grid: {bad} grid point(s) hold NaN or inf (pass nonfinite='propagate' to get NaN)")
+    if nonfinite == "propagate":  # sample at 0 there (the footprints stay finite), then NaN at those pixels
+        finite = torch.isfinite(grid).all(-1)  # (B, H', W')
+        grid = torch.where(finite.unsqueeze(-1), grid, torch.zeros_like(grid))
+    ref = None if backend != "reference" else lambda s, g, pad, ac: reference_sample(s, g, "bilinear", pad, ac)
+    out = _filled(input, padding, fill, lambda src, pad: antialiased_sample(src, grid, pad, align_corners, sampler=ref))
+    return out if finite is None else torch.where(finite.unsqueeze(1), out, torch.full_like(out, float("nan")))
 
 
 def _try_fused(

@@ -17,6 +17,7 @@ from torchstn.sampling import (
     Mode,
     NonFinite,
     Padding,
+    _check_antialias,
     _transform_grid,
     _try_fused,
     sample,
@@ -49,6 +50,8 @@ class SpatialTransformer(nn.Module):
             sampling aliases when it down-samples much, as the paper warns) or larger.
         mode, padding, fill, align_corners, backend, nonfinite: As in :func:`torchstn.sample`.
         combine: How the outputs of several heads are joined: ``"stack"`` or ``"concat"``.
+        antialias: Average each output pixel's source footprint where the warp shrinks (as
+            :func:`torchstn.warp`); 2D bilinear only, on the grid path.
 
     Attributes:
         last_params: The parameters of the latest forward pass (detached), for inspection and pictures.
@@ -79,10 +82,14 @@ class SpatialTransformer(nn.Module):
         backend: Backend = "auto",
         nonfinite: NonFinite = "raise",
         combine: Combine = "stack",
+        antialias: bool = False,
     ) -> None:
         super().__init__()
         if not isinstance(transform, Transform):
             raise OptionError(f"transform: expected a torchstn.transforms.Transform, got {type(transform).__name__}")
+        if antialias:
+            _check_antialias(mode, transform.ndim, backend)
+        self.antialias = antialias
         self.localisation = localisation
         self.transform = transform
         self.output_size = None if output_size is None else check_size(output_size, "output_size", transform.ndim)
@@ -110,12 +117,31 @@ class SpatialTransformer(nn.Module):
                 self.align_corners,
                 backend=self.backend,
                 nonfinite=self.nonfinite,
+                antialias=self.antialias,
             )
         if params.ndim != 3:
             raise ShapeError(f"params: expected (B, P) or (B, N, P), got {tuple(params.shape)}")
         b, n, p = params.shape
         src_size = tuple(x.shape[2:])
         size = src_size if self.output_size is None else self.output_size
+        if self.antialias:  # each head's grid needs footprints of its own: warp every (image, head) pair
+            fill = self.fill
+            if isinstance(fill, Tensor) and fill.ndim == 2 and fill.shape[0] == b > 1:
+                fill = fill.repeat_interleave(n, dim=0)  # a (B, C) fill, one row per (image, head)
+            heads = warp(
+                x.repeat_interleave(n, dim=0),
+                params.reshape(b * n, p),
+                self.transform,
+                self.output_size,
+                self.mode,
+                self.padding,
+                fill,
+                self.align_corners,
+                backend=self.backend,
+                nonfinite=self.nonfinite,
+                antialias=True,
+            ).view(b, n, x.shape[1], *size)
+            return heads.reshape(b, n * x.shape[1], *size) if self.combine == "concat" else heads
         fused = _try_fused(
             x,
             params.reshape(b * n, p),
@@ -177,6 +203,7 @@ class SpatialTransformer(nn.Module):
         return (
             f"transform={self.transform!r}, output_size={self.output_size}, mode={self.mode!r}, "
             f"padding={self.padding!r}, align_corners={self.align_corners}"
+            + (", antialias=True" if self.antialias else "")
         )
 
 
@@ -266,7 +293,7 @@ class SerialSpatialTransformer(nn.Module):
             total = m if total is None else total @ m  # src_from_dst of the chain so far
             projective = projective or transform.projective
             size = src_size if st.output_size is None else st.output_size
-            if not projective and transform.ndim == 2:  # the composed affine matrix, through the fused kernel
+            if not projective and transform.ndim == 2 and not st.antialias:  # the composed matrix, fused kernel
                 rows = total[:, :2].reshape(-1, 6)
                 out = _try_fused(
                     x, rows, _AFFINE, size, st.mode, st.padding, st.fill, st.align_corners, st.backend, st.nonfinite
@@ -279,6 +306,14 @@ class SerialSpatialTransformer(nn.Module):
             else:
                 grid = _affine_grid(total[:, : transform.ndim], size, st.align_corners, contiguous=False)
             cur = sample(
-                x, grid, st.mode, st.padding, st.fill, st.align_corners, backend=st.backend, nonfinite=st.nonfinite
+                x,
+                grid,
+                st.mode,
+                st.padding,
+                st.fill,
+                st.align_corners,
+                backend=st.backend,
+                nonfinite=st.nonfinite,
+                antialias=st.antialias,
             )
         return (cur, params, total) if return_params else cur
