@@ -12,7 +12,7 @@ approximates that with a **mip-map**, as texture hardware and differentiable ren
 2. **No shrink, no change.** Where ``sigma <= 1 + 1e-2`` (identity, upsampling, rotation, and the rounding of
    their finite differences) the output *is* the plain bilinear sample, bit for bit, so turning the option on
    never costs correctness there.
-3. **Pyramid.** Level ``k`` is the input box-averaged ``2^k x 2^k`` (``avg_pool2d`` of the previous level, odd
+3. **Pyramid.** Level ``k`` is the input box-averaged ``2^k x 2^k`` (the 2x2 mean of the previous level, odd
    sizes rounded up), down to one pixel. Each level is a valid image, so the padding modes keep their meaning:
    a level is read at the exact source position of the output pixel, in its own pixel units, with its own
    zeros, border or reflection padding (``"fill"`` samples ``input - fill`` with zeros and adds ``fill`` back).
@@ -25,7 +25,7 @@ approximates that with a **mip-map**, as texture hardware and differentiable ren
 
 Why this method: its cost does not depend on the shrink (supersampling a ``K x K`` pattern costs ``K^2``
 samples and still aliases beyond ``K``x; an elliptical weighted average costs the footprint's area), it is
-made of standard operators (``avg_pool2d``, ``grid_sample``, gathers from small tables, arithmetic), so it is
+made of standard operators (strided sums, ``grid_sample``, a gather from a small table, arithmetic), so it is
 differentiable, ``torch.compile``-able and exports to ONNX, and it degrades gracefully. What it approximates:
 an isotropic box-then-tent filter ``2^L`` source pixels wide per output pixel. The level follows the
 footprint's **major** axis (as OpenGL's ``max`` rule), so nothing aliases along any direction, at the price of
@@ -142,11 +142,15 @@ def _pad(p: Tensor, n: Tensor, padding: str) -> Tensor:
 
 
 def _pyramid(input: Tensor) -> list[Tensor]:
-    """Levels 1.. of the box pyramid (each ``avg_pool2d`` 2x2 of the previous, odd sizes rounded up), to 1x1."""
+    """Levels 1.. of the box pyramid down to 1x1: each the 2x2 mean of the previous, odd sizes rounded up (the
+    last row or column, replicated, averages with itself: ``avg_pool2d(..., ceil_mode=True)``, faster)."""
     levels: list[Tensor] = []
     cur = input
     while cur.shape[-1] > 1 or cur.shape[-2] > 1:
-        cur = F.avg_pool2d(cur, 2, 2, ceil_mode=True)
+        h, w = cur.shape[-2:]
+        if h % 2 or w % 2:
+            cur = F.pad(cur, (0, w % 2, 0, h % 2), mode="replicate")
+        cur = (cur[..., ::2, ::2] + cur[..., 1::2, ::2] + cur[..., ::2, 1::2] + cur[..., 1::2, 1::2]) * 0.25
         levels.append(cur)
     return levels
 
@@ -217,13 +221,11 @@ def antialiased_sample(
     low_i = low.long()
     pair = torch.stack((low_i.clamp_min(1), (low_i + 1).clamp_max(top)), dim=-1)  # (B, H', W', 2) levels >= 1
     atlas, rows = _atlas(levels)
-    table = [[0.0, 0.0, 0.0, 0.0]] + [
-        [lev.shape[-1], lev.shape[-2], r, 2.0**-k] for k, (lev, r) in enumerate(zip(levels, rows, strict=True), 1)
-    ]
-    info = torch.tensor(
-        table, dtype=input.dtype, device=input.device
-    )  # (top + 1, 4): each level's width, height, first atlas row and scale
-    lw, lh, row, scale = info[pair].unbind(-1)  # each (B, H', W', 2)
+    k = pair.to(input.dtype)
+    scale = torch.exp2(-k)  # level k's pixels are 2^k source pixels; its size is ceil(size / 2^k), exactly
+    lw, lh = torch.ceil(scale * w), torch.ceil(scale * h)
+    first = torch.tensor([0.0, *rows], dtype=input.dtype, device=input.device)  # (top + 1,)
+    row = first.index_select(0, pair.reshape(-1)).view_as(k)  # each level's first atlas row
     x = _to_pixels(grid[..., 0], w, align_corners).unsqueeze(-1)  # (B, H', W', 1) source pixels
     y = _to_pixels(grid[..., 1], h, align_corners).unsqueeze(-1)
     u = _pad((x + 0.5) * scale - 0.5, lw, padding) + 1.0  # atlas pixels: level pixels + the zero column
