@@ -291,6 +291,18 @@ def test_module_matches_the_function(gen: torch.Generator, num_heads: int) -> No
     assert "antialias=True" in repr(st)
 
 
+def test_heads_with_a_fill_per_image(gen: torch.Generator) -> None:
+    t = Attention()
+    loc = conv_localisation((1, 24, 24), t, downsample=1, num_heads=2)
+    fill = torch.tensor([[0.2], [0.9]])  # (B, C)
+    st = SpatialTransformer(loc, t, output_size=(6, 6), padding="fill", fill=fill, antialias=True)
+    x = torch.rand(2, 1, 24, 24, generator=gen)
+    out, params = st(x, return_params=True)  # (2, 2, 1, 6, 6)
+    for k in range(2):
+        expected = torchstn.warp(x, params[:, k], t, (6, 6), padding="fill", fill=fill, antialias=True)
+        assert_close(out[:, k], expected)
+
+
 def test_serial_composition_antialiases_the_composed_warp(gen: torch.Generator) -> None:
     t = Affine()
     stages = [SpatialTransformer(conv_localisation((1, 24, 24), t), t, output_size=(8, 8), antialias=True)]

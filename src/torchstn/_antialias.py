@@ -31,7 +31,8 @@ an isotropic box-then-tent filter ``2^L`` source pixels wide per output pixel. T
 footprint's **major** axis (as OpenGL's ``max`` rule), so nothing aliases along any direction, at the price of
 over-blurring strongly anisotropic footprints (a grazing perspective) across their minor axis; the filter is
 also somewhat wider than the exact box (a tent on top of the box), which blurs a little more than the ideal.
-Odd level sizes put up to half a level pixel of padding at the far edge; reflection with ``align_corners=True``
+A level of odd size is rounded up: its last row or column averages what is left and reaches up to one level
+pixel past the image's far edge, so padding starts that much later there; reflection with ``align_corners=True``
 reflects levels 1 and up about their edges rather than about the outer pixel centres (a difference within a
 level pixel of the border).
 
