@@ -83,12 +83,23 @@ def test_no_shrink_is_the_plain_warp_bit_for_bit(
     assert torch.equal(out, torchstn.warp(x, p, t, size, **kw))  # type: ignore[arg-type]
 
 
-def test_no_shrink_level_is_zero_and_a_shrink_has_its_log2() -> None:
+@pytest.mark.parametrize("major_weight", [antialias_module.MAJOR_WEIGHT, 1.0])
+def test_no_shrink_level_is_zero_and_a_shrink_has_its_log2(
+    major_weight: float, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(antialias_module, "MAJOR_WEIGHT", major_weight)
     theta = torch.tensor([[[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]]])
     assert footprint_level(affine_grid(theta, (16, 16)), (16, 16)).eq(0).all()
     assert footprint_level(affine_grid(theta, (32, 32)), (16, 16)).eq(0).all()  # upsampling
     level = footprint_level(affine_grid(theta, (4, 8)), (32, 32))  # 8x down the rows, 4x along them
-    torch.testing.assert_close(level, torch.full_like(level, math.log2(8 / (1 + SHRINK_TOLERANCE))))
+    major, minor = math.log2(8 / (1 + SHRINK_TOLERANCE)), math.log2(4 / (1 + SHRINK_TOLERANCE))
+    expected = major_weight * major + (1 - major_weight) * minor  # 1: the major axis alone (OpenGL's rule)
+    torch.testing.assert_close(level, torch.full_like(level, expected))
+    if major_weight == 1.0:
+        torch.testing.assert_close(level, torch.full_like(level, math.log2(8 / (1 + SHRINK_TOLERANCE))))
+    stretch = torch.tensor([[[0.25, 0.0, 0.0], [0.0, 2.0, 0.0]]])  # upsampled 4x along the rows, 4x down them
+    level = footprint_level(affine_grid(stretch, (8, 8)), (16, 16))  # the minor axis counts from 1, not 1/4
+    torch.testing.assert_close(level, torch.full_like(level, major_weight * math.log2(4 / (1 + SHRINK_TOLERANCE))))
 
 
 def test_projective_footprint_varies_per_pixel() -> None:
@@ -145,6 +156,28 @@ def test_reference_backend_reads_level_zero_with_the_reference_sampler(gen: torc
     for padding in ("zeros", "reflection"):
         ref = torchstn.warp(x, p, t, (10, 10), padding=padding, backend="reference", antialias=True)
         assert_close(ref, torchstn.warp(x, p, t, (10, 10), padding=padding, antialias=True))
+
+
+@pytest.mark.parametrize("padding", PADDINGS)
+@pytest.mark.parametrize("align_corners", [False, True])
+@pytest.mark.parametrize("t", [Attention(), Projective()], ids=repr)
+def test_direct_levels_equal_the_atlas(
+    gen: torch.Generator, t: Transform, padding: str, align_corners: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Eager calls whose levels span few mip levels sample each level directly (``_direct``); the general path
+    (always taken under compile and export) samples the atlas: the same footprint average, to rounding, for
+    odd sizes too (levels rounded up), some pixels shrinking and some not."""
+    x = torch.rand(2, 2, 27, 21, generator=gen, dtype=torch.float64)
+    p = torch.cat((_off_identity(t, gen, x.dtype, scale=1.6), _off_identity(t, gen, x.dtype, scale=0.4)))
+    grid = t.grid(p, (13, 12), src_size=(27, 21), align_corners=align_corners)
+    level = footprint_level(grid, (27, 21), align_corners)
+    assert (level == 0).any() and (level > 0).any()
+    fill = _fill(padding)
+    direct = antialiased_sample(x, grid, padding, align_corners, fill)
+    monkeypatch.setattr(antialias_module, "_DIRECT_SPAN", 0)  # never direct: the atlas
+    torch.testing.assert_close(direct, antialiased_sample(x, grid, padding, align_corners, fill))
+    monkeypatch.setattr(antialias_module, "_DIRECT_SPAN", 99)  # always direct
+    torch.testing.assert_close(direct, antialiased_sample(x, grid, padding, align_corners, fill))
 
 
 # --- errors and non-finite grids ---------------------------------------------------------------------------------
