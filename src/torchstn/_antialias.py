@@ -172,16 +172,15 @@ def _pad(p: Tensor, n: Tensor, padding: str) -> Tensor:
 def _halve(cur: Tensor) -> Tensor:
     """The next level, ``ceil(size / 2)`` along each axis: the 2x2 mean, an odd size's last row or column
     averaging what is left (replicated: the same as ``avg_pool2d(cur, 2, ceil_mode=True)``, several times faster on
-    the CPU, as two sums of contiguous halves)."""
+    the CPU, as two sums of unbound views, whose backward writes each gradient once)."""
     h, w = cur.shape[-2:]
     if h % 2 or w % 2:
         cur = F.pad(cur, (0, w % 2, 0, h % 2), mode="replicate")
         h, w = h + h % 2, w + w % 2
     lead = cur.shape[:-2]
-    rows = cur.reshape(*lead, h // 2, 2 * w)  # row pairs side by side
-    cur = rows[..., :w] + rows[..., w:]  # (..., h / 2, w): sums of 2
-    cols = cur.reshape(*lead, h // 2, w // 2, 2)
-    return (cols[..., 0] + cols[..., 1]) * 0.25
+    top, bottom = cur.reshape(*lead, h // 2, 2, w).unbind(-2)  # views of the even and odd rows
+    left, right = (top + bottom).reshape(*lead, h // 2, w // 2, 2).unbind(-1)  # sums of 2: even, odd columns
+    return (left + right) * 0.25
 
 
 def _pyramid(input: Tensor, count: int) -> list[Tensor]:
