@@ -236,6 +236,21 @@ def test_gradcheck_align_corners(gen: torch.Generator) -> None:
     assert torch.autograd.gradcheck(fn, (x, p), eps=1e-6, atol=1e-5)
 
 
+@pytest.mark.parametrize("padding", ["zeros", "reflection"])
+def test_gradcheck_the_atlas_path(gen: torch.Generator, padding: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The general path (the level atlas: compile, export, and eager calls spanning many levels) has its own
+    gradcheck, some pixels shrinking and some not."""
+    monkeypatch.setattr(antialias_module, "_DIRECT_SPAN", 0)
+    t = Projective()
+    x = torch.rand(1, 1, 13, 11, generator=gen, dtype=torch.float64, requires_grad=True)
+    p = _off_identity(t, gen, torch.float64, scale=1.2).requires_grad_()
+
+    def fn(x: Tensor, p: Tensor) -> Tensor:
+        return torchstn.warp(x, p, t, (5, 4), padding=padding, antialias=True)
+
+    assert torch.autograd.gradcheck(fn, (x, p), eps=1e-6, atol=1e-5)
+
+
 def test_the_level_carries_gradient_to_the_params(gen: torch.Generator, monkeypatch: pytest.MonkeyPatch) -> None:
     """The footprint's dependence on the parameters is part of the gradient (gradcheck above checks it is the
     right one): detaching the level changes the parameters' gradient."""
