@@ -40,6 +40,8 @@ class SpatialTransformer(nn.Module):
             sampling aliases when it down-samples much, as the paper warns) or larger.
         mode, padding, fill, align_corners, backend, nonfinite: As in :func:`torchstn.sample`.
         combine: How the outputs of several heads are joined: ``"stack"`` or ``"concat"``.
+        antialias: Average each output pixel's source footprint where the warp shrinks (as
+            :func:`torchstn.warp`); 2D bilinear only, on the grid path; validated here, when the module is built.
 
     Attributes:
         last_params: The parameters of the latest forward pass (detached), for inspection and pictures.
@@ -70,6 +72,7 @@ class SpatialTransformer(nn.Module):
         backend: Backend = "auto",
         nonfinite: NonFinite = "raise",
         combine: Combine = "stack",
+        antialias: bool = False,
     ) -> None:
         super().__init__()
         if not isinstance(transform, Transform):
@@ -78,7 +81,8 @@ class SpatialTransformer(nn.Module):
         self.localisation = localisation
         self.transform = transform
         self.output_size = None if output_size is None else check_size(output_size, "output_size", transform.ndim)
-        self.options = SamplingOptions(mode, padding, fill, align_corners, backend, nonfinite)  # checked here, once
+        self.options = SamplingOptions(mode, padding, fill, align_corners, backend, nonfinite, antialias)  # checked
+        self.options.check_antialias(transform.ndim)
         self.combine: Combine = check_choice(combine, "combine", ("stack", "concat"))  # type: ignore[assignment]
         self.last_params: Tensor | None = None
         self.params: Tensor | None = None
@@ -131,6 +135,16 @@ class SpatialTransformer(nn.Module):
     @nonfinite.setter
     def nonfinite(self, value: NonFinite) -> None:
         self.options = dataclasses.replace(self.options, nonfinite=value)
+
+    @property
+    def antialias(self) -> bool:
+        return self.options.antialias
+
+    @antialias.setter
+    def antialias(self, value: bool) -> None:
+        options = dataclasses.replace(self.options, antialias=value)
+        options.check_antialias(self.transform.ndim)
+        self.options = options
 
     def sample_with(self, x: Tensor, params: Tensor) -> Tensor:
         """Warp ``x`` with given parameters using this module's settings.
@@ -206,6 +220,7 @@ class SpatialTransformer(nn.Module):
         return (
             f"transform={self.transform!r}, output_size={self.output_size}, mode={self.mode!r}, "
             f"padding={self.padding!r}, align_corners={self.align_corners}"
+            + (", antialias=True" if self.antialias else "")
         )
 
 

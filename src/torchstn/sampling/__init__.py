@@ -38,6 +38,9 @@ have the exported graph give NaN outputs for non-finite grids instead.
 Mixed precision: under ``torch.autocast`` the parameters, matrix and grid are computed in float32 and the input is
 sampled in the dtype autocast gives ``F.grid_sample`` for it and that grid (float32 on CPU and CUDA; ``_autocast.py``).
 
+Anti-aliasing: ``antialias=True`` averages each output pixel's source footprint where the warp shrinks
+(:mod:`torchstn._antialias`, on the grid path).
+
 Layout: ``_options.py`` (:class:`SamplingOptions`, validated once), ``_dispatch.py`` (the one path from a call to
 its output), ``_backend.py`` (what a backend is), ``_backends.py`` (the registry), ``_torch.py``,
 ``_reference.py``, ``_fused.py`` (the backends) and ``_fill.py`` (``padding="fill"``).
@@ -72,6 +75,7 @@ def sample(
     *,
     backend: Backend = "auto",
     nonfinite: NonFinite = "raise",
+    antialias: bool = False,
 ) -> Tensor:
     """Sample ``input`` at the normalised source coordinates in ``grid``.
 
@@ -88,6 +92,8 @@ def sample(
             ``"fused"`` raises :class:`~torchstn.errors.OptionError`: the kernel samples from a matrix, which a
             ready-made grid does not have (use :func:`warp`).
         nonfinite: ``"raise"``, ``"propagate"`` or ``"ignore"`` (see the module docstring).
+        antialias: Average each output pixel's source footprint where the grid shrinks (see :func:`warp`);
+            images and bilinear only.
 
     Returns:
         ``(B, C, H', W')`` or ``(B, C, D', H', W')``.
@@ -104,7 +110,7 @@ def sample(
         >>> sample(x, torch.tensor([[[[-2.0, 0.0]]]]), padding="fill", fill=9.0)
         tensor([[[[9.]]]])
     """
-    options = SamplingOptions(mode, padding, fill, align_corners, backend, nonfinite)
+    options = SamplingOptions(mode, padding, fill, align_corners, backend, nonfinite, antialias)
     return sample_grid(input, grid, options)
 
 
@@ -120,6 +126,7 @@ def warp(
     *,
     backend: Backend = "auto",
     nonfinite: NonFinite = "raise",
+    antialias: bool = False,
 ) -> Tensor:
     """Warp ``input`` with a transform: build the grid from ``params`` (or not, on the fused kernel) and sample.
 
@@ -134,6 +141,10 @@ def warp(
         mode, padding, fill, align_corners, nonfinite: As in :func:`sample`.
         backend: As in :func:`sample`, and ``"fused"``: the compiled kernel, which raises
             :class:`~torchstn.errors.OptionError` saying why where it cannot run.
+        antialias: Average each output pixel's source footprint where the warp shrinks (a mip-map with a
+            per-pixel level, :mod:`torchstn._antialias`); exactly the plain warp where it does not. 2D bilinear
+            only; it takes the grid path (never the fused kernel), and ``backend="reference"`` there reads level 0
+            with the reference sampler.
 
     Returns:
         ``(B, C, H', W')`` (or ``(B, C, D', H', W')``).
@@ -154,6 +165,6 @@ def warp(
         >>> torch.allclose(warp(x, theta), x, atol=1e-6)
         True
     """
-    options = SamplingOptions(mode, padding, fill, align_corners, backend, nonfinite)
+    options = SamplingOptions(mode, padding, fill, align_corners, backend, nonfinite, antialias)
     params, family = params_of_matrix(params, transform)
     return warp_params(input, params, family, output_size, options)

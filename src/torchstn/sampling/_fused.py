@@ -44,6 +44,8 @@ class FusedCPUBackend(SamplerBackend):
             )
         if options.mode != "bilinear":
             return f"it samples bilinearly only, got mode={options.mode!r}"
+        if options.antialias:
+            return "antialias=True takes the grid path (the footprints come from the grid)"
         if input.dtype not in (torch.float32, torch.float64):
             return f"it takes float32 or float64, got {input.dtype}"
         if call.matrix.dtype != input.dtype:
