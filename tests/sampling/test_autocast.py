@@ -249,3 +249,13 @@ def test_compiled_warp_under_autocast_matches_eager(gen: torch.Generator) -> Non
         out = compiled(x, p)
         expected = torchstn.warp(x, p, Affine(), backend="torch")  # a compiled graph takes the grid path
     assert out.dtype == torch.float32 and torch.equal(out, expected)
+
+
+def test_antialiased_warp_under_autocast(gen: torch.Generator) -> None:
+    x = random_input(gen, (2, 1, 32, 32), torch.float32)
+    theta = torch.eye(2, 3).expand(2, 2, 3).to(BF16)  # a (B, 2, 3) theta: a 4x shrink to 8x8
+    with torch.autocast("cpu", dtype=BF16):
+        out = torchstn.warp(x, theta, output_size=(8, 8), padding="fill", fill=0.5, antialias=True)
+    assert out.dtype == torch.float32
+    expected = torchstn.warp(x, theta.float(), output_size=(8, 8), padding="fill", fill=0.5, antialias=True)
+    assert torch.equal(out, expected)
