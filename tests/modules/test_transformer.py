@@ -335,3 +335,50 @@ def test_composed_homography_uses_the_chains_eps(backend: str, gen: torch.Genera
     torch.testing.assert_close(out, expected, rtol=0, atol=1e-12)
     wrong = F.grid_sample(x, projective_grid(total, (8, 8), False, 1e-6), align_corners=False)
     assert (out - wrong).abs().max() > 1e-3  # the eps matters for this chain
+
+
+# --- on every device -------------------------------------------------------------------------------------------
+
+
+def test_modules_on_device(device: torch.device) -> None:
+    """A transformer, a multi-head one and a composed chain moved to the device: forward and backward there."""
+    torch.manual_seed(0)
+    x = torch.rand(2, 1, 28, 28, device=device)
+    single = SpatialTransformer(conv_localisation((1, 28, 28), Affine()), Affine()).to(device)
+    heads = SpatialTransformer(conv_localisation((1, 28, 28), Affine(), num_heads=2), Affine(), combine="concat")
+    chain = SerialSpatialTransformer(
+        [SpatialTransformer(conv_localisation((1, 28, 28), t), t) for t in (Affine(), Projective())]
+    )
+    for module, shape in ((single, (2, 1, 28, 28)), (heads.to(device), (2, 2, 28, 28)), (chain.to(device), None)):
+        out = module(x)
+        assert out.device == x.device and out.shape == (shape or x.shape)
+        assert torch.allclose(out[:, :1], x, atol=1e-5)  # identity at initialisation, on the device too
+        out.square().sum().backward()
+        assert all(p.grad is not None and p.grad.device == x.device for p in module.parameters())
+
+
+# --- the transform given twice must agree ------------------------------------------------------------------------
+
+
+def test_transform_mismatch_is_caught_at_construction_naming_both() -> None:
+    from torchstn.errors import OptionError
+
+    with pytest.raises(OptionError, match=r"transform: SpatialTransformer was given Projective\(eps=1e-06\) \(8 "
+                       r"parameters\) but its localisation network regresses Affine\(\) \(6 parameters, "
+                       r"localisation\.head\.transform\)"):  # fmt: skip
+        SpatialTransformer(conv_localisation((1, 28, 28), Affine()), Projective())
+    # The same count of parameters with another meaning: a thin-plate spline's other control points.
+    with pytest.raises(OptionError, match=r"ThinPlateSpline.*localisation\.head\.transform"):
+        SpatialTransformer(mlp_localisation((1, 8, 8), ThinPlateSpline((2, 3))), ThinPlateSpline((3, 2)))
+    # Found inside any wrapper: the one LocalisationHead of the network.
+    wrapped = nn.Sequential(nn.Identity(), conv_localisation((1, 28, 28), Attention()))
+    with pytest.raises(OptionError, match=r"localisation\.1\.head\.transform"):
+        SpatialTransformer(wrapped, Similarity())
+
+
+def test_agreeing_transforms_are_accepted() -> None:
+    # Another instance of the family, another eps (the clamp is the sampler's business, not the regression's).
+    st = SpatialTransformer(conv_localisation((1, 28, 28), Projective(eps=1e-3)), Projective())
+    assert st(torch.rand(2, 1, 28, 28)).shape == (2, 1, 28, 28)
+    SpatialTransformer(mlp_localisation((1, 8, 8), ThinPlateSpline((3, 3))), ThinPlateSpline((3, 3)))
+    SpatialTransformer(nn.Sequential(nn.Flatten(), nn.Linear(64, 6)), Affine())  # no head: nothing to compare

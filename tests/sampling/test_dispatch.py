@@ -123,3 +123,44 @@ def test_multi_head_transformer_refuses_nonfinite_params() -> None:
     params[1, 1, 2] = float("inf")
     with pytest.raises(NonFiniteError, match="params"):
         st.sample_with(torch.rand(2, 1, 5, 5), params)
+
+
+# --- every device: the caches are per device and dtype, the fused CPU kernel is not taken elsewhere --------------
+
+
+@pytest.mark.parametrize("backend", ["auto", "torch", "reference"])
+def test_warp_on_device_matches_affine_grid_and_grid_sample(
+    device: torch.device, dtype: torch.dtype, backend: str
+) -> None:
+    gen = torch.Generator().manual_seed(0)
+    x = random_input(gen, (3, 2, 9, 11), dtype).to(device)
+    theta = (torch.eye(2, 3, dtype=dtype) + 0.2 * torch.randn(3, 2, 3, generator=gen, dtype=dtype)).to(device)
+    for size in ((9, 11), (7, 5)):  # two sizes: two cached bases on this device
+        out = torchstn.warp(x, theta.reshape(3, 6), torchstn.Affine(), size, padding="border", backend=backend)  # type: ignore[arg-type]
+        grid = F.affine_grid(theta, [3, 2, *size], align_corners=False)
+        expected = F.grid_sample(x, grid, padding_mode="border", align_corners=False)
+        assert out.device == x.device and out.dtype == dtype
+        assert_close(out, expected)
+
+
+def test_thin_plate_spline_on_device_matches_cpu(device: torch.device) -> None:
+    t = torchstn.ThinPlateSpline((3, 3))
+    gen = torch.Generator().manual_seed(0)
+    x = random_input(gen, (2, 1, 10, 12), torch.float32)
+    p = t.identity_params(2) + 0.05 * torch.randn(2, t.num_params, generator=gen)
+    on_cpu = torchstn.warp(x, p, t, (8, 8))
+    on_device = torchstn.warp(x.to(device), p.to(device), t, (8, 8))  # the per-size matrices built on the device
+    assert on_device.device.type == device.type
+    assert_close(on_device.cpu(), on_cpu)
+    assert all(key[2].type in ("cpu", device.type) for key in t._weights)
+
+
+def test_fused_kernel_is_not_taken_off_the_cpu() -> None:
+    from torchstn.sampling import SamplingOptions
+    from torchstn.sampling._backend import SamplerCall
+    from torchstn.sampling._fused import FusedCPUBackend
+
+    x = torch.empty(2, 1, 8, 8, device="meta")  # any non-CPU device: no kernel, no data needed
+    matrix = torch.empty(2, 2, 3, device="meta")
+    call = SamplerCall(x, SamplingOptions(), "bilinear", (8, 8), transform=torchstn.Affine(), matrix=matrix)
+    assert FusedCPUBackend().can_run(call) == "it runs on the CPU only, got meta"

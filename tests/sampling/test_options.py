@@ -60,3 +60,38 @@ def test_kernel_names_the_mode_per_dimension() -> None:
         SamplingOptions(mode="bicubic").kernel(3)
     with pytest.raises(OptionError, match=r"^mode: 'trilinear' needs a 5D input"):
         SamplingOptions(mode="trilinear").kernel(2)
+
+
+# --- antialias is an option like the others: validated once, when the options (or a module) are built --------
+
+
+def test_antialias_is_validated_with_the_options() -> None:
+    assert SamplingOptions(antialias=True).antialias is True
+    with pytest.raises(OptionError, match=r"antialias: needs mode='bilinear', got mode='bicubic'"):
+        SamplingOptions(mode="bicubic", antialias=True)
+    with pytest.raises(OptionError, match=r"backend: 'fused' cannot run antialias=True"):
+        SamplingOptions(backend="fused", antialias=True)
+    with pytest.raises(DTypeError, match="antialias: expected a bool"):
+        SamplingOptions(antialias=1)  # type: ignore[arg-type]
+    with pytest.raises(OptionError, match="antialias: needs a 2D transform, got a 3D one"):
+        SamplingOptions(antialias=True).check_antialias(3)
+
+
+def test_antialias_module_option_and_the_fused_kernel_steps_aside() -> None:
+    from torchstn.modules import conv_localisation
+    from torchstn.sampling._backend import SamplerCall
+    from torchstn.sampling._fused import FusedCPUBackend
+    from torchstn.transforms import Affine, Affine3D
+
+    t = Affine()
+    st = SpatialTransformer(conv_localisation((1, 28, 28), t), t, antialias=True)
+    assert st.antialias and st.options.antialias and "antialias=True" in repr(st)
+    st.antialias = False
+    assert not st.options.antialias
+    with pytest.raises(OptionError, match="antialias: needs a 2D transform"):
+        SpatialTransformer(torch.nn.Identity(), Affine3D(), antialias=True)
+    x = torch.rand(1, 1, 8, 8)
+    call = SamplerCall(x, SamplingOptions(antialias=True), "bilinear", (4, 4), transform=t)
+    call.matrix, call.grid_finite = t.identity_params(1).view(1, 2, 3), True
+    reason = FusedCPUBackend().can_run(call)
+    assert reason is not None and "antialias" in reason

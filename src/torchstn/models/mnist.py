@@ -342,7 +342,7 @@ class VolumeProjector(nn.Module):
         self.transformer = transformer
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.transformer(x).mean(dim=2)  # type: ignore[no-any-return]
+        return self.transformer(x).mean(dim=2)
 
 
 @register_model

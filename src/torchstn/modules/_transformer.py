@@ -4,15 +4,18 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Sequence
-from typing import Literal
+from typing import TYPE_CHECKING, Literal, overload
 
 import torch
 from torch import Tensor, nn
 
 from torchstn._checks import check_choice, check_size
 from torchstn.errors import OptionError, ShapeError
+from torchstn.modules._localisation import LocalisationHead
 from torchstn.sampling import Backend, FillValue, Mode, NonFinite, Padding, SamplingOptions, warp_params
-from torchstn.transforms import Affine, Affine3D, MatrixTransform, Projective, Transform
+from torchstn.sampling._autocast import autocast_dtypes, to_work_dtype
+from torchstn.sampling._matrices import Homography
+from torchstn.transforms import Affine, Affine3D, MatrixTransform, Transform
 
 __all__ = ["ParallelSpatialTransformer", "SerialSpatialTransformer", "SpatialTransformer"]
 
@@ -37,6 +40,8 @@ class SpatialTransformer(nn.Module):
             sampling aliases when it down-samples much, as the paper warns) or larger.
         mode, padding, fill, align_corners, backend, nonfinite: As in :func:`torchstn.sample`.
         combine: How the outputs of several heads are joined: ``"stack"`` or ``"concat"``.
+        antialias: Average each output pixel's source footprint where the warp shrinks (as
+            :func:`torchstn.warp`); 2D bilinear only, on the grid path; validated here, when the module is built.
 
     Attributes:
         last_params: The parameters of the latest forward pass (detached), for inspection and pictures.
@@ -67,14 +72,17 @@ class SpatialTransformer(nn.Module):
         backend: Backend = "auto",
         nonfinite: NonFinite = "raise",
         combine: Combine = "stack",
+        antialias: bool = False,
     ) -> None:
         super().__init__()
         if not isinstance(transform, Transform):
             raise OptionError(f"transform: expected a torchstn.transforms.Transform, got {type(transform).__name__}")
+        _check_same_family(localisation, transform)
         self.localisation = localisation
         self.transform = transform
         self.output_size = None if output_size is None else check_size(output_size, "output_size", transform.ndim)
-        self.options = SamplingOptions(mode, padding, fill, align_corners, backend, nonfinite)  # checked here, once
+        self.options = SamplingOptions(mode, padding, fill, align_corners, backend, nonfinite, antialias)  # checked
+        self.options.check_antialias(transform.ndim)
         self.combine: Combine = check_choice(combine, "combine", ("stack", "concat"))  # type: ignore[assignment]
         self.last_params: Tensor | None = None
         self.params: Tensor | None = None
@@ -128,6 +136,16 @@ class SpatialTransformer(nn.Module):
     def nonfinite(self, value: NonFinite) -> None:
         self.options = dataclasses.replace(self.options, nonfinite=value)
 
+    @property
+    def antialias(self) -> bool:
+        return self.options.antialias
+
+    @antialias.setter
+    def antialias(self, value: bool) -> None:
+        options = dataclasses.replace(self.options, antialias=value)
+        options.check_antialias(self.transform.ndim)
+        self.options = options
+
     def sample_with(self, x: Tensor, params: Tensor) -> Tensor:
         """Warp ``x`` with given parameters using this module's settings.
 
@@ -145,6 +163,41 @@ class SpatialTransformer(nn.Module):
         out = warp_params(x, params, self.transform, self.output_size, self.options, heads=True)  # (B, N, C, ...)
         return out.reshape(out.shape[0], -1, *out.shape[3:]) if self.combine == "concat" else out
 
+    # Typed calls: ``st(x)`` is a Tensor and ``st(x, return_params=True)`` a pair (nn.Module types __call__ as Any).
+    if TYPE_CHECKING:
+
+        @overload
+        def __call__(
+            self, x: Tensor, loc_input: Tensor | None = None, return_params: Literal[False] = False
+        ) -> Tensor: ...
+        @overload
+        def __call__(
+            self, x: Tensor, loc_input: Tensor | None, return_params: Literal[True]
+        ) -> tuple[Tensor, Tensor]: ...
+        @overload
+        def __call__(
+            self, x: Tensor, loc_input: Tensor | None = None, *, return_params: Literal[True]
+        ) -> tuple[Tensor, Tensor]: ...
+        @overload
+        def __call__(
+            self, x: Tensor, loc_input: Tensor | None = None, return_params: bool = False
+        ) -> Tensor | tuple[Tensor, Tensor]: ...
+        def __call__(
+            self, x: Tensor, loc_input: Tensor | None = None, return_params: bool = False
+        ) -> Tensor | tuple[Tensor, Tensor]: ...
+
+    @overload
+    def forward(self, x: Tensor, loc_input: Tensor | None = None, return_params: Literal[False] = False) -> Tensor: ...
+    @overload
+    def forward(self, x: Tensor, loc_input: Tensor | None, return_params: Literal[True]) -> tuple[Tensor, Tensor]: ...
+    @overload
+    def forward(
+        self, x: Tensor, loc_input: Tensor | None = None, *, return_params: Literal[True]
+    ) -> tuple[Tensor, Tensor]: ...
+    @overload
+    def forward(
+        self, x: Tensor, loc_input: Tensor | None = None, return_params: bool = False
+    ) -> Tensor | tuple[Tensor, Tensor]: ...
     def forward(
         self, x: Tensor, loc_input: Tensor | None = None, return_params: bool = False
     ) -> Tensor | tuple[Tensor, Tensor]:
@@ -167,6 +220,7 @@ class SpatialTransformer(nn.Module):
         return (
             f"transform={self.transform!r}, output_size={self.output_size}, mode={self.mode!r}, "
             f"padding={self.padding!r}, align_corners={self.align_corners}"
+            + (", antialias=True" if self.antialias else "")
         )
 
 
@@ -188,6 +242,28 @@ class ParallelSpatialTransformer(nn.Module):
             raise OptionError("transformers: expected at least one SpatialTransformer")
         self.transformers = nn.ModuleList(transformers)
         self.combine: Combine = check_choice(combine, "combine", ("stack", "concat"))  # type: ignore[assignment]
+
+    if TYPE_CHECKING:
+
+        @overload
+        def __call__(
+            self, x: Tensor, loc_input: Tensor | None = None, return_params: Literal[False] = False
+        ) -> Tensor: ...
+        @overload
+        def __call__(
+            self, x: Tensor, loc_input: Tensor | None, return_params: Literal[True]
+        ) -> tuple[Tensor, list[Tensor]]: ...
+        @overload
+        def __call__(
+            self, x: Tensor, loc_input: Tensor | None = None, *, return_params: Literal[True]
+        ) -> tuple[Tensor, list[Tensor]]: ...
+        @overload
+        def __call__(
+            self, x: Tensor, loc_input: Tensor | None = None, return_params: bool = False
+        ) -> Tensor | tuple[Tensor, list[Tensor]]: ...
+        def __call__(
+            self, x: Tensor, loc_input: Tensor | None = None, return_params: bool = False
+        ) -> Tensor | tuple[Tensor, list[Tensor]]: ...
 
     def forward(
         self, x: Tensor, loc_input: Tensor | None = None, return_params: bool = False
@@ -235,6 +311,20 @@ class SerialSpatialTransformer(nn.Module):
         # What stage k samples with: the product of the matrices of stages 1..k, as the parameters of a family.
         self._composed: list[MatrixTransform] = _composed_families(transformers) if compose else []
 
+    if TYPE_CHECKING:
+
+        @overload
+        def __call__(self, x: Tensor, return_params: Literal[False] = False) -> Tensor: ...
+        @overload
+        def __call__(self, x: Tensor, return_params: Literal[True]) -> tuple[Tensor, list[Tensor], Tensor | None]: ...
+        @overload
+        def __call__(
+            self, x: Tensor, return_params: bool = False
+        ) -> Tensor | tuple[Tensor, list[Tensor], Tensor | None]: ...
+        def __call__(
+            self, x: Tensor, return_params: bool = False
+        ) -> Tensor | tuple[Tensor, list[Tensor], Tensor | None]: ...
+
     def forward(self, x: Tensor, return_params: bool = False) -> Tensor | tuple[Tensor, list[Tensor], Tensor | None]:
         """Run the chain; with ``return_params`` also return each stage's params and the composed matrix."""
         stages: list[SpatialTransformer] = list(self.stages)  # type: ignore[arg-type]
@@ -253,28 +343,49 @@ class SerialSpatialTransformer(nn.Module):
             p = st.localisation(cur)
             st.params, st.last_params = p, p.detach()
             params.append(p)
-            m = transform.matrix(p, src_size=src_size)
-            total = m if total is None else total @ m  # src_from_dst of the chain so far
+            amp = autocast_dtypes(x)
+            if amp is None:
+                m = transform.matrix(p, src_size=src_size)
+                total = m if total is None else total @ m  # src_from_dst of the chain so far
+            else:  # under autocast the product is formed in float32, as the grid is (see torchstn.sampling)
+                with torch.autocast(amp.device_type, enabled=False):
+                    m = transform.matrix(to_work_dtype(p, amp), src_size=src_size)
+                    total = m if total is None else total @ m
             rows = total if family.projective else total[:, : family.ndim]
             cur = warp_params(x, rows.reshape(rows.shape[0], -1), family, st.output_size, st.options)
         return (cur, params, total) if return_params else cur
 
 
-class _ComposedHomography(Projective):
-    """A homography given by all nine entries of its matrix (a composed chain's product, whose last entry need not
-    be 1), with the chain's ``eps``."""
-
-    num_params = 9
-    roles = (*Projective.roles, "linear")
+class _ComposedHomography(Homography):
+    """A composed chain's product (whose last entry need not be 1), with the chain's ``eps``."""
 
     def __repr__(self) -> str:
         return f"ComposedHomography(eps={self.eps:g})"
 
-    def _identity(self, device: torch.device | str | None, dtype: torch.dtype) -> Tensor:
-        return torch.eye(3, device=device, dtype=dtype).reshape(1, 9)
 
-    def _matrix(self, params: Tensor, src_size: tuple[int, ...] | None) -> Tensor:
-        return params.reshape(-1, 3, 3)
+def _check_same_family(localisation: nn.Module, transform: Transform) -> None:
+    """The transform given to a :class:`SpatialTransformer` must be the family its localisation network regresses
+    (when that network holds one :class:`~torchstn.modules.LocalisationHead`): the same class, the same number of
+    parameters and the same identity (a thin-plate spline's control points), else the first forward would fail on
+    the parameters' shape, or silently read them as another family's."""
+    heads = [(name, m) for name, m in localisation.named_modules() if isinstance(m, LocalisationHead)]
+    if len(heads) != 1:
+        return
+    name, head = heads[0]
+    regressed = head.transform
+    same = type(regressed) is type(transform) and regressed.num_params == transform.num_params
+    if same:
+        cpu = torch.device("cpu")  # on the CPU whatever the default device (a model may be built on "meta")
+        same = torch.equal(
+            regressed.identity_params(1, cpu, torch.float64), transform.identity_params(1, cpu, torch.float64)
+        )
+    if not same:
+        where = "localisation" + (f".{name}" if name else "")
+        raise OptionError(
+            f"transform: SpatialTransformer was given {transform!r} ({transform.num_params} parameters) but its "
+            f"localisation network regresses {regressed!r} ({regressed.num_params} parameters, {where}.transform); "
+            "pass the same transform to both"
+        )
 
 
 def _composed_families(stages: Sequence[SpatialTransformer]) -> list[MatrixTransform]:

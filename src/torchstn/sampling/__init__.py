@@ -35,6 +35,12 @@ Export: a graph captured by ``torch.export``, ``torch.onnx.export`` or ``torch.j
 values it has not seen, so there ``"raise"`` skips its check (as ``"ignore"``); pass ``nonfinite="propagate"`` to
 have the exported graph give NaN outputs for non-finite grids instead.
 
+Mixed precision: under ``torch.autocast`` the parameters, matrix and grid are computed in float32 and the input is
+sampled in the dtype autocast gives ``F.grid_sample`` for it and that grid (float32 on CPU and CUDA; ``_autocast.py``).
+
+Anti-aliasing: ``antialias=True`` averages each output pixel's source footprint where the warp shrinks
+(:mod:`torchstn._antialias`, on the grid path).
+
 Layout: ``_options.py`` (:class:`SamplingOptions`, validated once), ``_dispatch.py`` (the one path from a call to
 its output), ``_backend.py`` (what a backend is), ``_backends.py`` (the registry), ``_torch.py``,
 ``_reference.py``, ``_fused.py`` (the backends) and ``_fill.py`` (``padding="fill"``).
@@ -48,6 +54,7 @@ from torch import Tensor
 
 from torchstn.sampling._dispatch import sample_grid
 from torchstn.sampling._dispatch import warp_params as warp_params  # explicit re-export (see below)
+from torchstn.sampling._matrices import params_of_matrix
 from torchstn.sampling._options import Backend, Mode, NonFinite, Padding, SamplingOptions
 from torchstn.sampling._options import FillValue as FillValue
 from torchstn.transforms import Transform
@@ -68,6 +75,7 @@ def sample(
     *,
     backend: Backend = "auto",
     nonfinite: NonFinite = "raise",
+    antialias: bool = False,
 ) -> Tensor:
     """Sample ``input`` at the normalised source coordinates in ``grid``.
 
@@ -84,6 +92,8 @@ def sample(
             ``"fused"`` raises :class:`~torchstn.errors.OptionError`: the kernel samples from a matrix, which a
             ready-made grid does not have (use :func:`warp`).
         nonfinite: ``"raise"``, ``"propagate"`` or ``"ignore"`` (see the module docstring).
+        antialias: Average each output pixel's source footprint where the grid shrinks (see :func:`warp`);
+            images and bilinear only.
 
     Returns:
         ``(B, C, H', W')`` or ``(B, C, D', H', W')``.
@@ -100,14 +110,14 @@ def sample(
         >>> sample(x, torch.tensor([[[[-2.0, 0.0]]]]), padding="fill", fill=9.0)
         tensor([[[[9.]]]])
     """
-    options = SamplingOptions(mode, padding, fill, align_corners, backend, nonfinite)
+    options = SamplingOptions(mode, padding, fill, align_corners, backend, nonfinite, antialias)
     return sample_grid(input, grid, options)
 
 
 def warp(
     input: Tensor,
     params: Tensor,
-    transform: Transform,
+    transform: Transform | None = None,
     output_size: Sequence[int] | None = None,
     mode: Mode = "bilinear",
     padding: Padding = "zeros",
@@ -116,20 +126,34 @@ def warp(
     *,
     backend: Backend = "auto",
     nonfinite: NonFinite = "raise",
+    antialias: bool = False,
 ) -> Tensor:
     """Warp ``input`` with a transform: build the grid from ``params`` (or not, on the fused kernel) and sample.
 
     Args:
         input: ``(B, C, H, W)`` (or ``(B, C, D, H, W)`` with a 3D transform).
-        params: ``(B, transform.num_params)``, same dtype and device as ``input``.
-        transform: A :class:`~torchstn.transforms.Transform`.
+        params: ``(B, transform.num_params)``, same dtype and device as ``input``; or a matrix mapping normalised
+            target to source coordinates: a ``(B, 2, 3)`` theta (as ``F.affine_grid`` takes), a ``(B, 3, 3)``
+            homography (all nine entries; the last need not be 1) or a ``(B, 3, 4)`` theta for volumes.
+        transform: A :class:`~torchstn.transforms.Transform`; with a matrix, ``Affine()``, ``Projective()`` (its
+            ``eps`` is kept) or ``Affine3D()``, or None (the default) to read the family from the matrix's shape.
         output_size: ``(H', W')`` (or ``(D', H', W')``); defaults to the input's spatial size.
         mode, padding, fill, align_corners, nonfinite: As in :func:`sample`.
         backend: As in :func:`sample`, and ``"fused"``: the compiled kernel, which raises
             :class:`~torchstn.errors.OptionError` saying why where it cannot run.
+        antialias: Average each output pixel's source footprint where the warp shrinks (a mip-map with a
+            per-pixel level, :mod:`torchstn._antialias`); exactly the plain warp where it does not. 2D bilinear
+            only; it takes the grid path (never the fused kernel), and ``backend="reference"`` there reads level 0
+            with the reference sampler.
 
     Returns:
         ``(B, C, H', W')`` (or ``(B, C, D', H', W')``).
+
+    Raises:
+        OptionError: ``transform=None`` with ``(B, P)`` parameters (they do not say their family), or an option
+            not among its choices.
+        ShapeError: A matrix of another shape, or one the given family does not take (a ``(B, 2, 3)`` theta
+            with ``Similarity()``).
 
     Example:
         >>> from torchstn.transforms import Affine
@@ -137,6 +161,10 @@ def warp(
         >>> t = Affine()
         >>> torch.allclose(warp(x, t.identity_params(2), t), x, atol=1e-6)
         True
+        >>> theta = torch.eye(2, 3).expand(2, 2, 3)  # what F.affine_grid takes: the family is read from it
+        >>> torch.allclose(warp(x, theta), x, atol=1e-6)
+        True
     """
-    options = SamplingOptions(mode, padding, fill, align_corners, backend, nonfinite)
-    return warp_params(input, params, transform, output_size, options)
+    options = SamplingOptions(mode, padding, fill, align_corners, backend, nonfinite, antialias)
+    params, family = params_of_matrix(params, transform)
+    return warp_params(input, params, family, output_size, options)

@@ -9,6 +9,13 @@
 4. For a backend that reads a grid: build the grid and check it where the matrix did not vouch for it.
 5. Run it, with ``padding="fill"`` on zero padding (:mod:`~torchstn.sampling._fill`), and mark non-finite
    points NaN for ``nonfinite="propagate"``.
+
+With ``antialias=True`` step 5 runs :func:`torchstn._antialias.antialiased_sample` on the grid (the backend,
+never the fused kernel, reads its level 0), each head on its own grid (the footprints are the grid's finite
+differences), with the same padding, fill and non-finite handling.
+
+Under ``torch.autocast`` the call first takes the dtypes of :mod:`~torchstn.sampling._autocast` (parameters,
+matrix and grid in float32, the input in the dtype autocast gives ``F.grid_sample``) and runs with autocast off.
 """
 
 from __future__ import annotations
@@ -19,9 +26,11 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
+from torchstn._antialias import antialiased_sample
 from torchstn._checks import capturing_graph, check_size, check_tensor
 from torchstn.errors import DTypeError, NonFiniteError, ShapeError
-from torchstn.sampling._backend import SamplerCall
+from torchstn.sampling._autocast import AutocastDtypes, autocast_dtypes, to_work_dtype
+from torchstn.sampling._backend import GridBackend, SamplerCall
 from torchstn.sampling._backends import choose
 from torchstn.sampling._fill import fill_tensor, filled
 from torchstn.sampling._options import SamplingOptions
@@ -32,6 +41,14 @@ __all__ = ["sample_grid", "warp_params"]
 
 def sample_grid(input: Tensor, grid: Tensor, options: SamplingOptions) -> Tensor:
     """:func:`~torchstn.sampling.sample` with validated options: ``(B, C, *S)`` at ``(B, *S', nd)``."""
+    amp = autocast_dtypes(input, grid.dtype) if isinstance(input, Tensor) and isinstance(grid, Tensor) else None
+    if amp is not None:  # both in the dtype F.grid_sample under this autocast takes them to
+        with torch.autocast(amp.device_type, enabled=False):
+            return _sample_grid(input.to(amp.sample), grid.to(amp.sample), options)
+    return _sample_grid(input, grid, options)
+
+
+def _sample_grid(input: Tensor, grid: Tensor, options: SamplingOptions) -> Tensor:
     check_tensor(input, "input", "*,C,H,W")
     if input.ndim not in (4, 5):
         raise ShapeError(f"input: expected (B, C, H, W) or (B, C, D, H, W), got {tuple(input.shape)}")
@@ -41,6 +58,7 @@ def sample_grid(input: Tensor, grid: Tensor, options: SamplingOptions) -> Tensor
         raise DTypeError(f"grid: expected the dtype of input ({input.dtype}), got {grid.dtype}")
     if grid.device != input.device:
         raise DTypeError(f"grid: expected the device of input ({input.device}), got {grid.device}")
+    options.check_antialias(nd)
     call = SamplerCall(input, options, options.kernel(nd), tuple(grid.shape[1:-1]), grid=grid)
     call.capturing = capturing_graph()
     return _run(call)
@@ -68,6 +86,24 @@ def warp_params(
     Returns:
         ``(B, C, *S')``; with ``heads``, ``(B, N, C, *S')``.
     """
+    amp = autocast_dtypes(input) if isinstance(input, Tensor) else None
+    if amp is not None:
+        with torch.autocast(amp.device_type, enabled=False):
+            return _warp_params(
+                input.to(amp.sample), to_work_dtype(params, amp), transform, output_size, options, heads, amp
+            )
+    return _warp_params(input, params, transform, output_size, options, heads, None)
+
+
+def _warp_params(
+    input: Tensor,
+    params: Tensor,
+    transform: Transform,
+    output_size: Sequence[int] | None,
+    options: SamplingOptions,
+    heads: bool,
+    amp: AutocastDtypes | None,
+) -> Tensor:
     if not isinstance(transform, Transform):
         raise DTypeError(f"transform: expected a torchstn.transforms.Transform, got {type(transform).__name__}")
     check_tensor(input, "input", "*,C,H,W")
@@ -76,6 +112,7 @@ def warp_params(
             f"input: {transform!r} warps {transform.ndim}D data, expected {transform.ndim + 2} dimensions, "
             f"got {tuple(input.shape)}"
         )
+    options.check_antialias(transform.ndim)
     b = input.shape[0]
     if heads:
         check_tensor(params, "params", f"B,N,{transform.num_params}", dims={"B": b})
@@ -85,9 +122,10 @@ def warp_params(
         n = 1
         flat = transform.check_params(params)
         check_tensor(flat, "params", "B,P", dims={"B": b})
-    if params.dtype != input.dtype or params.device != input.device:
+    dtype = input.dtype if amp is None else amp.work  # under autocast: float32 (float64 for a float64 input)
+    if params.dtype != dtype or params.device != input.device:
         raise DTypeError(
-            f"params: expected the dtype and device of input ({input.dtype}, {input.device}), "
+            f"params: expected the dtype and device of input ({dtype}, {input.device}), "
             f"got ({params.dtype}, {params.device})"
         )
     src_size = tuple(input.shape[2:])
@@ -105,6 +143,9 @@ def _run(call: SamplerCall) -> Tensor:
     """Steps 3-5 of the module docstring: ``(B, C, *S')`` for one head, ``(B, N, C, *S')`` for several."""
     backend = choose(call)
     options = call.options
+    if options.antialias:
+        assert isinstance(backend, GridBackend)  # the fused kernel's can_run refuses antialias
+        return _run_antialiased(call, backend)
     finite: Tensor | None = None
     if backend.reads_grid:
         if call.grid is None:
@@ -121,6 +162,48 @@ def _run(call: SamplerCall) -> Tensor:
     return out
 
 
+def _run_antialiased(call: SamplerCall, backend: GridBackend) -> Tensor:
+    """``antialias=True``: the footprint-averaged sample of every (image, head) pair's own grid, ``backend``
+    reading level 0; padding, fill and non-finite grids as in :func:`_run`."""
+    options, input, n = call.options, call.input, call.heads
+    grid = call.grid if call.grid is not None else _flat_grid(call, contiguous=True)  # (B * N, H', W', 2)
+    if n > 1:
+        input = input.repeat_interleave(n, dim=0)  # row k of the grid warps image k // N
+    finite: Tensor | None = None
+    if options.nonfinite == "raise" and not call.grid_finite and not call.capturing:
+        _check_grid(grid)
+    elif options.nonfinite == "propagate":  # sampled at 0 there (the footprints stay finite), then NaN
+        finite = torch.isfinite(grid).all(-1)  # (B * N, H', W')
+        grid = torch.where(finite.unsqueeze(-1), grid, torch.zeros_like(grid))
+    fill = None if options.fill is None else fill_tensor(options.fill, call.input)  # (1 or B, C, 1, 1)
+    if fill is not None and n > 1 and fill.shape[0] > 1:
+        fill = fill.repeat_interleave(n, dim=0)
+
+    def level0(src: Tensor, g: Tensor, padding: str, align_corners: bool) -> Tensor:
+        return backend.sample(src, g, "bilinear", padding, align_corners)
+
+    def run(src: Tensor, padding: str) -> Tensor:
+        return antialiased_sample(src, grid, padding, options.align_corners, sampler=level0)
+
+    out = filled(input, options.padding, fill, run)  # (B * N, C, H', W')
+    if finite is not None:
+        out = torch.where(finite.unsqueeze(1), out, torch.full_like(out, float("nan")))
+    return out if n == 1 else out.view(call.batch, n, out.shape[1], *call.size)
+
+
+def _flat_grid(call: SamplerCall, contiguous: bool) -> Tensor:
+    """Every (image, head) pair's grid: ``(B * N, *S', nd)``."""
+    transform, params = call.transform, call.params
+    assert transform is not None and params is not None  # a grid call has its grid already
+    if call.matrix is not None:
+        grid = transform.grid_from_matrix(call.matrix, call.size, call.options.align_corners, contiguous=contiguous)
+    else:
+        grid = transform.grid(
+            params, call.size, align_corners=call.options.align_corners, src_size=tuple(call.input.shape[2:])
+        )
+    return grid if grid.dtype == call.input.dtype else grid.to(call.input.dtype)  # autocast sampling narrower
+
+
 def _heads_grid(call: SamplerCall) -> Tensor:
     """The heads' grids stacked along the first spatial axis: ``(B, N * S'[0], *S'[1:], nd)``."""
     transform, params = call.transform, call.params
@@ -131,6 +214,8 @@ def _heads_grid(call: SamplerCall) -> Tensor:
         grid = transform.grid_from_matrix(call.matrix, call.size, ac, contiguous=call.heads > 1)
     else:
         grid = transform.grid(params, call.size, align_corners=ac, src_size=src_size)
+    if grid.dtype != call.input.dtype:  # under an autocast that samples in less than the grid's float32
+        grid = grid.to(call.input.dtype)
     if call.heads == 1:
         return grid
     return grid.view(call.batch, call.heads * call.size[0], *call.size[1:], transform.ndim)

@@ -44,8 +44,12 @@ class FusedCPUBackend(SamplerBackend):
             )
         if options.mode != "bilinear":
             return f"it samples bilinearly only, got mode={options.mode!r}"
+        if options.antialias:
+            return "antialias=True takes the grid path (the footprints come from the grid)"
         if input.dtype not in (torch.float32, torch.float64):
             return f"it takes float32 or float64, got {input.dtype}"
+        if call.matrix.dtype != input.dtype:
+            return f"under autocast the matrix is {call.matrix.dtype} and the input {input.dtype}"
         if options.nonfinite == "propagate":
             return "nonfinite='propagate' needs the grid"
         if input.shape[-1] * input.shape[-2] >= 2**31:

@@ -39,10 +39,15 @@ class SamplingOptions:
         backend: ``"auto"`` or a registered backend's name: ``"fused"``, ``"torch"``, ``"reference"`` (see
             :mod:`torchstn.sampling`).
         nonfinite: ``"raise"``, ``"propagate"`` or ``"ignore"``.
+        antialias: Average each output pixel's source footprint where the warp shrinks (a mip-map with a
+            per-pixel level, :mod:`torchstn._antialias`): bilinear only, on the grid path (never the fused kernel);
+            images only (checked against the input, or the transform when a module is built).
 
     Raises:
-        OptionError: An option is not one of its choices, ``fill`` is missing, superfluous or not finite.
-        DTypeError: ``align_corners`` is not a bool, or ``fill`` is not a number, numbers or a tensor.
+        OptionError: An option is not one of its choices, ``fill`` is missing, superfluous or not finite, or
+            ``antialias=True`` with another mode than bilinear or with ``backend="fused"``.
+        DTypeError: ``align_corners`` or ``antialias`` is not a bool, or ``fill`` is not a number, numbers or a
+            tensor.
     """
 
     mode: Mode = "bilinear"
@@ -51,6 +56,7 @@ class SamplingOptions:
     align_corners: bool = False
     backend: Backend = "auto"
     nonfinite: NonFinite = "raise"
+    antialias: bool = False
 
     def __post_init__(self) -> None:
         check_choice(self.mode, "mode", MODES)
@@ -65,6 +71,18 @@ class SamplingOptions:
             raise OptionError(f"fill: only used with padding='fill', got padding={self.padding!r}")
         if self.fill is not None:
             _check_fill_values(self.fill)
+        if not isinstance(self.antialias, bool):
+            raise DTypeError(f"antialias: expected a bool, got {self.antialias!r}")
+        if self.antialias:
+            if self.mode != "bilinear":
+                raise OptionError(f"antialias: needs mode='bilinear', got mode={self.mode!r}")
+            if self.backend == "fused":
+                raise OptionError("backend: 'fused' cannot run antialias=True (it takes the grid path); use 'auto'")
+
+    def check_antialias(self, ndim: int) -> None:
+        """Raise :class:`OptionError` if ``antialias=True`` is asked of ``ndim``-D data (images only)."""
+        if self.antialias and ndim != 2:
+            raise OptionError(f"antialias: needs a 2D transform, got a {ndim}D one")
 
     def kernel(self, ndim: int) -> str:
         """The interpolation ``F.grid_sample`` calls ``mode`` for ``ndim`` spatial dimensions (trilinear is its
