@@ -12,10 +12,9 @@ names the corrupted argument (as a whole word), or succeed, in which case the co
 output must be finite (NaN or inf in a tensor that the target does not check may propagate; a meta tensor may come
 back only from a target that has no other tensor to mix it with).
 
-Cases that still fail in code owned elsewhere (``sampling/``, ``modules/_transformer.py``) are listed in
-:data:`KNOWN` and run by :func:`test_known_bad_inputs` as ``xfail(strict=True)``, so each is visible and its fix
-flips the test; the property test skips them. The sampler's own overflow and meta-tensor cases are the strict
-xfails at the end.
+A case that is known to fail and cannot be fixed at once is listed in :data:`KNOWN` with its reason and run by
+:func:`test_known_bad_inputs` as ``xfail(strict=True)``, so it stays visible and its fix flips the test; the
+property test skips it. None is listed now. The sampler's overflow and meta-tensor cases are tested at the end.
 """
 
 from __future__ import annotations
@@ -402,23 +401,7 @@ TARGETS: dict[str, Target] = {
 }
 
 #: (target, argument key, corruption) -> why it still fails; fixed outside this test's area (see the module doc).
-KNOWN: dict[tuple[str, str, str], str] = {
-    ("warp-tps", "params", "nan"): "sampling/_dispatch.py: NaN params of a family without a matrix (TPS) are "
-    "reported as 'grid: ... hold NaN or inf', not naming params",
-    ("warp-tps", "params", "inf"): "sampling/_dispatch.py: as for NaN, the non-finite TPS grid is reported without "
-    "naming params",
-    ("sample", "input", "rank+1"): "sampling/_dispatch.py: a 5-dimensional input makes sample expect a 3D grid and "
-    "the error names only grid, not the input whose rank decided it",
-    **{
-        (cls, "transformers", bad): f"modules/_transformer.py: {cls}(transformers={bad}) is not checked to be a "
-        "sequence of SpatialTransformer modules (TypeError or AttributeError from torch or Python)"
-        for cls, bads in (
-            ("ParallelSpatialTransformer", ("str", "none")),
-            ("SerialSpatialTransformer", ("str", "none", "not-transformers")),
-        )
-        for bad in bads
-    },
-}
+KNOWN: dict[tuple[str, str, str], str] = {}  # every case found here is fixed; a new one is listed with its reason
 
 
 # --------------------------------------------------------------------------------------------------------- checks
@@ -537,12 +520,6 @@ def _warp_outcome(x: Tensor, params: Tensor, transform: Transform) -> Tensor | N
     return None
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="sampling/: a finite grid with coordinates near finfo.max (Similarity log_scale 88: 1.65e38; an affine "
-    "entry of 1e38) overflows inside the sampler's unnormalisation and gives NaN outputs under nonfinite='raise'; "
-    "the grid check sees only finite values",
-)
 @pytest.mark.parametrize(
     ("transform", "params"),
     [(Similarity(), [[0.0, 88.0, 0.0, 0.0]]), (Affine(), [[1e38, 0.0, 0.0, 0.0, 1.0, 0.0]])],
@@ -553,11 +530,6 @@ def test_finite_params_give_finite_warps_or_raise(transform: Transform, params: 
     assert out is None or bool(torch.isfinite(out).all())
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="sampling/_dispatch.py: the finite check reads meta tensors to the host (_finite_range: "
-    "'Cannot copy out of meta tensor'); it should skip them, as the transforms' own check does",
-)
 def test_warp_on_meta_tensors_gives_a_meta_output() -> None:
     t = Affine()
     out = torchstn.warp(torch.zeros(B, C, H, W, device="meta"), t.identity_params(B, device="meta"), t)

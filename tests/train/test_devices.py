@@ -17,7 +17,7 @@ import torch
 import yaml
 
 from torchstn.cli import main
-from torchstn.errors import ConfigError, ConfigNotFoundError, DTypeError
+from torchstn.errors import ConfigError, ConfigNotFoundError
 from torchstn.train import load_checkpoint, load_config, train
 from torchstn.train.config import find_config, list_configs, validate_config
 from torchstn.train.engine import Dist, resolve_device, split_validation
@@ -158,15 +158,7 @@ def test_the_autocast_region_follows_the_precision() -> None:
         assert not torch.is_autocast_enabled("cpu")
 
 
-_SAMPLER_AUTOCAST = pytest.mark.xfail(
-    strict=False,
-    raises=DTypeError,
-    reason="the sampler refuses bfloat16 parameters under autocast (DTypeError) until the sampler change (the "
-    "autocast policy of grid_sample, another branch) lands",
-)
-
-
-@pytest.mark.parametrize("model", ["cnn_baseline", pytest.param("st_fcn_aff", marks=_SAMPLER_AUTOCAST)])
+@pytest.mark.parametrize("model", ["cnn_baseline", "st_fcn_aff"])
 def test_bf16_training_runs_a_few_steps_on_the_cpu(tiny_mnist: Path, tmp_path: Path, model: str) -> None:
     config = _config(tiny_mnist, tmp_path, "train.precision=bf16", "train.device=cpu", f"model.name={model}")
     config["train"]["max_steps"] = 3

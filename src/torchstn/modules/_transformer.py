@@ -9,8 +9,8 @@ from typing import TYPE_CHECKING, Literal, overload
 import torch
 from torch import Tensor, nn
 
-from torchstn._checks import check_choice, check_size
-from torchstn.errors import OptionError, ShapeError
+from torchstn._checks import check_choice, check_instance, check_size, check_transform
+from torchstn.errors import DTypeError, OptionError, ShapeError
 from torchstn.modules._localisation import LocalisationHead
 from torchstn.sampling import Backend, FillValue, Mode, NonFinite, Padding, SamplingOptions, warp_params
 from torchstn.sampling._autocast import autocast_dtypes, to_work_dtype
@@ -75,8 +75,8 @@ class SpatialTransformer(nn.Module):
         antialias: bool = False,
     ) -> None:
         super().__init__()
-        if not isinstance(transform, Transform):
-            raise OptionError(f"transform: expected a torchstn.transforms.Transform, got {type(transform).__name__}")
+        check_instance(localisation, "localisation", nn.Module, "a torch.nn.Module")
+        check_transform(transform)
         _check_same_family(localisation, transform)
         self.localisation = localisation
         self.transform = transform
@@ -238,8 +238,7 @@ class ParallelSpatialTransformer(nn.Module):
 
     def __init__(self, transformers: Sequence[SpatialTransformer], combine: Combine = "concat") -> None:
         super().__init__()
-        if len(transformers) == 0:
-            raise OptionError("transformers: expected at least one SpatialTransformer")
+        _check_transformers(transformers)
         self.transformers = nn.ModuleList(transformers)
         self.combine: Combine = check_choice(combine, "combine", ("stack", "concat"))  # type: ignore[assignment]
 
@@ -295,8 +294,7 @@ class SerialSpatialTransformer(nn.Module):
 
     def __init__(self, transformers: Sequence[SpatialTransformer], compose: bool = True) -> None:
         super().__init__()
-        if len(transformers) == 0:
-            raise OptionError("transformers: expected at least one SpatialTransformer")
+        _check_transformers(transformers)
         if compose:
             for i, st in enumerate(transformers):
                 if not isinstance(st.transform, MatrixTransform):
@@ -361,6 +359,19 @@ class _ComposedHomography(Homography):
 
     def __repr__(self) -> str:
         return f"ComposedHomography(eps={self.eps:g})"
+
+
+def _check_transformers(transformers: object) -> None:
+    """A composite's ``transformers``: a non-empty sequence (list, tuple, ``nn.ModuleList``) of
+    :class:`SpatialTransformer` modules."""
+    if not isinstance(transformers, list | tuple | nn.ModuleList):
+        raise DTypeError(
+            f"transformers: expected a list or tuple of SpatialTransformer modules, got {type(transformers).__name__}"
+        )
+    if len(transformers) == 0:
+        raise OptionError("transformers: expected at least one SpatialTransformer")
+    for i, st in enumerate(transformers):
+        check_instance(st, f"transformers[{i}]", SpatialTransformer, "a SpatialTransformer")
 
 
 def _check_same_family(localisation: nn.Module, transform: Transform) -> None:

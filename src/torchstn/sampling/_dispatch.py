@@ -53,7 +53,10 @@ def _sample_grid(input: Tensor, grid: Tensor, options: SamplingOptions) -> Tenso
     if input.ndim not in (4, 5):
         raise ShapeError(f"input: expected (B, C, H, W) or (B, C, D, H, W), got {tuple(input.shape)}")
     nd = input.ndim - 2
-    check_tensor(grid, "grid", "B,H,W,2" if nd == 2 else "B,D,H,W,3", dims={"B": input.shape[0]})
+    try:
+        check_tensor(grid, "grid", "B,H,W,2" if nd == 2 else "B,D,H,W,3", dims={"B": input.shape[0]})
+    except ShapeError as err:  # the input's rank decided the grid's: say so
+        raise ShapeError(f"{err} (for the {input.ndim}-dimensional input of shape {tuple(input.shape)})") from None
     if grid.dtype != input.dtype:
         raise DTypeError(f"grid: expected the dtype of input ({input.dtype}), got {grid.dtype}")
     if grid.device != input.device:
@@ -134,7 +137,7 @@ def _warp_params(
     call.capturing = capturing_graph()
     call.matrix = transform.sampler_matrix(flat, src_size)
     if call.matrix is not None and options.nonfinite == "raise" and not call.capturing:
-        call.grid_finite = _matrix_proves_grid_finite(call.matrix, transform)
+        call.grid_finite = _matrix_proves_grid_finite(call.matrix, transform, src_size)
     out = _run(call)  # (B, C, *S'), or (B, N, C, *S') for heads
     return out.unsqueeze(1) if heads and n == 1 else out
 
@@ -151,7 +154,7 @@ def _run(call: SamplerCall) -> Tensor:
         if call.grid is None:
             call.grid = _heads_grid(call)
         if options.nonfinite == "raise" and not call.grid_finite and not call.capturing:
-            _check_grid(call.grid)
+            _check_grid(call.grid, call)
         elif options.nonfinite == "propagate":
             finite = torch.isfinite(call.grid).all(-1)  # (B, N*H', W')
     fill = None if options.fill is None else fill_tensor(options.fill, call.input)
@@ -171,7 +174,7 @@ def _run_antialiased(call: SamplerCall, backend: GridBackend) -> Tensor:
         input = input.repeat_interleave(n, dim=0)  # row k of the grid warps image k // N
     finite: Tensor | None = None
     if options.nonfinite == "raise" and not call.grid_finite and not call.capturing:
-        _check_grid(grid)
+        _check_grid(grid, call)
     elif options.nonfinite == "propagate":  # sampled at 0 there (the footprints stay finite), then NaN
         finite = torch.isfinite(grid).all(-1)  # (B * N, H', W')
         grid = torch.where(finite.unsqueeze(-1), grid, torch.zeros_like(grid))
@@ -224,21 +227,42 @@ def _heads_grid(call: SamplerCall) -> Tensor:
 def _finite_range(t: Tensor) -> tuple[bool, float]:
     """Whether ``t`` holds no NaN or inf, and its largest magnitude: one reduction and one read to the host
     (min and max propagate NaN and see inf, so they answer both; ``isfinite`` on the two scalars would cost
-    several more small ops per call)."""
+    several more small ops per call). A meta tensor has no values: it passes."""
+    if t.device.type == "meta":
+        return True, 0.0
     lo, hi = torch.stack(torch.aminmax(t)).tolist()
     return math.isfinite(lo) and math.isfinite(hi), max(-lo, hi)
 
 
-def _check_grid(grid: Tensor) -> None:
+def _pixel_bound(dtype: torch.dtype, src_size: Sequence[int]) -> float:
+    """Largest normalised coordinate whose pixel coordinate stays finite in the sampler: unnormalising multiplies
+    by the input's size (``((x + 1) * size - 1) / 2``), so beyond ``finfo.max / size`` it overflows to inf and the
+    output to NaN; a factor of two more covers the ``+ 1`` and the padding's arithmetic."""
+    return torch.finfo(dtype).max / (2.0 * (max(src_size) + 1))
+
+
+def _check_grid(grid: Tensor, call: SamplerCall) -> None:
+    """``nonfinite="raise"`` on a grid: NaN or inf, or coordinates so large that the sampler's pixel coordinates
+    would overflow, raise; a warp's error names ``params`` (its grid came from them), a ready grid's ``grid``."""
     # min and max propagate NaN and see inf: one cheap reduction (isfinite().all() costs more than the grid).
-    if not _finite_range(grid)[0]:
+    finite, largest = _finite_range(grid)
+    what = "grid" if call.transform is None else f"params: the {call.transform!r} grid"
+    if not finite:
         bad = int((~torch.isfinite(grid)).any(-1).sum())
-        raise NonFiniteError(f"grid: {bad} grid point(s) hold NaN or inf (pass nonfinite='propagate' to get NaN)")
+        raise NonFiniteError(f"{what}: {bad} grid point(s) hold NaN or inf (pass nonfinite='propagate' to get NaN)")
+    src_size = tuple(call.input.shape[2:])
+    bound = _pixel_bound(grid.dtype, src_size)
+    if largest > bound:
+        raise NonFiniteError(
+            f"{what}: coordinates reach {largest:.3g}, beyond {bound:.3g}, where the sampler's pixel coordinates "
+            f"overflow {grid.dtype} for an input of size {src_size} (the output would be NaN)"
+        )
 
 
-def _matrix_proves_grid_finite(matrix: Tensor, transform: Transform) -> bool:
+def _matrix_proves_grid_finite(matrix: Tensor, transform: Transform, src_size: Sequence[int]) -> bool:
     """``nonfinite="raise"`` on the matrix: NaN or inf raises naming ``params``; True when the matrix is small
-    enough that no grid point can overflow (the grid then needs no check), False when the grid must be checked."""
+    enough that no grid point can overflow, nor its pixel coordinate in the sampler (the grid then needs no
+    check), False when the grid must be checked."""
     finite, largest = _finite_range(matrix.detach())
     if not finite:
         bad = int((~torch.isfinite(matrix)).flatten(1).any(1).sum())
@@ -246,4 +270,5 @@ def _matrix_proves_grid_finite(matrix: Tensor, transform: Transform) -> bool:
             f"params: {bad} sample(s) give a {transform!r} matrix holding NaN or inf "
             "(pass nonfinite='propagate' to get NaN outputs instead)"
         )
-    return largest <= transform.grid_bound(matrix.dtype)
+    # grid_bound keeps the grid below finfo.max / 2; the sampler multiplies it by about the input's size
+    return largest <= transform.grid_bound(matrix.dtype) / (max(src_size) + 1)
