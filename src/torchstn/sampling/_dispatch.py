@@ -267,7 +267,7 @@ def _matrix_proves_grid_finite(matrix: Tensor, transform: Transform, src_size: S
     if not finite:
         bad = int((~torch.isfinite(matrix)).flatten(1).any(1).sum())
         raise NonFiniteError(
-            f"params: {bad} sample(s) give a {transform!r} matrix holding NaN or inf "
+            f"params: {bad} sample(s) give {transform!r} matrices holding NaN or inf "
             "(pass nonfinite='propagate' to get NaN outputs instead)"
         )
     # grid_bound keeps the grid below finfo.max / 2; the sampler multiplies it by about the input's size
