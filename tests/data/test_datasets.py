@@ -70,6 +70,30 @@ def test_dataset_items_tensors_and_loader(mnist: MNIST, tmp_path: Path) -> None:
     assert xb.shape == (8, 1, 42, 42) and yb.shape == (8,)
 
 
+def test_transform_and_target_transform_apply_per_item_as_in_torchvision(mnist: MNIST, tmp_path: Path) -> None:
+    plain = DistortedMNIST("rts", "train", mnist=mnist, cache_dir=tmp_path)
+    seen: list[tuple[int, ...]] = []
+
+    def normalise(image: torch.Tensor) -> torch.Tensor:
+        seen.append(tuple(image.shape))
+        return (image - 0.1307) / 0.3081
+
+    ds = DistortedMNIST(
+        "rts", "train", mnist=mnist, cache_dir=tmp_path, transform=normalise, target_transform=lambda y: y + 100
+    )
+    x, y = ds[3]
+    x0, y0 = plain[3]
+    torch.testing.assert_close(x, (x0 - 0.1307) / 0.3081)
+    assert int(y) == int(y0) + 100 and seen == [(1, 42, 42)]  # the float (C, H, W) image in [0, 1], once
+    torch.testing.assert_close(ds.tensors()[0], plain.tensors()[0])  # whole-tensor access stays untransformed
+    xb, yb = next(iter(torch.utils.data.DataLoader(ds, batch_size=4)))
+    assert xb.shape == (4, 1, 42, 42) and bool((yb >= 100).all())
+    with pytest.raises(DTypeError, match="transform: expected a callable"):
+        DistortedMNIST("rts", "train", mnist=mnist, cache_dir=tmp_path, transform="normalise")  # type: ignore[arg-type]
+    with pytest.raises(DTypeError, match="target_transform: expected a callable"):
+        DistortedMNIST("rts", "train", mnist=mnist, cache_dir=tmp_path, target_transform=3)  # type: ignore[arg-type]
+
+
 def test_redraw_changes_distortions_per_epoch(mnist: MNIST) -> None:
     ds = DistortedMNIST("rotated", "train", mnist=mnist, redraw=True)
     e0 = ds.images.clone()

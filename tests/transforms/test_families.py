@@ -487,3 +487,14 @@ def test_tps_regularization_is_checked(value: object) -> None:
         ThinPlateSpline(regularization=value)  # type: ignore[arg-type]
     with pytest.raises(OptionError, match=r"^regularization"):
         ThinPlateSpline(control_points=SCATTERED, regularization=value)  # type: ignore[arg-type]
+
+
+def test_the_overflow_message_reads_an_affine_matrix_and_a_projective_one() -> None:
+    from torchstn.errors import NonFiniteError
+    from torchstn.transforms import Affine, Projective
+
+    inf = torch.full((1, 3, 3), float("inf"))
+    with pytest.raises(NonFiniteError, match=r"give an Affine\(\) matrix holding inf"):
+        Affine()._check_overflow(Affine().identity_params(1), inf)
+    with pytest.raises(NonFiniteError, match=r"give a Projective\(.*\) matrix holding inf"):
+        Projective()._check_overflow(Projective().identity_params(1), inf)

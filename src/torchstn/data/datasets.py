@@ -25,7 +25,7 @@ from torchstn._checks import check_bool, check_instance, check_int, check_positi
 from torchstn._io import atomic_write, atomic_write_text
 from torchstn.data.distort import Batch, Recipe, get_recipe
 from torchstn.data.mnist import MNIST, MNISTSplit, load_mnist
-from torchstn.errors import DataError, ShapeError
+from torchstn.errors import DataError, DTypeError, ShapeError
 
 __all__ = ["CACHE_VERSION", "DistortedMNIST", "default_cache_dir", "generate", "materialise"]
 
@@ -240,8 +240,11 @@ class DistortedMNIST(Dataset[tuple[Tensor, Tensor]]):
         cache: Cache fixed sets on disk (see :func:`materialise`).
         cache_dir: Cache directory.
         mnist: Loaded MNIST (default: :func:`~torchstn.data.mnist.load_mnist`).
+        transform: Applied to each image in :meth:`__getitem__` (torchvision style), e.g. a normalisation; it
+            receives the float32 ``(C, H, W)`` image in [0, 1]. Not applied by :meth:`tensors` or :attr:`images`.
+        target_transform: Applied to each label (an int64 scalar tensor) in :meth:`__getitem__`.
 
-    Items are ``(image float32 (C, H, W) in [0, 1], label int64)``.
+    Items are ``(image float32 (C, H, W) in [0, 1], label int64)``, or what the transforms make of them.
     """
 
     def __init__(
@@ -256,10 +259,17 @@ class DistortedMNIST(Dataset[tuple[Tensor, Tensor]]):
         cache_dir: str | os.PathLike[str] | None = None,
         mnist: MNIST | None = None,
         batch_size: int = 4096,
+        transform: Callable[[Tensor], Tensor] | None = None,
+        target_transform: Callable[[Tensor], Tensor] | None = None,
     ) -> None:
         check_instance(recipe, "recipe", (Recipe, str), "a torchstn.data.Recipe or a recipe name")
         check_bool(redraw, "redraw")
         check_bool(cache, "cache")
+        for name, fn in (("transform", transform), ("target_transform", target_transform)):
+            if fn is not None and not callable(fn):
+                raise DTypeError(f"{name}: expected a callable or None, got {type(fn).__name__}")
+        self.transform = transform
+        self.target_transform = target_transform
         self.recipe = get_recipe(recipe) if isinstance(recipe, str) else recipe
         self.split = split
         self.seed = seed
@@ -306,4 +316,9 @@ class DistortedMNIST(Dataset[tuple[Tensor, Tensor]]):
         return int(self.labels.shape[0])
 
     def __getitem__(self, i: int) -> tuple[Tensor, Tensor]:
-        return self.images[i].float() / 255.0, self.labels[i]
+        image, label = self.images[i].float() / 255.0, self.labels[i]
+        if self.transform is not None:
+            image = self.transform(image)
+        if self.target_transform is not None:
+            label = self.target_transform(label)
+        return image, label

@@ -235,13 +235,13 @@ class MatrixTransform(Transform):
         lo, hi = (float(v) for v in torch.stack(torch.aminmax(matrix.detach())).tolist())
         if math.isfinite(lo) and math.isfinite(hi):
             return max(-lo, hi) <= self.grid_bound(matrix.dtype)
-        _raise_if_finite(params, f"a {self!r} matrix", matrix)
+        _raise_if_finite(params, f"{_article(repr(self))} {self!r} matrix", matrix)
         return True
 
     def _check_grid_overflow(self, params: Tensor, grid: Tensor) -> None:
         """:meth:`_check_overflow` for a grid built from a matrix larger than :meth:`grid_bound`."""
         if not bool(torch.isfinite(grid.detach()).all()):
-            _raise_if_finite(params, f"a {self!r} grid", grid)
+            _raise_if_finite(params, f"{_article(repr(self))} {self!r} grid", grid)
 
     def params_from_matrix(self, matrix: Tensor, *, src_size: Sequence[int] | None = None) -> Tensor:
         """Parameters of a matrix of this family (the inverse of :meth:`matrix`).
@@ -310,6 +310,11 @@ class MatrixTransform(Transform):
         if not self.projective:
             m = m[:, : self.ndim]
         return transform_points(m, points, self.eps)
+
+
+def _article(word: str) -> str:
+    """``"an"`` before a vowel (``an Affine() matrix``), else ``"a"`` (``a Projective() matrix``)."""
+    return "an" if word[:1].lower() in "aeiou" and word else "a"
 
 
 def _raise_if_finite(params: Tensor, what: str, result: Tensor) -> None:
