@@ -16,6 +16,7 @@ import pytest
 import torch
 import yaml
 
+from tests.helpers import free_port
 from torchstn.cli import main
 from torchstn.errors import ConfigError, ConfigNotFoundError
 from torchstn.train import load_checkpoint, load_config, train
@@ -342,8 +343,8 @@ _TORCHRUN = Path(sys.executable).with_name("torchrun")
 @pytest.mark.skipif(not _TORCHRUN.exists(), reason="torchrun is not installed beside this Python")
 def test_ddp_without_out_claims_one_run_directory_for_all_processes(tiny_mnist: Path, tmp_path: Path) -> None:
     runs = tmp_path / "runs"
-    cmd = [str(_TORCHRUN), "--nproc_per_node=2", "--master_port=29563", "-m", "torchstn.cli", "train", "--runs",
-           str(runs), "--device", "cpu", "--quiet", "--set", *_flags(tiny_mnist, tmp_path), "train.epochs=1",
+    cmd = [str(_TORCHRUN), "--nproc_per_node=2", f"--master_port={free_port()}", "-m", "torchstn.cli", "train",
+           "--runs", str(runs), "--device", "cpu", "--quiet", "--set", *_flags(tiny_mnist, tmp_path), "train.epochs=1",
            "data.n_valid=32"]  # fmt: skip
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=240, env=env)

@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 import torch
 
+from tests.helpers import free_port
 from torchstn.cli import _load_run, main
 from torchstn.train import TrainingDiverged, load_checkpoint, load_config, train
 from torchstn.train.tasks import ClassifyTask
@@ -169,7 +170,7 @@ def test_ddp_two_processes_train(tiny_mnist: Path, tmp_path: Path) -> None:
     cmd = [
         str(_TORCHRUN),
         "--nproc_per_node=2",
-        "--master_port=29561",
+        f"--master_port={free_port()}",
         "-m",
         "torchstn.cli",
         "train",

@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 import torch
 
+from tests.helpers import free_port
 from torchstn.errors import CheckpointError, ConfigError, RunError, TrainingDiverged
 from torchstn.modules import SpatialTransformer
 from torchstn.train import engine, load_checkpoint, load_config, save_checkpoint, train
@@ -329,7 +330,15 @@ _TORCHRUN = Path(sys.executable).with_name("torchrun")
 @pytest.mark.skipif(not _TORCHRUN.exists(), reason="torchrun is not installed beside this Python")
 def test_ddp_resume_of_a_finished_run_returns_on_every_process(whole: Path) -> None:
     before = (whole / "metrics.json").read_bytes()
-    cmd = [str(_TORCHRUN), "--nproc_per_node=2", "--master_port=29563", "-m", "torchstn.cli", "train", "--resume"]
+    cmd = [
+        str(_TORCHRUN),
+        "--nproc_per_node=2",
+        f"--master_port={free_port()}",
+        "-m",
+        "torchstn.cli",
+        "train",
+        "--resume",
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(engine.__file__).parents[2])}
     done = subprocess.run([*cmd, str(whole), "--quiet"], capture_output=True, text=True, timeout=240, env=env)
     assert done.returncode == 0, done.stderr[-2000:]

@@ -24,7 +24,7 @@ def test_registry_lists_the_tasks_and_refuses_unknown_ones() -> None:
     ("sets", "message"),
     [
         (
-            ["task=sequence"],
+            ["task=sequence", "data.recipe=rts"],
             r"data\.recipe: task 'sequence' takes svhn, or distorted_mnist with a recipe of digit "
             r"sequences \(text_strips\), got 'rts'",
         ),
