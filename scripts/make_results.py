@@ -84,13 +84,14 @@ class Report:
 
 
 def _paper(value: Any) -> str:
-    return str(value)
+    """The paper's number; ``null`` in the experiments file (a task beyond the paper) reads as a dash."""
+    return "—" if value is None else str(value)
 
 
 def _section(report: Report, spec: dict[str, Any]) -> list[str]:
     exp, kind, columns = report.experiments, spec.get("kind", "error"), spec["columns"]
     layout = spec.get("layout", "simple")
-    what = "% of test boxes with IoU > 0.5" if kind == "hits" else "test error, %"
+    what = spec.get("what") or ("% of test boxes with IoU > 0.5" if kind == "hits" else "test error, %")
     lines: list[str]
     if layout == "wide":
         labels = [exp.columns[c]["label"] for c in columns]
@@ -133,7 +134,7 @@ def _gaps(report: Report, columns: Sequence[str], kind: str) -> str:
     for c in columns:
         for model, paper in exp.columns[c]["paper"].items():
             values = [_value(r, kind) for r in report.seeds(c, model)]
-            if not values:
+            if not values or paper is None:  # nothing recorded, or nothing to compare with
                 continue
             recorded = True
             target = float(str(paper).split("-")[-1])
