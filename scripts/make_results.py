@@ -131,6 +131,8 @@ def _section(report: Report, spec: dict[str, Any]) -> list[str]:
 def _gaps(report: Report, columns: Sequence[str], kind: str) -> str:
     """One sentence: by how much each recorded cell misses the paper's number (a range: its best end)."""
     exp, misses, recorded = report.experiments, [], False
+    if all(paper is None for c in columns for paper in exp.columns[c]["paper"].values()):
+        return "The paper has no number for this task."
     for c in columns:
         for model, paper in exp.columns[c]["paper"].items():
             values = [_value(r, kind) for r in report.seeds(c, model)]

@@ -320,6 +320,17 @@ def test_report_of_synthetic_records(tmp_path: Path, exp: Any, head: str) -> Non
     assert (tmp_path / "docs" / "results" / "learning-curve.png").read_bytes()[:4] == b"\x89PNG"
 
 
+def test_a_column_beyond_the_paper_reads_a_dash_and_misses_nothing(tmp_path: Path, exp: Any, head: str) -> None:
+    epochs = exp.chosen_epochs("text_strips", "strip_tps_cnn")
+    runs = [(_cell("text_strips", "strip_tps_cnn", epochs, 0), {"test_error": 30.0})]
+    text = make_results.generate(_results_tree(tmp_path, exp, head, runs), tmp_path / "R.md", tmp_path / "figs")
+    assert f"| TPS rectifier + CNN | {epochs} | 30.00 (n=1) | — |" in text
+    assert f"| CNN (no rectifier) | {epochs} | not run | — |" in text
+    assert "sequence error, %: a strip is wrong when any of its five positions is" in text
+    section = text.split("## Beyond the paper: bent text strips")[1].split("\n## ")[0]
+    assert "The paper has no number for this task." in section and "misses" not in section
+
+
 def test_report_sets_aside_records_whose_config_no_longer_matches(tmp_path: Path, exp: Any, head: str) -> None:
     results = _results_tree(tmp_path, exp, head, [(_cell("rts", "cnn_baseline", 8, 0), {"test_error": 2.0})])
     config_path = next(results.glob("rts/cnn_baseline/*/config.yaml"))
