@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Literal, overload
+from typing import TYPE_CHECKING, Any, Generic, Literal, TypeVar, overload
 
 import torch
 from torch import Tensor, nn
@@ -20,6 +20,31 @@ from torchstn.transforms import Affine, Affine3D, MatrixTransform, Transform
 __all__ = ["ParallelSpatialTransformer", "SerialSpatialTransformer", "SpatialTransformer"]
 
 Combine = Literal["stack", "concat"]
+
+
+_T = TypeVar("_T")
+
+
+class _Option(Generic[_T]):
+    """A :class:`SpatialTransformer` attribute that reads and sets one field of its :class:`SamplingOptions`."""
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.name = name
+
+    @overload
+    def __get__(self, obj: None, objtype: type | None = None) -> _Option[_T]: ...
+
+    @overload
+    def __get__(self, obj: SpatialTransformer, objtype: type | None = None) -> _T: ...
+
+    def __get__(self, obj: SpatialTransformer | None, objtype: type | None = None) -> _T | _Option[_T]:
+        if obj is None:
+            return self
+        value: _T = getattr(obj.options, self.name)
+        return value
+
+    def __set__(self, obj: SpatialTransformer, value: _T) -> None:
+        obj._replace_options(**{self.name: value})
 
 
 class SpatialTransformer(nn.Module):
@@ -88,61 +113,17 @@ class SpatialTransformer(nn.Module):
         self.params: Tensor | None = None
 
     # The sampling options live in one validated object; the attributes read it, and setting one re-validates.
-    @property
-    def mode(self) -> Mode:
-        return self.options.mode
+    mode: _Option[Mode] = _Option()
+    padding: _Option[Padding] = _Option()
+    fill: _Option[FillValue | None] = _Option()
+    align_corners: _Option[bool] = _Option()
+    backend: _Option[Backend] = _Option()
+    nonfinite: _Option[NonFinite] = _Option()
+    antialias: _Option[bool] = _Option()
 
-    @mode.setter
-    def mode(self, value: Mode) -> None:
-        self.options = dataclasses.replace(self.options, mode=value)
-
-    @property
-    def padding(self) -> Padding:
-        return self.options.padding
-
-    @padding.setter
-    def padding(self, value: Padding) -> None:
-        self.options = dataclasses.replace(self.options, padding=value)
-
-    @property
-    def fill(self) -> FillValue | None:
-        return self.options.fill
-
-    @fill.setter
-    def fill(self, value: FillValue | None) -> None:
-        self.options = dataclasses.replace(self.options, fill=value)
-
-    @property
-    def align_corners(self) -> bool:
-        return self.options.align_corners
-
-    @align_corners.setter
-    def align_corners(self, value: bool) -> None:
-        self.options = dataclasses.replace(self.options, align_corners=value)
-
-    @property
-    def backend(self) -> Backend:
-        return self.options.backend
-
-    @backend.setter
-    def backend(self, value: Backend) -> None:
-        self.options = dataclasses.replace(self.options, backend=value)
-
-    @property
-    def nonfinite(self) -> NonFinite:
-        return self.options.nonfinite
-
-    @nonfinite.setter
-    def nonfinite(self, value: NonFinite) -> None:
-        self.options = dataclasses.replace(self.options, nonfinite=value)
-
-    @property
-    def antialias(self) -> bool:
-        return self.options.antialias
-
-    @antialias.setter
-    def antialias(self, value: bool) -> None:
-        options = dataclasses.replace(self.options, antialias=value)
+    def _replace_options(self, **changes: Any) -> None:
+        """Set sampling options by name: the new options object is validated before it replaces the old one."""
+        options = dataclasses.replace(self.options, **changes)
         options.check_antialias(self.transform.ndim)
         self.options = options
 
