@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from torchstn._checks import check_bool, check_number
+from torchstn._checks import check_number
 from torchstn.errors import OptionError
 from torchstn.geometry import DEFAULT_EPS, projective_grid
 from torchstn.transforms._base import MatrixTransform
@@ -208,24 +208,6 @@ class Projective(MatrixTransform):
     def _params(self, matrix: Tensor, src_size: tuple[int, ...] | None) -> Tensor:
         m = matrix / matrix[:, 2:, 2:]
         return m.reshape(-1, 9)[:, :8]
-
-    def grid(
-        self,
-        params: Tensor,
-        size: Sequence[int],
-        *,
-        align_corners: bool = False,
-        src_size: Sequence[int] | None = None,
-    ) -> Tensor:
-        out, _ = self._sizes(size, src_size)
-        check_bool(align_corners, "align_corners")
-        params = self.check_params(params)
-        m = self._matrix(params, None)
-        small = self._check_overflow(params, m)
-        grid = self.grid_from_matrix(m, out, align_corners)
-        if not small:
-            self._check_grid_overflow(params, grid)
-        return grid
 
     def sampler_matrix(self, params: Tensor, src_size: tuple[int, ...] | None) -> Tensor:
         """The full ``(B, 3, 3)`` homography (the grid needs its last row)."""
