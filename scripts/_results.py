@@ -97,8 +97,10 @@ class Experiments:
     def overrides(self, cell: Cell) -> list[str]:
         """The ``--set`` overrides that define a cell on top of its column's config file."""
         spec = self.columns[cell.column]
+        family = self.models[cell.model]["family"]
         return [
             *spec.get("overrides", []),
+            *(spec.get("family_overrides") or {}).get(family, []),
             f"model.name={cell.model}",
             f"train.seed={cell.seed}",
             f"train.epochs={cell.epochs}",

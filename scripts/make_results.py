@@ -93,13 +93,15 @@ def _section(report: Report, spec: dict[str, Any]) -> list[str]:
     layout = spec.get("layout", "simple")
     what = spec.get("what") or ("% of test boxes with IoU > 0.5" if kind == "hits" else "test error, %")
     lines: list[str]
+    shown = list(exp.columns[columns[0]]["paper"]) if layout == "wide" else None
     if layout == "wide":
-        labels = [exp.columns[c]["label"] for c in columns]
+        # A section may name its columns itself (`labels`), e.g. where a study shows a column of another table.
+        labels = [(spec.get("labels") or {}).get(c, exp.columns[c]["label"]) for c in columns]
         lines = [
             f"| model | {' | '.join(f'{label} ours | {label} paper' for label in labels)} |",
             "|---|" + "---|---|" * len(columns),
         ]
-        for model in exp.columns[columns[0]]["paper"]:
+        for model in shown or []:
             row = [exp.label(model)]
             for c in columns:
                 row += [report.cell(c, model, kind), _paper(exp.columns[c]["paper"][model])]
@@ -124,17 +126,26 @@ def _section(report: Report, spec: dict[str, Any]) -> list[str]:
         "",
         *lines,
         "",
-        _gaps(report, columns, kind),
+        _gaps(report, columns, kind, shown, labels if layout == "wide" else None),
     ]
 
 
-def _gaps(report: Report, columns: Sequence[str], kind: str) -> str:
-    """One sentence: by how much each recorded cell misses the paper's number (a range: its best end)."""
+def _gaps(
+    report: Report,
+    columns: Sequence[str],
+    kind: str,
+    models: Sequence[str] | None = None,
+    labels: Sequence[str] | None = None,
+) -> str:
+    """One sentence: by how much each recorded cell misses the paper's number (a range: its best end), over the
+    table's ``models`` (default: every model of each column) and with its column ``labels``."""
     exp, misses, recorded = report.experiments, [], False
     if all(paper is None for c in columns for paper in exp.columns[c]["paper"].values()):
         return "The paper has no number for this task."
-    for c in columns:
+    for i, c in enumerate(columns):
         for model, paper in exp.columns[c]["paper"].items():
+            if models is not None and model not in models:
+                continue
             values = [_value(r, kind) for r in report.seeds(c, model)]
             if not values or paper is None:  # nothing recorded, or nothing to compare with
                 continue
@@ -142,7 +153,8 @@ def _gaps(report: Report, columns: Sequence[str], kind: str) -> str:
             target = float(str(paper).split("-")[-1])
             gap = mean_std(values)[0] - target
             if (gap > 0) if kind == "error" else (gap < 0):
-                name = exp.label(model) if len(columns) == 1 else f"{exp.columns[c]['label']} {exp.label(model)}"
+                label = labels[i] if labels else exp.columns[c]["label"]
+                name = exp.label(model) if len(columns) == 1 else f"{label} {exp.label(model)}"
                 misses.append(f"{name} {gap:+.2f}")
     if not misses:
         return "No recorded cell misses the paper's number." if recorded else "No cell of this table is recorded yet."

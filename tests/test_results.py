@@ -428,4 +428,14 @@ def test_experiments_file_is_consistent(exp: Any) -> None:
             config = exp.config(results_lib.Cell(column, model, exp.chosen_epochs(column, model), 0))
             assert config["model"]["name"] == model
     shown = [c for section in exp.sections for c in section["columns"]]
-    assert sorted(shown) == sorted(exp.columns)
+    assert set(shown) == set(exp.columns)  # every column is shown (a study may show a column again)
+
+
+def test_family_overrides_apply_to_their_family_only(exp: Any) -> None:
+    fcn = exp.config(results_lib.Cell("rts", "st_fcn_aff", 40, 0))
+    cnn = exp.config(results_lib.Cell("rts", "st_cnn_aff", 8, 0))
+    assert fcn["model"]["kwargs"]["budget"] == 1360000
+    assert "budget" not in cnn["model"]["kwargs"]
+    assert "model.kwargs.budget=1360000" in exp.overrides(results_lib.Cell("rts", "fcn_baseline", 40, 0))
+    # The study column at the CNN's budget is the column's config file as it is.
+    assert "budget" not in exp.config(results_lib.Cell("rts_fcn_b85k", "fcn_baseline", 40, 0))["model"]["kwargs"]
