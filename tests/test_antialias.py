@@ -3,6 +3,7 @@ gradients through the footprint, quality against a dense supersampling reference
 
 from __future__ import annotations
 
+import itertools
 import math
 from pathlib import Path
 
@@ -251,11 +252,16 @@ def test_gradcheck_the_atlas_path(gen: torch.Generator, padding: str, monkeypatc
     assert torch.autograd.gradcheck(fn, (x, p), eps=1e-6, atol=1e-5)
 
 
-def test_the_level_carries_gradient_to_the_params(gen: torch.Generator, monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize(
+    ("t", "footprint"), [(Projective(), "footprint_level"), (Affine(), "affine_footprint_variance")], ids=repr
+)
+def test_the_footprint_carries_gradient_to_the_params(
+    gen: torch.Generator, monkeypatch: pytest.MonkeyPatch, t: Transform, footprint: str
+) -> None:
     """The footprint's dependence on the parameters is part of the gradient (gradcheck above checks it is the
-    right one): detaching the level changes the parameters' gradient."""
+    right one): detaching the mip level (projective) or the prefilter's variance (affine) changes the
+    parameters' gradient."""
     x = torch.rand(1, 1, 32, 32, generator=gen, dtype=torch.float64)
-    t = Affine()
     p = _off_identity(t, gen, torch.float64, scale=1.3).requires_grad_()
 
     def grad() -> Tensor:
@@ -263,8 +269,13 @@ def test_the_level_carries_gradient_to_the_params(gen: torch.Generator, monkeypa
         return g
 
     full = grad()
-    level = antialias_module.footprint_level
-    monkeypatch.setattr(antialias_module, "footprint_level", lambda *a, **k: level(*a, **k).detach())
+    original = getattr(antialias_module, footprint)
+
+    def detached_footprint(*a: object, **k: object) -> object:
+        out = original(*a, **k)
+        return tuple(v.detach() for v in out) if isinstance(out, tuple) else out.detach()
+
+    monkeypatch.setattr(antialias_module, footprint, detached_footprint)
     detached = grad()
     assert (full - detached).abs().max() > 0.05 * full.abs().max()
 
@@ -392,3 +403,90 @@ def test_onnx_export_matches_eager(tmp_path: Path, gen: torch.Generator, t: Tran
             w.add_(0.02 * torch.randn(w.shape, generator=gen))
     export_onnx(st.eval(), torch.rand(2, 1, 24, 24, generator=gen), tmp_path / "aa.onnx")  # checks against eager
     assert (tmp_path / "aa.onnx").exists()
+
+
+# --- affine warps: the separable footprint prefilter -----------------------------------------------------------
+
+
+def test_box_width_and_kernel_have_the_variance_asked_for() -> None:
+    v = torch.linspace(0.0, 12.0, 97, dtype=torch.float64)
+    k = antialias_module.box_kernel(antialias_module.box_width(v), 8)
+    m = torch.arange(-8, 9, dtype=torch.float64)
+    assert_close(k.sum(-1), torch.ones_like(v))
+    torch.testing.assert_close((k * m * m).sum(-1), v, atol=1e-12, rtol=0.0)
+    assert torch.equal(antialias_module.box_kernel(torch.ones(1, dtype=torch.float64), 2)[0], torch.eye(5)[2].double())
+
+
+def _explicit_prefilter(x: Tensor, p: Tensor, size: tuple[int, int], padding: str, align_corners: bool) -> Tensor:
+    """The same filter written out independently: the 2D outer-product kernel applied by ``F.conv2d`` to the input
+    padded by ``F.pad`` (or extended by explicit reflection), then ``F.grid_sample`` on an ``F.affine_grid`` of the
+    matrix moved to the padded image's pixel frame."""
+    (h, w), (oh, ow) = x.shape[-2:], size
+    m = Affine().matrix(p)[:, :2]
+    vx, vy = antialias_module.affine_footprint_variance(m, (h, w), size, align_corners)
+    outs = []
+    for b in range(x.shape[0]):
+        r = max(1, math.ceil((float(antialias_module.box_width(torch.maximum(vx[b], vy[b]))) - 1) / 2))
+        kx = antialias_module.box_kernel(antialias_module.box_width(vx[b : b + 1]), r)[0]
+        ky = antialias_module.box_kernel(antialias_module.box_width(vy[b : b + 1]), r)[0]
+        kernel = (ky[:, None] * kx[None, :]).view(1, 1, 2 * r + 1, 2 * r + 1).expand(x.shape[1], 1, -1, -1)
+        xb = x[b : b + 1]
+        if padding == "reflection":
+            if align_corners:
+                ext = F.pad(xb, (r, r, r, r), mode="reflect")
+            else:  # about the edges: x[-1] = x[0]
+                ext = torch.cat((xb[..., :r].flip(-1), xb, xb[..., -r:].flip(-1)), -1)
+                ext = torch.cat((ext[..., :r, :].flip(-2), ext, ext[..., -r:, :].flip(-2)), -2)
+            filtered = F.conv2d(ext, kernel, groups=x.shape[1])  # (1, C, h, w)
+            mb = m[b : b + 1]
+        else:
+            mode = "constant" if padding == "zeros" else "replicate"
+            filtered = F.conv2d(F.pad(xb, (2 * r,) * 4, mode=mode), kernel, groups=x.shape[1])  # the band
+            hh, ww = h + 2 * r, w + 2 * r
+            n = (torch.tensor([w - 1, h - 1]) if align_corners else torch.tensor([w, h])).double()
+            nn_ = (torch.tensor([ww - 1, hh - 1]) if align_corners else torch.tensor([ww, hh])).double()
+            mb = m[b : b + 1] * (n / nn_).view(1, 2, 1)
+        grid = F.affine_grid(mb, [1, x.shape[1], oh, ow], align_corners=align_corners)
+        outs.append(F.grid_sample(filtered, grid, padding_mode=padding, align_corners=align_corners))
+    return torch.cat(outs)
+
+
+@pytest.mark.parametrize("padding", ["zeros", "border", "reflection"])
+@pytest.mark.parametrize("align_corners", [False, True])
+def test_affine_prefilter_equals_the_filter_written_out(
+    gen: torch.Generator, padding: str, align_corners: bool
+) -> None:
+    x = torch.rand(2, 2, 30, 26, generator=gen, dtype=torch.float64)
+    c, s = math.cos(0.5), math.sin(0.5)
+    p = torch.tensor([[2.1 * c, -2.1 * s, 0.1, 2.1 * s, 2.1 * c, -0.2], [1.7, 0.3, 0.6, 0.0, 1.2, 0.4]]).double()
+    ours = torchstn.warp(x, p, Affine(), (11, 9), antialias=True, padding=padding, align_corners=align_corners)
+    torch.testing.assert_close(ours, _explicit_prefilter(x, p, (11, 9), padding, align_corners), atol=1e-12, rtol=0.0)
+
+
+def test_flicker_under_a_sub_pixel_sweep_is_five_times_lower() -> None:
+    """The zone plate moved by a quarter source pixel per frame under a 4x shrink: the output's energy changes
+    from frame to frame at least 5x less than plain bilinear's (benchmarks/bench_antialias.py measures it)."""
+    n, frames = 128, 12
+    x = _zone_plate(n)
+    energy: dict[str, list[float]] = {"plain": [], "ours": []}
+    for k in range(frames):
+        shift = 0.25 * k * 2 / n
+        p = torch.tensor([[1.0, 0, shift, 0, 1.0, 0.7 * shift]], dtype=torch.float64)
+        energy["plain"].append(float(torchstn.warp(x, p, Affine(), (n // 4, n // 4), backend="torch").var()))
+        energy["ours"].append(float(torchstn.warp(x, p, Affine(), (n // 4, n // 4), antialias=True).var()))
+    flicker = {k: sum(abs(b - a) for a, b in itertools.pairwise(e)) / sum(e) for k, e in energy.items()}
+    assert flicker["plain"] >= 5 * flicker["ours"], flicker
+
+
+def test_affine_compiled_matches_eager_and_a_mixed_batch_keeps_its_plain_images(gen: torch.Generator) -> None:
+    x = torch.rand(3, 2, 24, 24, generator=gen)
+    t = Affine()
+    p = t.identity_params(3)
+    p[0, [0, 4]] = 2.5  # this one shrinks, the others are the identity
+    eager = torchstn.warp(x, p, t, (24, 24), antialias=True, padding="border")
+    assert torch.equal(eager[1:], torchstn.warp(x, p, t, (24, 24), padding="border")[1:])
+    warp = torch.compile(torchstn.warp, backend="eager")
+    compiled = warp(x, p, t, (24, 24), antialias=True, padding="border")
+    assert_close(compiled, eager)
+    plain_compiled = warp(x, p, t, (24, 24), padding="border")  # the graph's plain sample (the grid path)
+    assert torch.equal(compiled[1:], plain_compiled[1:])

@@ -40,9 +40,9 @@ PUBLIC = {
         "RunError", "STNError", "ShapeError", "TrainingDiverged", "UnsupportedError",
     ],
     "torchstn.models": [
-        "STClassifier", "SingleChannelConv2d", "VolumeProjector", "common", "create_model", "cub", "list_models",
-        "make_transform", "mnist", "model_function", "parameter_count", "register_model", "strips", "supported_kwargs",
-        "svhn",
+        "PretrainedWeights", "STClassifier", "SingleChannelConv2d", "VolumeProjector", "common", "create_model", "cub",
+        "list_models", "list_pretrained", "make_transform", "mnist", "model_function", "parameter_count", "pretrained",
+        "register_model", "strips", "supported_kwargs", "svhn",
     ],
     "torchstn.data": [
         "Batch", "CACHE_VERSION", "CoLocalisation", "DistortedMNIST", "Elastic", "MNIST", "MNISTAddition",

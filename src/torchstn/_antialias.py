@@ -2,8 +2,24 @@
 
 Bilinear sampling reads a 2x2 neighbourhood whatever the warp does, so a warp that shrinks (a crop smaller than
 its window, a zoom out, the far side of a perspective) skips source pixels and aliases, as the paper warns. The
-ideal output pixel is the source image box-filtered over the pixel's preimage (its *footprint*); this module
-approximates that with a **mip-map**, as texture hardware and differentiable renderers (nvdiffrast) do:
+ideal output pixel is the source image box-filtered over the pixel's preimage (its *footprint*). Two methods,
+chosen by the warp:
+
+**Affine warps** (every matrix family but the projective one): the footprint is the same parallelogram at every
+output pixel, so it is filtered exactly where it matters, at full resolution: :func:`prefiltered_affine_sample`
+box-filters the input once per image with a separable kernel whose variance along each source axis is the
+footprint's (:func:`affine_footprint_variance`; a box over unit cells of the matching width,
+:func:`box_width`, :func:`box_kernel`), then takes the plain bilinear sample of the filtered image (through the
+fused kernel where it runs). Every output pixel then averages its own footprint at its own sub-pixel position,
+so a moving image does not flicker, and the filter costs a few passes over the input whatever the batch's
+warps. What it approximates: the box over the footprint's parallelogram by the box over its axis-aligned
+variance (exact for axis-aligned shrinks, and for rotations with an isotropic shrink, whose footprint's
+variance is the same along every axis), plus bilinear's own tent (which the supersampled reference has too);
+the prefilter's variance ramps in from zero over footprint widths 1 to ``1 + PREFILTER_RAMP`` source pixels, so
+the output is continuous in the warp and nothing changes where nothing shrinks.
+
+**Projective and thin-plate-spline warps**, whose footprint varies per pixel, and ready-made grids: a
+**mip-map** with a per-pixel level, as texture hardware and differentiable renderers (nvdiffrast) do:
 
 1. **Footprint.** The grid's finite-difference Jacobian ``J = d(source pixel) / d(output pixel)`` (central
    differences inside, one-sided on the grid's edges, zero along an axis of length 1) gives the footprint's
@@ -29,7 +45,7 @@ approximates that with a **mip-map**, as texture hardware and differentiable ren
    between them), and the blend costs one plain ``grid_sample`` plus one ``grid_sample`` of twice the output's
    points on the atlas. The two paths agree to rounding.
 
-Why this method: its cost does not depend on the shrink (supersampling a ``K x K`` pattern costs ``K^2``
+Why the mip-map there: its cost does not depend on the shrink (supersampling a ``K x K`` pattern costs ``K^2``
 samples and still aliases beyond ``K``x; an elliptical weighted average costs the footprint's area), it is
 made of standard operators (sums of halves, ``grid_sample``, a gather from a small table, arithmetic), so it is
 differentiable, ``torch.compile``-able and exports to ONNX, and it degrades gracefully. What it approximates:
@@ -52,23 +68,38 @@ and its blend weight depend on the grid's finite differences. The singular value
 (its derivative is bounded, and zero at exactly isotropic footprints, where the singular values cross). The
 level's integer part only switches which pair of levels is blended; the output is continuous across it.
 
-Only bilinear sampling of 2D images, on the grid path (the fused kernel of :mod:`torchstn.ext` is never used
-with ``antialias=True``); non-finite grids must be caught before (``warp`` does).
+Both methods: bilinear sampling of 2D images only; non-finite grids must be caught before (``warp`` does). The
+mip-map reads level 0 with the grid path's sampler; the affine prefilter samples its filtered image with the
+backend ``backend=`` chooses without the option (the fused kernel under ``"auto"`` on the CPU). The prefilter's
+gradient reaches the parameters through the sampling positions and through the kernels (their widths are
+continuous functions of the matrix).
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+from torch.autograd.function import once_differentiable
 
 from torchstn._checks import capturing_graph
 from torchstn.errors import OptionError
 
-__all__ = ["SHRINK_TOLERANCE", "antialiased_sample", "footprint_level"]
+__all__ = [
+    "PREFILTER_RAMP",
+    "SHRINK_TOLERANCE",
+    "affine_footprint_variance",
+    "antialiased_sample",
+    "box_kernel",
+    "box_width",
+    "footprint_level",
+    "prefiltered_affine_sample",
+    "static_radius",
+]
 
 #: Footprints whose major axis is at most ``1 + SHRINK_TOLERANCE`` source pixels count as not shrinking.
 SHRINK_TOLERANCE = 1e-2
@@ -364,3 +395,231 @@ def _direct(
     if first == 0 and not all_shrink:
         return torch.where((level > 0).unsqueeze(1), out, plain)
     return out
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Affine warps: the exact footprint, as a separable prefilter at full resolution
+# --------------------------------------------------------------------------------------------------------------------
+
+#: The prefilter's variance grows from 0 at a footprint width of 1 source pixel to the whole footprint's at
+#: ``1 + PREFILTER_RAMP`` (continuous in the warp, and nothing changes where nothing shrinks).
+PREFILTER_RAMP = 0.5
+
+
+def box_width(variance: Tensor) -> Tensor:
+    """The width ``L >= 1`` of the centred box whose area over unit cells (the weights :func:`box_kernel` gives)
+    has ``variance``; closed form, differentiable in ``variance`` (``>= 0``).
+
+    For ``2n + 1 <= L <= 2n + 3`` cells ``|m| <= n`` weigh ``1 / L`` and the two cells ``|m| = n + 1`` weigh
+    ``f / L`` each with ``L = 2n + 1 + 2f``, so ``variance * L = 2 (n(n + 1)(2n + 1) / 6 + (n + 1)^2 f)``.
+
+    Example:
+        >>> box_width(torch.tensor([0.0, 2 / 3, 2.0]))  # 1 cell; 3 cells (variance 2/3); 5 cells (variance 2)
+        tensor([1., 3., 5.])
+    """
+    n = torch.floor((torch.sqrt(1.0 + 12.0 * variance.detach()) - 1.0) / 2.0)
+    s = n * (n + 1.0) * (2.0 * n + 1.0) / 6.0
+    f = (variance * (2.0 * n + 1.0) - 2.0 * s) / (2.0 * ((n + 1.0) ** 2 - variance))
+    return 2.0 * n + 1.0 + 2.0 * f
+
+
+def box_kernel(width: Tensor, radius: int) -> Tensor:
+    """``(B, 2 radius + 1)`` weights: the area of a centred box of ``width`` (``(B,)``, source pixels) over the
+    unit cells ``[m - 1/2, m + 1/2]``, normalised to sum to 1. Width 1 gives exactly ``[0, ..., 1, ..., 0]``."""
+    m = torch.arange(-radius, radius + 1, dtype=width.dtype, device=width.device)
+    half = width[:, None] * 0.5
+    w = (torch.minimum(m + 0.5, half) - torch.maximum(m - 0.5, -half)).clamp_min(0.0)
+    return w / w.sum(-1, keepdim=True)
+
+
+def affine_footprint_variance(
+    matrix: Tensor, src_size: tuple[int, int], out_size: tuple[int, int], align_corners: bool
+) -> tuple[Tensor, Tensor]:
+    """The prefilter's variance along the source's x and y axes (source pixels squared), ``(B,)`` each.
+
+    An output pixel of an affine warp covers the parallelogram spanned by the columns of ``J``, the Jacobian in
+    source pixels per output pixel (the same for every pixel); the variance of its projection on the source's x
+    axis is ``(J00^2 + J01^2) / 12``, that of a box of width ``wx = sqrt(J00^2 + J01^2)``; likewise y. A rotation
+    keeps both widths at 1 (no filter), an isotropic shrink by ``s`` gives ``s`` on both axes whatever the angle.
+    The variance used is ``wx^2 / 12`` times ``clamp((wx - 1) / PREFILTER_RAMP, 0, 1)``.
+    """
+    h, w = src_size
+    oh, ow = out_size
+    if align_corners:  # pixels per normalised unit, source and output
+        sx, sy, ox, oy = (w - 1) / 2, (h - 1) / 2, max(ow - 1, 1) / 2, max(oh - 1, 1) / 2
+    else:
+        sx, sy, ox, oy = w / 2, h / 2, ow / 2, oh / 2
+    per_pixel = torch.tensor([[sx / ox, sx / oy], [sy / ox, sy / oy]], dtype=matrix.dtype, device=matrix.device)
+    w2 = (matrix[:, :2, :2] * per_pixel).square().sum(-1)  # (B, 2): wx^2, wy^2
+    ramp = ((w2.clamp_min(1e-12).sqrt() - 1.0) * (1.0 / PREFILTER_RAMP)).clamp(0.0, 1.0)  # no gradient below 1
+    v = w2 * ramp * (1.0 / 12.0)
+    return v[:, 0], v[:, 1]
+
+
+def _reflect_index(n: int, radius: int, align_corners: bool, device: torch.device) -> Tensor:
+    """Indices of an axis of length ``n`` extended by ``radius`` each side as ``grid_sample`` reflects: about the
+    edges (``align_corners=False``: ``x[-1] = x[0]``) or about the outer pixel centres (``x[-1] = x[1]``)."""
+    i = torch.arange(-radius, n + radius, device=device)
+    if align_corners:
+        if n == 1:
+            return torch.zeros_like(i)
+        period = 2 * (n - 1)
+        m = i.remainder(period)
+        return torch.where(m < n, m, period - m)
+    period = 2 * n
+    m = i.remainder(period)
+    return torch.where(m < n, m, period - 1 - m)
+
+
+def _filter_axis(x: Tensor, kernel: Tensor, dim: int) -> Tensor:
+    """Valid correlation of ``x`` (``(B, C, H, W)``) along ``dim`` with each image's ``(K,)`` row of
+    ``kernel`` (``(B, K)``): K shifted slices, multiplied and added (the kernel is symmetric)."""
+    k = kernel.shape[1]
+    n = x.shape[dim] - (k - 1)
+    weights = kernel.to(x.dtype).view(-1, k, 1, 1, 1)
+    out = x.narrow(dim, 0, n) * weights[:, 0]
+    for j in range(1, k):
+        out = out.addcmul(x.narrow(dim, j, n), weights[:, j])
+    return out
+
+
+class _SeparableFilter(torch.autograd.Function):
+    """``torch.ops.torchstn.separable_filter`` (``csrc/separable_filter.cpp``) and its compiled backward (first
+    order, as the fused warp's)."""
+
+    @staticmethod
+    def forward(ctx: Any, input: Tensor, kx: Tensor, ky: Tensor) -> Tensor:
+        ctx.save_for_backward(input, kx, ky)
+        out: Tensor = torch.ops.torchstn.separable_filter(input, kx, ky)
+        return out
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, Tensor, Tensor]:
+        input, kx, ky = ctx.saved_tensors
+        gin, gkx, gky = torch.ops.torchstn.separable_filter_backward(
+            grad.contiguous(), input, kx, ky, bool(ctx.needs_input_grad[0])
+        )
+        b, c = input.shape[:2]
+        return (gin if ctx.needs_input_grad[0] else None), gkx.view(b, c, -1).sum(1), gky.view(b, c, -1).sum(1)
+
+
+def _compiled_filter_runs(input: Tensor, static: bool) -> bool:
+    if static or input.device.type != "cpu" or input.dtype not in (torch.float32, torch.float64):
+        return False
+    from torchstn import ext  # here: `python -m torchstn.ext` must not find it imported already
+
+    return ext.available()
+
+
+def _separable_filter(input: Tensor, kx: Tensor | None, ky: Tensor | None, static: bool = False) -> Tensor:
+    """Valid correlation of each image with its kernels ``kx`` (``(B, Kx)``, along W) and ``ky`` (along H), None
+    for an axis left alone: the compiled kernel on the CPU where it is built (one pass per axis, a fused
+    backward), else shifted multiply-adds in tensor ops (any device, and with ``static``: under compile or
+    export)."""
+    if _compiled_filter_runs(input, static):
+        one = torch.ones(input.shape[0], 1, dtype=input.dtype, device=input.device)
+        kx = one if kx is None else kx.to(input.dtype).contiguous()
+        ky = one if ky is None else ky.to(input.dtype).contiguous()
+        out: Tensor = _SeparableFilter.apply(input.contiguous(), kx, ky)  # type: ignore[no-untyped-call]
+        return out
+    if kx is not None:
+        input = _filter_axis(input, kx, -1)
+    if ky is not None:
+        input = _filter_axis(input, ky, -2)
+    return input
+
+
+def prefiltered_affine_sample(
+    input: Tensor,
+    matrix: Tensor,
+    size: tuple[int, int],
+    padding: str,
+    align_corners: bool,
+    sample: Callable[[Tensor, Tensor, str], Tensor],
+    static: bool = False,
+) -> Tensor:
+    """``antialias=True`` for an affine warp: the input box-filtered over each output pixel's footprint, then
+    sampled bilinearly by ``sample(source, matrix, padding)`` (the plain warp of ``(B, 2, 3)`` matrices).
+
+    The footprint is the same for every output pixel of an affine warp, so the filter is one separable kernel
+    per image and axis (:func:`affine_footprint_variance`, :func:`box_width`, :func:`box_kernel`), run over the
+    whole input at full resolution: each output pixel then averages its own footprint, at any sub-pixel
+    position, which is what keeps a moving image from flickering. Zeros and border padding are filtered too:
+    the input is extended by twice the kernel's radius as the padding extends it, filtered to a band one radius
+    wide around the image, and the band is sampled with the matrix rescaled to it; reflection commutes with a
+    symmetric filter, so the reflected image is filtered to its own size. Where nothing in the batch shrinks
+    this is ``sample(input, matrix, padding)`` itself; an image that does not shrink in a batch that does gets
+    its plain sample.
+
+    In eager mode the kernels are as long as the batch's widest footprint needs (one read of two numbers to the
+    host). With ``static`` (a graph being captured or compiled, where values cannot be read) the kernels have a
+    radius fixed by the sizes alone, :func:`static_radius` (footprints up to three times the size ratio wide;
+    wider ones are filtered at that width), the images that do not shrink are selected in the graph, and the
+    output equals eager mode's to rounding.
+    """
+    h, w = input.shape[-2:]
+    vx, vy = affine_footprint_variance(matrix, (h, w), size, align_corners)
+    if static:
+        rx, ry = static_radius(w, size[1]), static_radius(h, size[0])
+        vx = vx.clamp(max=_box_variance_of_width(2 * rx + 1))
+        vy = vy.clamp(max=_box_variance_of_width(2 * ry + 1))
+        any_still = True
+    else:
+        with torch.no_grad():  # the one host sync: the kernels' sizes, and whether some image does not shrink
+            top_x, top_y, any_still = torch.stack((vx.max(), vy.max(), ((vx <= 0) & (vy <= 0)).any())).tolist()
+        if top_x <= 0 and top_y <= 0:
+            return sample(input, matrix, padding)
+        rx, ry = _radius(top_x), _radius(top_y)
+    v = torch.stack((vx, vy), -1)  # (B, 2): both axes' kernels in one go, to the larger radius
+    kernels = box_kernel(box_width(v.flatten()), max(rx, ry)).view(v.shape[0], 2, -1)
+    if rx != ry:  # the shorter kernel's outer taps are zero: keep its own length (a smaller band)
+        r = min(rx, ry)
+        short = kernels[:, 0 if rx < ry else 1, abs(rx - ry) : abs(rx - ry) + 2 * r + 1]
+    kx = None if rx == 0 else (kernels[:, 0] if rx >= ry else short)
+    ky = None if ry == 0 else (kernels[:, 1] if ry >= rx else short)
+    src = input
+    band = padding != "reflection"  # zeros and border: filter a band around the image; reflection: in place
+    if padding == "reflection":
+        if rx:
+            src = src.index_select(-1, _reflect_index(w, rx, align_corners, src.device))
+        if ry:
+            src = src.index_select(-2, _reflect_index(h, ry, align_corners, src.device))
+    else:
+        mode = "constant" if padding == "zeros" else "replicate"
+        src = F.pad(src, (2 * rx, 2 * rx, 2 * ry, 2 * ry), mode=mode)
+    src = _separable_filter(src, kx, ky, static)
+    m = matrix
+    if band:
+        if align_corners:
+            scale = ((w - 1) / max(w - 1 + 2 * rx, 1), (h - 1) / max(h - 1 + 2 * ry, 1))
+        else:
+            scale = (w / (w + 2 * rx), h / (h + 2 * ry))
+        m = torch.stack((matrix[:, 0] * scale[0], matrix[:, 1] * scale[1]), 1)
+    out = sample(src, m, padding)
+    if band and any_still:  # the images that do not shrink: their plain sample (bit for bit)
+        still = ((vx <= 0) & (vy <= 0)).view(-1, 1, 1, 1)
+        out = torch.where(still, sample(input, matrix, padding), out)
+    return out
+
+
+def _radius(variance: float) -> int:
+    """The kernel radius an axis needs for footprints up to ``variance`` (0: no filter along it), in Python."""
+    if variance <= 0:
+        return 0
+    n = math.floor((math.sqrt(1.0 + 12.0 * variance) - 1.0) / 2.0)
+    s = n * (n + 1) * (2 * n + 1) / 6.0
+    width = 2 * n + 1 + 2 * (variance * (2 * n + 1) - 2 * s) / (2 * ((n + 1) ** 2 - variance))
+    return max(1, math.ceil((width - 1.0) / 2.0))
+
+
+def static_radius(n: int, out: int) -> int:
+    """The prefilter's radius along an axis of ``n`` source pixels sampled to ``out``, when it cannot depend on
+    the parameters (a captured or compiled graph): room for footprints three times the size ratio wide."""
+    return max(1, math.ceil(1.5 * n / max(out, 1)))
+
+
+def _box_variance_of_width(width: int) -> float:
+    """The variance of :func:`box_kernel` of an odd integer ``width`` (``2n + 1`` cells of equal weight)."""
+    n = (width - 1) // 2
+    return n * (n + 1) / 3.0

@@ -10,9 +10,11 @@
 5. Run it, with ``padding="fill"`` on zero padding (:mod:`~torchstn.sampling._fill`), and mark non-finite
    points NaN for ``nonfinite="propagate"``.
 
-With ``antialias=True`` step 5 runs :func:`torchstn._antialias.antialiased_sample` on the grid (the backend,
-never the fused kernel, reads its level 0), each head on its own grid (the footprints are the grid's finite
-differences), with the same padding, fill and non-finite handling.
+With ``antialias=True`` step 5 runs, for a 2D affine family, :func:`torchstn._antialias.prefiltered_affine_sample`
+(each (image, head) pair's footprint filter, then the plain sample by the backend ``backend=`` chooses without
+the option), and otherwise :func:`torchstn._antialias.antialiased_sample` on the grid (the mip-map; the grid
+path reads its level 0), each head on its own grid, with the same padding, fill and non-finite handling
+(``nonfinite="propagate"`` takes the mip-map, which has the grid).
 
 Under ``torch.autocast`` the call first takes the dtypes of :mod:`~torchstn.sampling._autocast` (parameters,
 matrix and grid in float32, the input in the dtype autocast gives ``F.grid_sample``) and runs with autocast off.
@@ -20,13 +22,14 @@ matrix and grid in float32, the input in the dtype autocast gives ``F.grid_sampl
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Sequence
 
 import torch
 from torch import Tensor
 
-from torchstn._antialias import antialiased_sample
+from torchstn._antialias import antialiased_sample, prefiltered_affine_sample
 from torchstn._checks import capturing_graph, check_size, check_tensor
 from torchstn.errors import DTypeError, NonFiniteError, ShapeError
 from torchstn.sampling._autocast import AutocastDtypes, autocast_dtypes, to_work_dtype
@@ -169,6 +172,8 @@ def _run_antialiased(call: SamplerCall, backend: GridBackend) -> Tensor:
     """``antialias=True``: the footprint-averaged sample of every (image, head) pair's own grid, ``backend``
     reading level 0; padding, fill and non-finite grids as in :func:`_run`."""
     options, input, n = call.options, call.input, call.heads
+    if _prefilter_applies(call):
+        return _run_prefiltered(call)
     grid = call.grid if call.grid is not None else _flat_grid(call, contiguous=True)  # (B * N, H', W', 2)
     if n > 1:
         input = input.repeat_interleave(n, dim=0)  # row k of the grid warps image k // N
@@ -191,6 +196,63 @@ def _run_antialiased(call: SamplerCall, backend: GridBackend) -> Tensor:
     out = filled(input, options.padding, fill, run)  # (B * N, C, H', W')
     if finite is not None:
         out = torch.where(finite.unsqueeze(1), out, torch.full_like(out, float("nan")))
+    return out if n == 1 else out.view(call.batch, n, out.shape[1], *call.size)
+
+
+def _prefilter_applies(call: SamplerCall) -> bool:
+    """Whether ``antialias=True`` takes the affine prefilter (:func:`~torchstn._antialias.prefiltered_affine_sample`):
+    a 2D affine matrix (the same footprint at every output pixel), real values, and non-finite points not
+    propagated (that needs the grid)."""
+    m = call.matrix
+    return (
+        m is not None
+        and call.transform is not None
+        and call.transform.ndim == 2
+        and m.shape[-2] == 2
+        and call.grid is None
+        and call.options.nonfinite != "propagate"
+        and m.device.type != "meta"
+    )
+
+
+def _run_prefiltered(call: SamplerCall) -> Tensor:
+    """``antialias=True`` for an affine family: the prefiltered input sampled by the backend the options choose
+    without the option (the fused kernel under ``"auto"`` where it is built), every (image, head) pair with its
+    own matrix; padding and fill as in :func:`_run`."""
+    options, input, n, matrix, transform = call.options, call.input, call.heads, call.matrix, call.transform
+    assert matrix is not None and transform is not None  # _prefilter_applies checked both
+    if options.nonfinite == "raise" and not call.grid_finite and not call.capturing:
+        _check_grid(_flat_grid(call, contiguous=True), call)  # the matrix could not vouch for its grid
+    if n > 1:
+        input = input.repeat_interleave(n, dim=0)  # row k of the matrices warps image k // N
+    plain = dataclasses.replace(options, antialias=False, padding="zeros", fill=None)
+
+    def sample(src: Tensor, m: Tensor, padding: str) -> Tensor:
+        sub = SamplerCall(
+            src,
+            plain,
+            call.kernel,
+            call.size,
+            transform=transform,
+            matrix=m,
+            grid_finite=True,
+            capturing=call.capturing,
+        )
+        backend = choose(sub)
+        if backend.reads_grid:
+            sub.grid = transform.grid_from_matrix(m, call.size, options.align_corners).to(src.dtype)
+        return backend.run(sub, src, padding)
+
+    static = call.capturing or torch.compiler.is_compiling()
+
+    def run(src: Tensor, padding: str) -> Tensor:
+        size = (call.size[0], call.size[1])
+        return prefiltered_affine_sample(src, matrix, size, padding, options.align_corners, sample, static)
+
+    fill = None if options.fill is None else fill_tensor(options.fill, call.input)  # (1 or B, C, 1, 1)
+    if fill is not None and n > 1 and fill.shape[0] > 1:
+        fill = fill.repeat_interleave(n, dim=0)
+    out = filled(input, options.padding, fill, run)  # (B * N, C, H', W')
     return out if n == 1 else out.view(call.batch, n, out.shape[1], *call.size)
 
 

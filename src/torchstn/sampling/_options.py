@@ -39,9 +39,11 @@ class SamplingOptions:
         backend: ``"auto"`` or a registered backend's name: ``"fused"``, ``"torch"``, ``"reference"`` (see
             :mod:`torchstn.sampling`).
         nonfinite: ``"raise"``, ``"propagate"`` or ``"ignore"``.
-        antialias: Average each output pixel's source footprint where the warp shrinks (a mip-map with a
-            per-pixel level, :mod:`torchstn._antialias`): bilinear only, on the grid path (never the fused kernel);
-            images only (checked against the input, or the transform when a module is built).
+        antialias: Average each output pixel's source footprint where the warp shrinks
+            (:mod:`torchstn._antialias`: an exact separable prefilter for affine warps, a mip-map with a per-pixel
+            level for the others): bilinear only; images only (checked against the input, or the transform when
+            a module is built). ``backend="fused"`` cannot be asked for by name (``"auto"`` samples the affine
+            prefilter's output with it).
 
     Raises:
         OptionError: An option is not one of its choices, ``fill`` is missing, superfluous or not finite, or
