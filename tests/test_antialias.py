@@ -490,3 +490,15 @@ def test_affine_compiled_matches_eager_and_a_mixed_batch_keeps_its_plain_images(
     assert_close(compiled, eager)
     plain_compiled = warp(x, p, t, (24, 24), padding="border")  # the graph's plain sample (the grid path)
     assert torch.equal(compiled[1:], plain_compiled[1:])
+
+
+def test_coloc_attention_takes_the_option(gen: torch.Generator) -> None:
+    from torchstn.models import create_model
+
+    plain, aa = create_model("coloc_attention"), create_model("coloc_attention", antialias=True)
+    aa.load_state_dict(plain.state_dict())
+    assert aa.options.antialias and not plain.options.antialias
+    x = torch.rand(2, 1, 84, 84, generator=gen)
+    expected = torchstn.warp(x, aa.localisation(x), Attention(), (28, 28), antialias=True)
+    assert_close(aa(x), expected)
+    assert torch.equal(aa(x), plain(x))  # the start crop (28 of 84 px, to 28 px) does not shrink: the same output

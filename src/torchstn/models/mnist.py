@@ -310,21 +310,25 @@ def addition_2xst_fcn_tps(budget: int | None = None) -> nn.Module:
 
 @register_model
 def coloc_attention(
-    input_shape: Shape = (1, 84, 84), output_size: tuple[int, int] = (28, 28), bounded: bool = True
+    input_shape: Shape = (1, 84, 84),
+    output_size: tuple[int, int] = (28, 28),
+    bounded: bool = True,
+    antialias: bool = False,
 ) -> nn.Module:
     """Co-localisation: an attention ST (localisation: conv 8@9x9 stride 4 -> maxpool 2 -> FC 8 -> FC 8 -> FC 3)
     sampling a 28x28 crop for the MNIST encoder. It starts at a crop of the image centre at the crop's scale
     (``s = 28 / 84``) rather than the whole image, so its first crops already look like digits. With ``bounded``
     the scale stays in (0.2, 1.05) and the centre within 0.8 of the middle (:class:`~torchstn.modules.Bounds`):
     unbounded, the crop first wanders out to the whole image and beyond before it settles
-    (docs/results/coloc-variants/)."""
+    (docs/results/coloc-variants/). ``antialias`` averages each crop pixel's footprint (``warp(...,
+    antialias=True)``): the start crop is read 1:1, a crop of the whole image shrinks it 3x."""
     t = Attention()
     init = torch.tensor([output_size[-1] / input_shape[-1], 0.0, 0.0])
     bounds = Bounds(translation=0.8, scale=(0.2, 1.05)) if bounded else None
     loc = conv_localisation(
         input_shape, t, channels=(8,), kernel_size=9, stride=4, hidden=(8, 8), init=init, bounds=bounds
     )
-    return SpatialTransformer(loc, t, output_size=output_size)
+    return SpatialTransformer(loc, t, output_size=output_size, antialias=antialias)
 
 
 # --- 3D -------------------------------------------------------------------------------------------------------
