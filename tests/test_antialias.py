@@ -502,3 +502,16 @@ def test_coloc_attention_takes_the_option(gen: torch.Generator) -> None:
     expected = torchstn.warp(x, aa.localisation(x), Attention(), (28, 28), antialias=True)
     assert_close(aa(x), expected)
     assert torch.equal(aa(x), plain(x))  # the start crop (28 of 84 px, to 28 px) does not shrink: the same output
+
+
+@pytest.mark.parametrize("t", [Affine(), Projective()], ids=repr)
+def test_antialias_runs_on_every_device_and_agrees_with_the_cpu(device: torch.device, t: Transform) -> None:
+    """On CUDA the prefilter runs in tensor ops and the plain sample on the grid path: the same numbers as the CPU's
+    compiled filter and fused kernel, to float32 rounding."""
+    gen = torch.Generator().manual_seed(3)
+    x = torch.rand(2, 3, 40, 36, generator=gen)
+    p = _off_identity(t, gen, torch.float32, scale=1.7).expand(2, -1).contiguous()
+    cpu = torchstn.warp(x, p, t, (12, 10), antialias=True, padding="border")
+    out = torchstn.warp(x.to(device), p.to(device), t, (12, 10), antialias=True, padding="border")
+    assert out.device.type == device.type
+    assert_close(out.cpu(), cpu, scale=10)
