@@ -66,7 +66,7 @@ class SpatialTransformer(nn.Module):
         mode, padding, fill, align_corners, backend, nonfinite: As in :func:`torchstn.sample`.
         combine: How the outputs of several heads are joined: ``"stack"`` or ``"concat"``.
         antialias: Average each output pixel's source footprint where the warp shrinks (as
-            :func:`torchstn.warp`); 2D bilinear only, on the grid path; validated here, when the module is built.
+            :func:`torchstn.warp`); 2D bilinear only; validated here, when the module is built.
 
     Attributes:
         last_params: The parameters of the latest forward pass (detached), for inspection and pictures.

@@ -39,7 +39,7 @@ Mixed precision: under ``torch.autocast`` the parameters, matrix and grid are co
 sampled in the dtype autocast gives ``F.grid_sample`` for it and that grid (float32 on CPU and CUDA; ``_autocast.py``).
 
 Anti-aliasing: ``antialias=True`` averages each output pixel's source footprint where the warp shrinks
-(:mod:`torchstn._antialias`, on the grid path).
+(:mod:`torchstn._antialias`: a separable prefilter for affine warps, a mip-map for the others).
 
 Layout: ``_options.py`` (:class:`SamplingOptions`, validated once), ``_dispatch.py`` (the one path from a call to
 its output), ``_backend.py`` (what a backend is), ``_backends.py`` (the registry), ``_torch.py``,
@@ -141,10 +141,12 @@ def warp(
         mode, padding, fill, align_corners, nonfinite: As in :func:`sample`.
         backend: As in :func:`sample`, and ``"fused"``: the compiled kernel, which raises
             :class:`~torchstn.errors.OptionError` saying why where it cannot run.
-        antialias: Average each output pixel's source footprint where the warp shrinks (a mip-map with a
-            per-pixel level, :mod:`torchstn._antialias`); exactly the plain warp where it does not. 2D bilinear
-            only; it takes the grid path (never the fused kernel), and ``backend="reference"`` there reads level 0
-            with the reference sampler.
+        antialias: Average each output pixel's source footprint where the warp shrinks
+            (:mod:`torchstn._antialias`: an exact separable prefilter of the input for affine families, then the
+            plain sample by the backend chosen without the option; a mip-map with a per-pixel level for projective
+            and thin-plate-spline warps, read at level 0 by the grid path or, with ``backend="reference"``, the
+            reference sampler); exactly the plain warp where it does not. 2D bilinear only; ``backend="fused"``
+            cannot be named with it (``"auto"`` uses the fused kernel for the prefiltered image).
 
     Returns:
         ``(B, C, H', W')`` (or ``(B, C, D', H', W')``).
