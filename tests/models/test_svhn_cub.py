@@ -330,3 +330,19 @@ def test_svhn_param_groups(name: str, n_st: int) -> None:
     assert len(sts) == n_st
     assert {id(p) for p in loc["params"]} == {id(p) for st in sts for p in st.localisation.parameters()}
     torch.optim.SGD([rest, loc], lr=0.01)  # the groups are valid optimizer input
+
+
+def test_cub_crops_are_antialiased_by_default_and_equal_at_the_initial_tiling() -> None:
+    import torch
+    from torch import nn
+
+    from torchstn.models.cub import cub_st_cnn
+
+    backbone = nn.Sequential(nn.Conv2d(3, 4, 3, stride=4), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten())
+    torch.manual_seed(0)
+    on = cub_st_cnn(backbone, 4, input_size=96, crop_size=48)
+    off = cub_st_cnn(backbone, 4, input_size=96, crop_size=48, antialias=False)
+    off.load_state_dict(on.state_dict())
+    assert on.transformer.options.antialias and not off.transformer.options.antialias
+    x = torch.rand(2, 3, 96, 96)
+    assert torch.equal(on.crops(x), off.crops(x))  # the tiles are read 1:1: nothing shrinks

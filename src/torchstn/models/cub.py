@@ -203,6 +203,7 @@ def cub_st_cnn(
     overlap: float = 0.0,
     bounds: Bounds | None = None,
     dropout: float = 0.0,
+    antialias: bool = True,
 ) -> CUBNet:
     """N x ST-CNN: ``N`` parallel attention transformers on the input, each feeding its own part network.
 
@@ -221,6 +222,11 @@ def cub_st_cnn(
         overlap: Enlarge the default initial windows by this fraction (see :func:`~torchstn.modules.tiling_params`).
         bounds: Optional bounds of the default localisation network's outputs.
         dropout: Dropout before the classifier.
+        antialias: Average each crop pixel's source footprint (``warp(..., antialias=True)``), on by default: a
+            crop wider than ``crop_size`` input pixels (the paper's 448 -> 224 crops of a whole image) otherwise
+            reads a 2x2 neighbourhood and aliases. Chosen from the measurements in ``benchmarks/README.md``
+            (quality and flicker) and the co-localisation cells of RESULTS.md (attention crops, with and without
+            the option); the crops at the initial tiling are read 1:1 and do not change.
 
     Returns:
         A :class:`CUBNet` mapping ``(B, 3, input_size, input_size)`` to logits ``(B, num_classes)``; its
@@ -243,7 +249,9 @@ def cub_st_cnn(
     if localisation is None:
         init = tiling_params(rows, cols, overlap)
         localisation = cub_localisation(num_transformers, init, bounds, size=min(112, input_size))
-    st = SpatialTransformer(localisation, Attention(), output_size=(crop_size, crop_size), combine="stack")
+    st = SpatialTransformer(
+        localisation, Attention(), output_size=(crop_size, crop_size), combine="stack", antialias=antialias
+    )
     parts = _parts(backbone, num_transformers, share_backbone)
     return CUBNet(st, parts, feature_dim, num_transformers, num_classes, crop_size, dropout)
 
