@@ -27,12 +27,14 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _results import ROOT, Experiments, RecordError
 from record import cell_of_run
 
 from torchstn._io import atomic_write_bytes, atomic_write_text
+from torchstn.models import create_model
 from torchstn.models import pretrained as shipped
 from torchstn.train import load_checkpoint
 from torchstn.train.factories import model_kwargs
@@ -41,9 +43,7 @@ __all__ = ["export_run"]
 
 
 def _jsonable(value: Any) -> Any:
-    if isinstance(value, tuple):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, list):
+    if isinstance(value, tuple | list):
         return [_jsonable(v) for v in value]
     if isinstance(value, dict):
         return {k: _jsonable(v) for k, v in value.items()}
@@ -61,14 +61,12 @@ def export_run(run: Path, results: Path, experiments: Experiments, n_check: int)
     meta = json.loads((record / "meta.json").read_text())
     metrics = json.loads((record / "metrics.json").read_text())
     state = load_checkpoint(run / "checkpoints" / "last.pt")
-    import yaml
-
     config = yaml.safe_load((record / "config.yaml").read_text())
     if config.get("task") != "classify" or config["data"].get("dataset", "distorted_mnist") != "distorted_mnist":
         raise RecordError(f"{run}: only distorted-MNIST classifiers are shipped (task {config.get('task')!r})")
     kwargs = _jsonable(model_kwargs(config))
     name = config["model"]["name"]
-    model = shipped_model(name, kwargs)
+    model = create_model(name, **kwargs)
     model.load_state_dict(state["model"], strict=True)
     weights = {k: v.detach().clone().contiguous() for k, v in model.state_dict().items()}
     buf = io.BytesIO()
@@ -101,12 +99,6 @@ def export_run(run: Path, results: Path, experiments: Experiments, n_check: int)
     rows = [vars(w) for w in sorted(index, key=lambda w: (w.model, w.tag))]
     atomic_write_text(shipped.WEIGHTS_DIR / shipped.INDEX, json.dumps(rows, indent=1) + "\n")
     return entry
-
-
-def shipped_model(name: str, kwargs: dict[str, Any]) -> torch.nn.Module:
-    from torchstn.models import create_model
-
-    return create_model(name, **kwargs)
 
 
 def main() -> int:

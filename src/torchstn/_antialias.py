@@ -571,13 +571,11 @@ def prefiltered_affine_sample(
         if top_x <= 0 and top_y <= 0:
             return sample(input, matrix, padding)
         rx, ry = _radius(top_x), _radius(top_y)
-    v = torch.stack((vx, vy), -1)  # (B, 2): both axes' kernels in one go, to the larger radius
-    kernels = box_kernel(box_width(v.flatten()), max(rx, ry)).view(v.shape[0], 2, -1)
-    if rx != ry:  # the shorter kernel's outer taps are zero: keep its own length (a smaller band)
-        r = min(rx, ry)
-        short = kernels[:, 0 if rx < ry else 1, abs(rx - ry) : abs(rx - ry) + 2 * r + 1]
-    kx = None if rx == 0 else (kernels[:, 0] if rx >= ry else short)
-    ky = None if ry == 0 else (kernels[:, 1] if ry >= rx else short)
+    # Both axes' kernels in one go, to the larger radius; each keeps its own length (its outer taps are zero).
+    top = max(rx, ry)
+    kernels = box_kernel(box_width(torch.stack((vx, vy), -1).flatten()), top).view(vx.shape[0], 2, -1)
+    kx = None if rx == 0 else kernels[:, 0, top - rx : top + rx + 1]
+    ky = None if ry == 0 else kernels[:, 1, top - ry : top + ry + 1]
     src = input
     band = padding != "reflection"  # zeros and border: filter a band around the image; reflection: in place
     if padding == "reflection":

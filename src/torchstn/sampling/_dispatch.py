@@ -183,9 +183,7 @@ def _run_antialiased(call: SamplerCall, backend: GridBackend) -> Tensor:
     elif options.nonfinite == "propagate":  # sampled at 0 there (the footprints stay finite), then NaN
         finite = torch.isfinite(grid).all(-1)  # (B * N, H', W')
         grid = torch.where(finite.unsqueeze(-1), grid, torch.zeros_like(grid))
-    fill = None if options.fill is None else fill_tensor(options.fill, call.input)  # (1 or B, C, 1, 1)
-    if fill is not None and n > 1 and fill.shape[0] > 1:
-        fill = fill.repeat_interleave(n, dim=0)
+    fill = _pair_fill(call)
 
     def level0(src: Tensor, g: Tensor, padding: str, align_corners: bool) -> Tensor:
         return backend.sample(src, g, "bilinear", padding, align_corners)
@@ -197,6 +195,15 @@ def _run_antialiased(call: SamplerCall, backend: GridBackend) -> Tensor:
     if finite is not None:
         out = torch.where(finite.unsqueeze(1), out, torch.full_like(out, float("nan")))
     return out if n == 1 else out.view(call.batch, n, out.shape[1], *call.size)
+
+
+def _pair_fill(call: SamplerCall) -> Tensor | None:
+    """The fill of every (image, head) pair, ``(1 or B * N, C, 1, 1)``, or None without ``padding="fill"``."""
+    options, n = call.options, call.heads
+    fill = None if options.fill is None else fill_tensor(options.fill, call.input)  # (1 or B, C, 1, 1)
+    if fill is not None and n > 1 and fill.shape[0] > 1:
+        fill = fill.repeat_interleave(n, dim=0)
+    return fill
 
 
 def _prefilter_applies(call: SamplerCall) -> bool:
@@ -249,9 +256,7 @@ def _run_prefiltered(call: SamplerCall) -> Tensor:
         size = (call.size[0], call.size[1])
         return prefiltered_affine_sample(src, matrix, size, padding, options.align_corners, sample, static)
 
-    fill = None if options.fill is None else fill_tensor(options.fill, call.input)  # (1 or B, C, 1, 1)
-    if fill is not None and n > 1 and fill.shape[0] > 1:
-        fill = fill.repeat_interleave(n, dim=0)
+    fill = _pair_fill(call)
     out = filled(input, options.padding, fill, run)  # (B * N, C, H', W')
     return out if n == 1 else out.view(call.batch, n, out.shape[1], *call.size)
 
