@@ -81,6 +81,9 @@ class Experiments:
                 family = self.models[model]["family"]  # KeyError: a model missing from `models`
                 if family not in spec["epochs"]:
                     raise ValueError(f"{self.path}: column {column!r} has no schedule for family {family!r}")
+            for model in spec.get("model_epochs") or {}:
+                if model not in spec["paper"]:
+                    raise ValueError(f"{self.path}: column {column!r} has model_epochs for {model!r}, not one of its models")
 
     def label(self, model: str) -> str:
         return str(self.models[model]["label"])
@@ -91,8 +94,12 @@ class Experiments:
         return [m for m in self.models if m in shown]
 
     def chosen_epochs(self, column: str, model: str) -> int:
-        """The schedule length the column's table uses for this model."""
-        return int(self.columns[column]["epochs"][self.models[model]["family"]])
+        """The schedule length the column's table uses for this model: the column's ``model_epochs`` entry for it
+        (a family moving to a longer schedule model by model, as each model's seeds are recorded), else its
+        family's ``epochs``."""
+        spec = self.columns[column]
+        own = (spec.get("model_epochs") or {}).get(model)
+        return int(own if own is not None else spec["epochs"][self.models[model]["family"]])
 
     def overrides(self, cell: Cell) -> list[str]:
         """The ``--set`` overrides that define a cell on top of its column's config file."""

@@ -398,11 +398,12 @@ def test_notes_sections_are_read(tmp_path: Path) -> None:
 
 def test_reproduce_skips_recorded_cells_and_resumes_interrupted_runs(tmp_path: Path, exp: Any, head: str) -> None:
     todo = reproduce.cells(exp, ["rts"], [0], models=["cnn_baseline", "st_cnn_aff", "st_cnn_tps", "st_fcn_aff"])
+    e = {m: exp.chosen_epochs("rts", m) for m in ("st_fcn_aff", "st_cnn_aff", "cnn_baseline", "st_cnn_tps")}
     assert [c.path.as_posix() for c in todo] == [
-        "rts/st_fcn_aff/e40-seed0",
-        "rts/st_cnn_aff/e8-seed0",
-        "rts/cnn_baseline/e8-seed0",
-        "rts/st_cnn_tps/e8-seed0",
+        f"rts/st_fcn_aff/e{e['st_fcn_aff']}-seed0",
+        f"rts/st_cnn_aff/e{e['st_cnn_aff']}-seed0",
+        f"rts/cnn_baseline/e{e['cnn_baseline']}-seed0",
+        f"rts/st_cnn_tps/e{e['st_cnn_tps']}-seed0",
     ]
     runs, results = tmp_path / "runs", tmp_path / "results"
     record.record_run(_fake_run(tmp_path / "x", exp, todo[0], head), results, exp)
@@ -439,3 +440,21 @@ def test_family_overrides_apply_to_their_family_only(exp: Any) -> None:
     assert "model.kwargs.budget=1360000" in exp.overrides(results_lib.Cell("rts", "fcn_baseline", 40, 0))
     # The study column at the CNN's budget is the column's config file as it is.
     assert "budget" not in exp.config(results_lib.Cell("rts_fcn_b85k", "fcn_baseline", 40, 0))["model"]["kwargs"]
+
+
+def test_model_epochs_move_one_model_to_its_own_schedule(tmp_path: Path, exp: Any) -> None:
+    """A column's ``model_epochs`` overrides the family's schedule for the models it names (the table and
+    scripts/reproduce.py both read chosen_epochs), and naming a model the column does not show is refused."""
+    raw = yaml.safe_load((ROOT / "results" / "experiments.yaml").read_text())
+    raw["columns"]["rts"]["epochs"] = {"fcn": 40, "cnn": 8}
+    raw["columns"]["rts"]["model_epochs"] = {"st_cnn_aff": 30}
+    path = tmp_path / "experiments.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    ours = results_lib.Experiments(path)
+    assert ours.chosen_epochs("rts", "st_cnn_aff") == 30
+    assert ours.chosen_epochs("rts", "cnn_baseline") == 8
+    assert ours.chosen_epochs("r", "st_cnn_aff") == raw["columns"]["r"]["epochs"]["cnn"]
+    raw["columns"]["rts"]["model_epochs"] = {"addition_cnn": 30}
+    path.write_text(yaml.safe_dump(raw))
+    with pytest.raises(ValueError, match="model_epochs for 'addition_cnn'"):
+        results_lib.Experiments(path)
