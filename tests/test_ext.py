@@ -504,3 +504,100 @@ def test_antialias_uses_the_compiled_filter_and_agrees_with_the_tensor_ops(
     monkeypatch.setattr(_antialias, "_compiled_filter_runs", lambda *a: False)
     ops = torchstn.warp(x, p, Affine(), (12, 12), antialias=True, padding="border", backend="torch")
     torch.testing.assert_close(ours, ops, rtol=0.0, atol=1e-12)
+
+
+# --- the one-pass prefilter of axis-aligned warps (csrc/axis_resample.cpp) -------------------------------------
+
+# Attention windows, one per image (a 31x37 input read to 13x9): near the identity (not at it: its sample points
+# would sit on pixel centres, where bilinear has kinks and the two paths may take either side), a zoom in (upsamples: its plain
+# sample), a window 2.7x the input, one that shrinks less along y than along x, one far outside the image and one
+# overlapping the edges.
+_WINDOWS = [
+    [1.03, 0.011, -0.007],
+    [0.2, 0.13, -0.21],
+    [2.7, 0.31, -0.17],
+    [1.13, -0.62, 0.37],
+    [1.6, 2.9, -2.4],
+    [0.93, 0.71, 0.83],
+]
+
+
+def _axis_params(t: Attention | Translation, dtype: torch.dtype) -> torch.Tensor:
+    p = torch.tensor(_WINDOWS, dtype=dtype)
+    return p if isinstance(t, Attention) else p[:, 1:] * 1.7
+
+
+@pytest.mark.parametrize("t", [Attention(), Translation()], ids=repr)
+@pytest.mark.parametrize("padding", ["zeros", "border", "reflection", "fill"])
+@pytest.mark.parametrize("align_corners", [False, True])
+def test_axis_aligned_prefilter_equals_the_full_resolution_filter(
+    gen: torch.Generator,
+    t: Attention | Translation,
+    padding: str,
+    align_corners: bool,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """``antialias=True`` on an axis-aligned family takes the one-pass kernel, which builds the kernels itself and
+    filters only what it reads: its output and both gradients equal the full-resolution filter's (the path every
+    other affine family takes) in float64, the images that do not shrink keep their plain sample bit for bit,
+    and float32 agrees with float64."""
+    from torchstn import _antialias
+
+    x = torch.rand(6, 2, 31, 37, generator=gen, dtype=torch.float64, requires_grad=True)
+    p = _axis_params(t, torch.float64).requires_grad_()
+    size = (13, 9)
+    fill = 0.3 if padding == "fill" else None
+    kw = {"antialias": True, "padding": padding, "align_corners": align_corners, "fill": fill}
+    calls: list[int] = []
+    real = _antialias._AxisWarp.apply
+    monkeypatch.setattr(_antialias._AxisWarp, "apply", lambda *a: calls.append(1) or real(*a))
+    ours = torchstn.warp(x, p, t, size, **kw)
+    assert calls
+    g = torch.randn(ours.shape, generator=gen, dtype=torch.float64)
+    ours_grads = torch.autograd.grad(ours, (x, p), g)
+    monkeypatch.setattr(type(t), "axis_aligned", False)
+    full = torchstn.warp(x, p, t, size, **kw)
+    torch.testing.assert_close(ours, full, rtol=0.0, atol=1e-12)
+    for a, b in zip(ours_grads, torch.autograd.grad(full, (x, p), g), strict=True):
+        torch.testing.assert_close(a, b, rtol=0.0, atol=1e-10)
+    monkeypatch.undo()
+    plain = torchstn.warp(x, p, t, size, **(kw | {"antialias": False}))
+    if isinstance(t, Attention):  # the identity window on a 31x37 input read to 13x9 shrinks; a zoom in does not
+        assert torch.equal(ours[1], plain[1])
+    else:  # a translation never shrinks a same-size output: every image is its plain sample
+        same = torchstn.warp(x, p, t, **kw)
+        assert torch.equal(same, torchstn.warp(x, p, t, **(kw | {"antialias": False})))
+    single = torchstn.warp(x.detach().float(), p.detach().float(), t, size, **kw)
+    torch.testing.assert_close(single, ours.detach().float(), rtol=0.0, atol=2e-5)
+
+
+@pytest.mark.parametrize("padding", ["zeros", "border", "reflection"])
+@pytest.mark.parametrize("align_corners", [False, True])
+def test_axis_aligned_prefilter_gradcheck(gen: torch.Generator, padding: str, align_corners: bool) -> None:
+    """The compiled backward against finite differences, the kernels' dependence on the scale included (windows
+    drawn at random, away from the sample positions' integer crossings, where bilinear has kinks)."""
+    x = torch.rand(3, 2, 11, 13, generator=gen, dtype=torch.float64, requires_grad=True)
+    u = torch.rand(3, 3, generator=gen, dtype=torch.float64)
+    p = torch.stack((0.6 + 2.0 * u[:, 0], 2.4 * u[:, 1] - 1.2, 2.4 * u[:, 2] - 1.2), -1).requires_grad_()
+
+    def f(x: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
+        return torchstn.warp(x, p, Attention(), (5, 4), antialias=True, padding=padding, align_corners=align_corners)
+
+    assert torch.autograd.gradcheck(f, (x, p))
+
+
+def test_axis_aligned_prefilter_with_heads_matches_one_head_at_a_time(gen: torch.Generator) -> None:
+    from torchstn.modules import SpatialTransformer, conv_localisation
+
+    t = Attention()
+    loc = conv_localisation((2, 40, 40), t, downsample=1, num_heads=2)
+    st = SpatialTransformer(loc, t, output_size=(12, 12), padding="border", antialias=True, combine="concat")
+    with torch.no_grad():
+        for w in loc.parameters():
+            w.add_(0.05 * torch.randn(w.shape, generator=gen))
+    x = torch.rand(3, 2, 40, 40, generator=gen)
+    out, params = st(x, return_params=True)
+    params = params.reshape(3, 2, -1)
+    for k in range(2):
+        expected = torchstn.warp(x, params[:, k], t, (12, 12), padding="border", antialias=True)
+        torch.testing.assert_close(out[:, 2 * k : 2 * k + 2], expected, rtol=0.0, atol=1e-6)

@@ -530,6 +530,59 @@ def _separable_filter(input: Tensor, kx: Tensor | None, ky: Tensor | None, stati
     return input
 
 
+_PADDING_CODES = {"zeros": 0, "border": 1, "reflection": 2}
+
+
+class _AxisWarp(torch.autograd.Function):
+    """``torch.ops.torchstn.axis_warp_antialiased`` (``csrc/axis_resample.cpp``): the prefiltered sample of an
+    axis-aligned affine warp in one pass, kernels included, with its compiled backward (first order, as the
+    fused warp's). Returns the output and the ``(B,)`` mask of the images that do not shrink."""
+
+    @staticmethod
+    def forward(
+        ctx: Any, input: Tensor, matrix: Tensor, xs: Tensor, ys: Tensor, padding: int, align: bool
+    ) -> tuple[Tensor, Tensor]:
+        ctx.save_for_backward(input, matrix, xs, ys)
+        ctx.options = (padding, align, PREFILTER_RAMP)
+        out, still = torch.ops.torchstn.axis_warp_antialiased(input, matrix, xs, ys, padding, align, PREFILTER_RAMP)
+        ctx.mark_non_differentiable(still)
+        return out, still
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx: Any, grad: Tensor, _: Any) -> tuple[Tensor | None, ...]:
+        input, matrix, xs, ys = ctx.saved_tensors
+        needs_input = bool(ctx.needs_input_grad[0])
+        gin, gmat = torch.ops.torchstn.axis_warp_antialiased_backward(
+            grad.contiguous(), input, matrix, xs, ys, *ctx.options, needs_input
+        )
+        return (gin if needs_input else None), gmat, None, None, None, None
+
+
+def _axis_warp(
+    input: Tensor,
+    matrix: Tensor,
+    size: tuple[int, int],
+    padding: str,
+    align_corners: bool,
+    sample: Callable[[Tensor, Tensor, str], Tensor],
+) -> Tensor:
+    """:func:`prefiltered_affine_sample` of an axis-aligned matrix by the compiled kernel: output column ``c``
+    reads source ``x = m00 xo[c] + m02`` and row ``r`` source ``y = m11 yo[r] + m12``, each through its two
+    bilinear taps' kernels, so the filtered image is computed only where it is read; the kernels are built there
+    too, each image's to its own radius. Equal to the full-resolution filter then the bilinear sample, to
+    rounding; the images that do not shrink get ``sample``'s plain output, bit for bit."""
+    from torchstn.sampling._fused import _target_coords  # here: the sampling package imports this module
+
+    dtype = input.dtype
+    xs, ys = _target_coords(size[1], align_corners, dtype), _target_coords(size[0], align_corners, dtype)
+    m = matrix.to(dtype).contiguous()
+    out, still = _AxisWarp.apply(input.contiguous(), m, xs, ys, _PADDING_CODES[padding], align_corners)  # type: ignore[no-untyped-call]
+    if bool(still.any()):  # the one host read
+        out = torch.where(still.view(-1, 1, 1, 1), sample(input, matrix, padding), out)
+    return out
+
+
 def prefiltered_affine_sample(
     input: Tensor,
     matrix: Tensor,
@@ -538,6 +591,7 @@ def prefiltered_affine_sample(
     align_corners: bool,
     sample: Callable[[Tensor, Tensor, str], Tensor],
     static: bool = False,
+    axis_aligned: bool = False,
 ) -> Tensor:
     """``antialias=True`` for an affine warp: the input box-filtered over each output pixel's footprint, then
     sampled bilinearly by ``sample(source, matrix, padding)`` (the plain warp of ``(B, 2, 3)`` matrices).
@@ -557,7 +611,14 @@ def prefiltered_affine_sample(
     radius fixed by the sizes alone, :func:`static_radius` (footprints up to three times the size ratio wide;
     wider ones are filtered at that width), the images that do not shrink are selected in the graph, and the
     output equals eager mode's to rounding.
+
+    With ``axis_aligned`` (the caller guarantees ``matrix[:, 0, 1] = matrix[:, 1, 0] = 0`` for every parameter
+    value: :attr:`~torchstn.transforms.MatrixTransform.axis_aligned`) and the compiled kernel running, filter and
+    sample are one pass that filters only the pixels the sampler reads (``csrc/axis_resample.cpp``); same output
+    to rounding, a fraction of the cost when the output is smaller than the input.
     """
+    if axis_aligned and _compiled_filter_runs(input, static):
+        return _axis_warp(input, matrix, size, padding, align_corners, sample)
     h, w = input.shape[-2:]
     vx, vy = affine_footprint_variance(matrix, (h, w), size, align_corners)
     if static:

@@ -9,7 +9,8 @@ transform (:class:`~torchstn.transforms.Affine`, ``Attention``, ``Similarity``, 
 with bilinear sampling and any padding, on the CPU, in float32 or float64, once the kernel is built; everything
 else (other devices and dtypes, graphs being compiled or exported) takes the ``F.grid_sample`` path.
 ``csrc/separable_filter.cpp`` adds the per-image separable filter of the anti-aliasing prefilter for affine warps
-(``warp(..., antialias=True)``, :mod:`torchstn._antialias`), forward and backward.
+(``warp(..., antialias=True)``, :mod:`torchstn._antialias`), forward and backward, and ``csrc/axis_resample.cpp``
+that prefilter and the sample in one pass for axis-aligned warps (``Attention``, ``Translation``).
 
 The kernel is compiled on the machine that runs it (a C++ compiler, ninja and setuptools are needed: the ``ext``
 extra installs ninja, torch brings setuptools), once per torch version, source and CPU, and cached (see
@@ -44,7 +45,9 @@ from torchstn.errors import ExtensionBuildError
 __all__ = ["ExtensionBuildError", "available", "build", "build_dir", "cache_root", "load"]
 
 _NAME = "torchstn_ext"
-_SOURCES = (Path(__file__).parent / "csrc" / "matrix_warp.cpp", Path(__file__).parent / "csrc" / "separable_filter.cpp")
+_SOURCES = tuple(
+    Path(__file__).parent / "csrc" / name for name in ("matrix_warp.cpp", "separable_filter.cpp", "axis_resample.cpp")
+)
 # -fno-trapping-math lets the compiler vectorise floor(); -march=native is safe because the build is keyed by the
 # CPU it was made on (see build_dir).
 _CFLAGS = ("-O3", "-march=native", "-fno-trapping-math", "-fopenmp")

@@ -37,7 +37,7 @@ from torchstn.sampling._backend import GridBackend, SamplerCall
 from torchstn.sampling._backends import choose
 from torchstn.sampling._fill import fill_tensor, filled
 from torchstn.sampling._options import SamplingOptions
-from torchstn.transforms import Transform
+from torchstn.transforms import MatrixTransform, Transform
 
 __all__ = ["sample_grid", "warp_params"]
 
@@ -254,7 +254,10 @@ def _run_prefiltered(call: SamplerCall) -> Tensor:
 
     def run(src: Tensor, padding: str) -> Tensor:
         size = (call.size[0], call.size[1])
-        return prefiltered_affine_sample(src, matrix, size, padding, options.align_corners, sample, static)
+        aligned = isinstance(transform, MatrixTransform) and transform.axis_aligned
+        return prefiltered_affine_sample(
+            src, matrix, size, padding, options.align_corners, sample, static, axis_aligned=aligned
+        )
 
     fill = _pair_fill(call)
     out = filled(input, options.padding, fill, run)  # (B * N, C, H', W')

@@ -193,6 +193,11 @@ class MatrixTransform(Transform):
 
     projective: bool = False
     eps: float = DEFAULT_EPS
+    #: True for a family whose sampler matrix has ``A[0, 1] = A[1, 0] = 0`` for every parameter value (source x
+    #: depends on output x alone, y on y): :class:`~torchstn.transforms.Attention` and
+    #: :class:`~torchstn.transforms.Translation`. ``antialias=True`` then filters only the pixels it reads (a
+    #: faster path, the same output). A subclass that adds a rotation or shear must set it back to False.
+    axis_aligned: bool = False
 
     def _matrix(self, params: Tensor, src_size: tuple[int, ...] | None) -> Tensor:
         raise NotImplementedError

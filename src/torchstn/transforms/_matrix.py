@@ -74,6 +74,7 @@ class Attention(MatrixTransform):
 
     num_params = 3
     roles = ("scale", "translation", "translation")
+    axis_aligned = True
 
     def _identity(self, device: torch.device | str | None, dtype: torch.dtype) -> Tensor:
         return _tensor([1, 0, 0], device, dtype)
@@ -100,6 +101,7 @@ class Translation(MatrixTransform):
 
     num_params = 2
     roles = ("translation", "translation")
+    axis_aligned = True
 
     def _identity(self, device: torch.device | str | None, dtype: torch.dtype) -> Tensor:
         return _tensor([0, 0], device, dtype)
