@@ -12,7 +12,10 @@ footprint's (:func:`affine_footprint_variance`; a box over unit cells of the mat
 :func:`box_width`, :func:`box_kernel`), then takes the plain bilinear sample of the filtered image (through the
 fused kernel where it runs). Every output pixel then averages its own footprint at its own sub-pixel position,
 so a moving image does not flicker, and the filter costs a few passes over the input whatever the batch's
-warps. What it approximates: the box over the footprint's parallelogram by the box over its axis-aligned
+warps. For the axis-aligned families (``Attention``, ``Translation``: source x depends on output x alone) the
+compiled CPU kernel does filter and sample in one pass that filters only the pixels the sampler reads and
+builds the kernels itself (``csrc/axis_resample.cpp``, the same output and gradients to rounding), which is
+what keeps an attention crop much smaller than its input cheap. What it approximates: the box over the footprint's parallelogram by the box over its axis-aligned
 variance (exact for axis-aligned shrinks, and for rotations with an isotropic shrink, whose footprint's
 variance is the same along every axis), plus bilinear's own tent (which the supersampled reference has too);
 the prefilter's variance ramps in from zero over footprint widths 1 to ``1 + PREFILTER_RAMP`` source pixels, so
