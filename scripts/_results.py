@@ -83,7 +83,9 @@ class Experiments:
                     raise ValueError(f"{self.path}: column {column!r} has no schedule for family {family!r}")
             for model in spec.get("model_epochs") or {}:
                 if model not in spec["paper"]:
-                    raise ValueError(f"{self.path}: column {column!r} has model_epochs for {model!r}, not one of its models")
+                    raise ValueError(
+                        f"{self.path}: column {column!r} has model_epochs for {model!r}, not one of its models"
+                    )
 
     def label(self, model: str) -> str:
         return str(self.models[model]["label"])

@@ -515,3 +515,22 @@ def test_antialias_runs_on_every_device_and_agrees_with_the_cpu(device: torch.de
     out = torchstn.warp(x.to(device), p.to(device), t, (12, 10), antialias=True, padding="border")
     assert out.device.type == device.type
     assert_close(out.cpu(), cpu, scale=10)
+
+
+@pytest.mark.parametrize("padding", ["zeros", "border", "reflection"])
+def test_a_footprint_wider_than_twice_the_input_takes_the_mipmap(gen: torch.Generator, padding: str) -> None:
+    """A window hundreds of times the image: the prefilter's kernels, band and tables would grow with the
+    footprint (a 1e4x window read to 3x3 asks for kernels of 840,000 taps), so such a batch takes the mip-map,
+    whose cost does not depend on the shrink: the same output as the projective family (always the mip-map) on
+    the same matrices."""
+    x = torch.rand(2, 2, 84, 84, generator=gen, dtype=torch.float64)
+    windows = torch.tensor([[1e4, 0.1, -0.2], [1.5, 0.0, 0.0]], dtype=torch.float64)  # one wide, one ordinary
+    s, tx, ty = windows.unbind(-1)
+    zero = torch.zeros_like(s)
+    as_affine = torch.stack((s, zero, tx, zero, s, ty), -1)
+    as_projective = torch.cat((as_affine, torch.zeros(2, 2, dtype=torch.float64)), -1)
+    expected = torchstn.warp(x, as_projective, Projective(), (3, 3), antialias=True, padding=padding)
+    for t, p in ((Attention(), windows), (Affine(), as_affine)):
+        out = torchstn.warp(x, p, t, (3, 3), antialias=True, padding=padding)
+        torch.testing.assert_close(out, expected, rtol=0.0, atol=1e-12)
+    assert torch.isfinite(expected).all()

@@ -509,9 +509,9 @@ def test_antialias_uses_the_compiled_filter_and_agrees_with_the_tensor_ops(
 # --- the one-pass prefilter of axis-aligned warps (csrc/axis_resample.cpp) -------------------------------------
 
 # Attention windows, one per image (a 31x37 input read to 13x9): near the identity (not at it: its sample points
-# would sit on pixel centres, where bilinear has kinks and the two paths may take either side), a zoom in (upsamples: its plain
-# sample), a window 2.7x the input, one that shrinks less along y than along x, one far outside the image and one
-# overlapping the edges.
+# would sit on pixel centres, where bilinear has kinks and the two paths may take either side), a zoom in
+# (upsamples: its plain sample), a window 2.7x the input, one that shrinks less along y than along x, one far
+# outside the image and one overlapping the edges.
 _WINDOWS = [
     [1.03, 0.011, -0.007],
     [0.2, 0.13, -0.21],

@@ -15,11 +15,13 @@ so a moving image does not flicker, and the filter costs a few passes over the i
 warps. For the axis-aligned families (``Attention``, ``Translation``: source x depends on output x alone) the
 compiled CPU kernel does filter and sample in one pass that filters only the pixels the sampler reads and
 builds the kernels itself (``csrc/axis_resample.cpp``, the same output and gradients to rounding), which is
-what keeps an attention crop much smaller than its input cheap. What it approximates: the box over the footprint's parallelogram by the box over its axis-aligned
-variance (exact for axis-aligned shrinks, and for rotations with an isotropic shrink, whose footprint's
-variance is the same along every axis), plus bilinear's own tent (which the supersampled reference has too);
-the prefilter's variance ramps in from zero over footprint widths 1 to ``1 + PREFILTER_RAMP`` source pixels, so
-the output is continuous in the warp and nothing changes where nothing shrinks.
+what keeps an attention crop much smaller than its input cheap. What it approximates: the box over the
+footprint's parallelogram by the box over its axis-aligned variance (exact for axis-aligned shrinks, and for
+rotations with an isotropic shrink, whose footprint's variance is the same along every axis), plus bilinear's
+own tent (which the supersampled reference has too); the prefilter's variance ramps in from zero over footprint
+widths 1 to ``1 + PREFILTER_RAMP`` source pixels, so the output is continuous in the warp and nothing changes
+where nothing shrinks. A footprint wider than twice the input (a window hundreds of times the image) takes the
+mip-map below, whose cost does not grow with it.
 
 **Projective and thin-plate-spline warps**, whose footprint varies per pixel, and ready-made grids: a
 **mip-map** with a per-pixel level, as texture hardware and differentiable renderers (nvdiffrast) do:
@@ -539,21 +541,24 @@ _PADDING_CODES = {"zeros": 0, "border": 1, "reflection": 2}
 class _AxisWarp(torch.autograd.Function):
     """``torch.ops.torchstn.axis_warp_antialiased`` (``csrc/axis_resample.cpp``): the prefiltered sample of an
     axis-aligned affine warp in one pass, kernels included, with its compiled backward (first order, as the
-    fused warp's). Returns the output and the ``(B,)`` mask of the images that do not shrink."""
+    fused warp's). Returns the output, the ``(B,)`` mask of the images that do not shrink and whether some
+    footprint is wider than twice the input (then nothing was computed)."""
 
     @staticmethod
     def forward(
         ctx: Any, input: Tensor, matrix: Tensor, xs: Tensor, ys: Tensor, padding: int, align: bool
-    ) -> tuple[Tensor, Tensor]:
+    ) -> tuple[Tensor, Tensor, Tensor]:
         ctx.save_for_backward(input, matrix, xs, ys)
         ctx.options = (padding, align, PREFILTER_RAMP)
-        out, still = torch.ops.torchstn.axis_warp_antialiased(input, matrix, xs, ys, padding, align, PREFILTER_RAMP)
-        ctx.mark_non_differentiable(still)
-        return out, still
+        out, still, wide = torch.ops.torchstn.axis_warp_antialiased(
+            input, matrix, xs, ys, padding, align, PREFILTER_RAMP
+        )
+        ctx.mark_non_differentiable(still, wide)
+        return out, still, wide
 
     @staticmethod
     @once_differentiable
-    def backward(ctx: Any, grad: Tensor, _: Any) -> tuple[Tensor | None, ...]:
+    def backward(ctx: Any, grad: Tensor, *_: Any) -> tuple[Tensor | None, ...]:
         input, matrix, xs, ys = ctx.saved_tensors
         needs_input = bool(ctx.needs_input_grad[0])
         gin, gmat = torch.ops.torchstn.axis_warp_antialiased_backward(
@@ -569,6 +574,7 @@ def _axis_warp(
     padding: str,
     align_corners: bool,
     sample: Callable[[Tensor, Tensor, str], Tensor],
+    wide: Callable[[Tensor, str], Tensor] | None,
 ) -> Tensor:
     """:func:`prefiltered_affine_sample` of an axis-aligned matrix by the compiled kernel: output column ``c``
     reads source ``x = m00 xo[c] + m02`` and row ``r`` source ``y = m11 yo[r] + m12``, each through its two
@@ -580,10 +586,20 @@ def _axis_warp(
     dtype = input.dtype
     xs, ys = _target_coords(size[1], align_corners, dtype), _target_coords(size[0], align_corners, dtype)
     m = matrix.to(dtype).contiguous()
-    out, still = _AxisWarp.apply(input.contiguous(), m, xs, ys, _PADDING_CODES[padding], align_corners)  # type: ignore[no-untyped-call]
-    if bool(still.any()):  # the one host read
+    code = _PADDING_CODES[padding]
+    out: Tensor
+    out, still, wide_flag = _AxisWarp.apply(input.contiguous(), m, xs, ys, code, align_corners)  # type: ignore[no-untyped-call]
+    any_still, too_wide = torch.stack((still.any(), wide_flag)).tolist()  # the one host read
+    if too_wide:
+        if wide is None:
+            raise OptionError(_TOO_WIDE)
+        return wide(input, padding)
+    if any_still:
         out = torch.where(still.view(-1, 1, 1, 1), sample(input, matrix, padding), out)
     return out
+
+
+_TOO_WIDE = "antialias=True: a footprint wider than twice the input needs the mip-map fallback, which was not given"
 
 
 def prefiltered_affine_sample(
@@ -595,6 +611,7 @@ def prefiltered_affine_sample(
     sample: Callable[[Tensor, Tensor, str], Tensor],
     static: bool = False,
     axis_aligned: bool = False,
+    wide: Callable[[Tensor, str], Tensor] | None = None,
 ) -> Tensor:
     """``antialias=True`` for an affine warp: the input box-filtered over each output pixel's footprint, then
     sampled bilinearly by ``sample(source, matrix, padding)`` (the plain warp of ``(B, 2, 3)`` matrices).
@@ -619,9 +636,13 @@ def prefiltered_affine_sample(
     value: :attr:`~torchstn.transforms.MatrixTransform.axis_aligned`) and the compiled kernel running, filter and
     sample are one pass that filters only the pixels the sampler reads (``csrc/axis_resample.cpp``); same output
     to rounding, a fraction of the cost when the output is smaller than the input.
+
+    In eager mode, when some footprint is wider than twice the input along an axis (a window many times the
+    image: the kernels, the band and the tables all grow with the footprint), ``wide(input, padding)`` gives the
+    output instead: the caller's mip-map (:func:`antialiased_sample`), whose cost does not depend on the shrink.
     """
     if axis_aligned and _compiled_filter_runs(input, static):
-        return _axis_warp(input, matrix, size, padding, align_corners, sample)
+        return _axis_warp(input, matrix, size, padding, align_corners, sample, wide)
     h, w = input.shape[-2:]
     vx, vy = affine_footprint_variance(matrix, (h, w), size, align_corners)
     if static:
@@ -635,6 +656,10 @@ def prefiltered_affine_sample(
         if top_x <= 0 and top_y <= 0:
             return sample(input, matrix, padding)
         rx, ry = _radius(top_x), _radius(top_y)
+        if rx > w or ry > h:  # a kernel wider than twice the input: the mip-map
+            if wide is None:
+                raise OptionError(_TOO_WIDE)
+            return wide(input, padding)
     # Both axes' kernels in one go, to the larger radius; each keeps its own length (its outer taps are zero).
     top = max(rx, ry)
     kernels = box_kernel(box_width(torch.stack((vx, vy), -1).flatten()), top).view(vx.shape[0], 2, -1)

@@ -24,7 +24,9 @@
 //
 // Ops (registered as torch.ops.torchstn.*; see torchstn/ext.py):
 //   axis_warp_antialiased(input (B,C,H,W), matrix (B,2,3), xs (W'), ys (H'), padding, align_corners, ramp)
-//       -> (out (B,C,H',W'), still (B,) bool: the images whose footprint shrinks along neither axis)
+//       -> (out (B,C,H',W'), still (B,) bool: the images whose footprint shrinks along neither axis, wide () bool:
+//           some image's kernel is wider than twice the input along its axis; then nothing is computed and the
+//           wrapper takes the mip-map, whose cost does not grow with the footprint)
 //   axis_warp_antialiased_backward(grad_out, input, matrix, xs, ys, padding, align_corners, ramp, input_grad)
 //       -> (grad_input or an empty tensor, grad_matrix (B,2,3))
 // matrix[:, 0, 1] and matrix[:, 1, 0] are taken as zero (the caller guarantees it for every parameter value) and
@@ -326,25 +328,30 @@ void plane_forward(const T* in, int64_t W, const Image<T>& im, std::vector<T>& t
   }
 }
 
-std::tuple<at::Tensor, at::Tensor> axis_warp_antialiased(const at::Tensor& input, const at::Tensor& matrix,
-                                                         const at::Tensor& xs, const at::Tensor& ys, int64_t padding,
-                                                         bool align_corners, double ramp) {
+std::tuple<at::Tensor, at::Tensor, at::Tensor> axis_warp_antialiased(const at::Tensor& input, const at::Tensor& matrix,
+                                                                     const at::Tensor& xs, const at::Tensor& ys,
+                                                                     int64_t padding, bool align_corners, double ramp) {
   check(input, matrix, xs, ys, padding, ramp, "torchstn::axis_warp_antialiased");
   const int64_t B = input.size(0), C = input.size(1), H = input.size(2), W = input.size(3);
   const int64_t Wo = xs.size(0), Ho = ys.size(0);
   at::Tensor out = at::zeros({B, C, Ho, Wo}, input.options());
   at::Tensor still = at::empty({B}, input.options().dtype(at::kBool));
+  at::Tensor wide = at::empty({}, input.options().dtype(at::kBool));
   AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "torchstn_axis_warp_antialiased", [&] {
     const scalar_t* in = input.const_data_ptr<scalar_t>();
     const scalar_t* mat = matrix.const_data_ptr<scalar_t>();
     scalar_t* o = out.mutable_data_ptr<scalar_t>();
     bool* st = still.mutable_data_ptr<bool>();
+    bool too_wide = false;
     for (int64_t b = 0; b < B; ++b) {
       Kernel<scalar_t> kx, ky;
       build_kernel(mat[b * 6], pixels_per_unit(W, Wo, align_corners), ramp, kx);
       build_kernel(mat[b * 6 + 4], pixels_per_unit(H, Ho, align_corners), ramp, ky);
       st[b] = kx.still && ky.still;
+      too_wide = too_wide || kx.K > 2 * W + 1 || ky.K > 2 * H + 1;
     }
+    wide.fill_(too_wide);
+    if (too_wide) return;  // the wrapper takes the mip-map: the tables would grow with the footprint
     at::parallel_for(0, B * C, 1, [&](int64_t lo, int64_t hi) {
       Image<scalar_t> im;
       std::vector<scalar_t> tmp;
@@ -361,7 +368,7 @@ std::tuple<at::Tensor, at::Tensor> axis_warp_antialiased(const at::Tensor& input
       }
     });
   });
-  return {out, still};
+  return {out, still, wide};
 }
 
 std::tuple<at::Tensor, at::Tensor> axis_warp_antialiased_backward(const at::Tensor& grad_out, const at::Tensor& input,
@@ -483,7 +490,7 @@ std::tuple<at::Tensor, at::Tensor> axis_warp_antialiased_backward(const at::Tens
 TORCH_LIBRARY_FRAGMENT(torchstn, m) {
   m.def(
       "axis_warp_antialiased(Tensor input, Tensor matrix, Tensor xs, Tensor ys, int padding, bool align_corners, "
-      "float ramp) -> (Tensor, Tensor)");
+      "float ramp) -> (Tensor, Tensor, Tensor)");
   m.def(
       "axis_warp_antialiased_backward(Tensor grad_out, Tensor input, Tensor matrix, Tensor xs, Tensor ys, "
       "int padding, bool align_corners, float ramp, bool input_grad) -> (Tensor, Tensor)");

@@ -173,7 +173,7 @@ def _run_antialiased(call: SamplerCall, backend: GridBackend) -> Tensor:
     reading level 0; padding, fill and non-finite grids as in :func:`_run`."""
     options, input, n = call.options, call.input, call.heads
     if _prefilter_applies(call):
-        return _run_prefiltered(call)
+        return _run_prefiltered(call, backend)
     grid = call.grid if call.grid is not None else _flat_grid(call, contiguous=True)  # (B * N, H', W', 2)
     if n > 1:
         input = input.repeat_interleave(n, dim=0)  # row k of the grid warps image k // N
@@ -222,10 +222,11 @@ def _prefilter_applies(call: SamplerCall) -> bool:
     )
 
 
-def _run_prefiltered(call: SamplerCall) -> Tensor:
+def _run_prefiltered(call: SamplerCall, backend: GridBackend) -> Tensor:
     """``antialias=True`` for an affine family: the prefiltered input sampled by the backend the options choose
     without the option (the fused kernel under ``"auto"`` where it is built), every (image, head) pair with its
-    own matrix; padding and fill as in :func:`_run`."""
+    own matrix; padding and fill as in :func:`_run`. A footprint wider than twice the input takes the mip-map on
+    the matrices' grid instead, ``backend`` reading its level 0 (the prefilter's kernels would grow with it)."""
     options, input, n, matrix, transform = call.options, call.input, call.heads, call.matrix, call.transform
     assert matrix is not None and transform is not None  # _prefilter_applies checked both
     if options.nonfinite == "raise" and not call.grid_finite and not call.capturing:
@@ -256,8 +257,16 @@ def _run_prefiltered(call: SamplerCall) -> Tensor:
         size = (call.size[0], call.size[1])
         aligned = isinstance(transform, MatrixTransform) and transform.axis_aligned
         return prefiltered_affine_sample(
-            src, matrix, size, padding, options.align_corners, sample, static, axis_aligned=aligned
+            src, matrix, size, padding, options.align_corners, sample, static, axis_aligned=aligned, wide=wide
         )
+
+    def wide(src: Tensor, padding: str) -> Tensor:
+        grid = transform.grid_from_matrix(matrix, call.size, options.align_corners).to(src.dtype)
+
+        def level0(s: Tensor, g: Tensor, pad: str, align_corners: bool) -> Tensor:
+            return backend.sample(s, g, "bilinear", pad, align_corners)
+
+        return antialiased_sample(src, grid, padding, options.align_corners, sampler=level0)
 
     fill = _pair_fill(call)
     out = filled(input, options.padding, fill, run)  # (B * N, C, H', W')
