@@ -591,15 +591,17 @@ def _axis_warp(
     out, still, wide_flag = _AxisWarp.apply(input.contiguous(), m, xs, ys, code, align_corners)  # type: ignore[no-untyped-call]
     any_still, too_wide = torch.stack((still.any(), wide_flag)).tolist()  # the one host read
     if too_wide:
-        if wide is None:
-            raise OptionError(_TOO_WIDE)
-        return wide(input, padding)
+        return _too_wide(wide, input, padding)
     if any_still:
         out = torch.where(still.view(-1, 1, 1, 1), sample(input, matrix, padding), out)
     return out
 
 
-_TOO_WIDE = "antialias=True: a footprint wider than twice the input needs the mip-map fallback, which was not given"
+def _too_wide(wide: Callable[[Tensor, str], Tensor] | None, input: Tensor, padding: str) -> Tensor:
+    """The output of a batch with a footprint wider than twice the input: the caller's mip-map."""
+    if wide is None:
+        raise OptionError("antialias=True: a footprint wider than twice the input needs the mip-map fallback (wide=)")
+    return wide(input, padding)
 
 
 def prefiltered_affine_sample(
@@ -657,9 +659,7 @@ def prefiltered_affine_sample(
             return sample(input, matrix, padding)
         rx, ry = _radius(top_x), _radius(top_y)
         if rx > w or ry > h:  # a kernel wider than twice the input: the mip-map
-            if wide is None:
-                raise OptionError(_TOO_WIDE)
-            return wide(input, padding)
+            return _too_wide(wide, input, padding)
     # Both axes' kernels in one go, to the larger radius; each keeps its own length (its outer taps are zero).
     top = max(rx, ry)
     kernels = box_kernel(box_width(torch.stack((vx, vy), -1).flatten()), top).view(vx.shape[0], 2, -1)

@@ -48,6 +48,7 @@ _NAME = "torchstn_ext"
 _SOURCES = tuple(
     Path(__file__).parent / "csrc" / name for name in ("matrix_warp.cpp", "separable_filter.cpp", "axis_resample.cpp")
 )
+_HEADERS = (Path(__file__).parent / "csrc" / "grid_math.h",)  # included by the sources: part of the build's key
 # -fno-trapping-math lets the compiler vectorise floor(); -march=native is safe because the build is keyed by the
 # CPU it was made on (see build_dir).
 _CFLAGS = ("-O3", "-march=native", "-fno-trapping-math", "-fopenmp")
@@ -82,7 +83,7 @@ def build_dir() -> Path:
     Python's versions and the CPU."""
     root = cache_root()
     h = hashlib.sha256()
-    for src in _SOURCES:
+    for src in (*_SOURCES, *_HEADERS):
         h.update(src.read_bytes())
     for part in (*_CFLAGS, *_LDFLAGS, torch.__version__, sys.version, platform.machine(), _cpu_signature()):
         h.update(part.encode())

@@ -40,10 +40,11 @@
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
+#include "grid_math.h"
+
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
-#include <limits>
 #include <tuple>
 #include <vector>
 
@@ -53,30 +54,8 @@ constexpr int64_t kZeros = 0;
 constexpr int64_t kBorder = 1;
 constexpr int64_t kReflection = 2;
 
-// grid_sample's reflection of a pixel coordinate into [low / 2, high / 2], with d(out)/d(in) in *grad.
-template <typename T>
-T reflect_coordinate(T in, int64_t twice_low, int64_t twice_high, T* grad) {
-  if (twice_low == twice_high) {
-    *grad = 0;
-    return 0;
-  }
-  const T min = static_cast<T>(twice_low) / 2;
-  const T span = static_cast<T>(twice_high - twice_low) / 2;
-  T mult = 1;
-  in = in - min;
-  if (in < T(0)) {
-    mult = -1;
-    in = -in;
-  }
-  const T extra = std::fmod(in, span);
-  const T flips = std::floor(in / span);
-  if (std::fmod(flips, T(2)) == T(0)) {
-    *grad = mult;
-    return extra + min;
-  }
-  *grad = -mult;
-  return span - extra + min;
-}
+using torchstn_grid::clip;
+using torchstn_grid::reflect;
 
 // The index that reflection padding reads for position m of an axis of n pixels (as _reflect_index in Python).
 inline int64_t reflect_index(int64_t m, int64_t n, bool align_corners) {
@@ -204,11 +183,9 @@ void build_axis(T a, T b, const T* base, int64_t n_out, const Kernel<T>& kern, i
       g_pad = (x > low) & (x < high) ? T(1) : T(0);
       x = x <= low ? low : (x >= high ? high : x);
     } else {
-      T g_ref;
-      x = align_corners ? reflect_coordinate(x, 0, 2 * (n - 1), &g_ref) : reflect_coordinate(x, -1, 2 * n - 1, &g_ref);
-      const T max = static_cast<T>(n - 1);
-      const T g_clip = (x > T(0)) & (x < max) ? T(1) : T(0);
-      x = x <= T(0) ? T(0) : (x >= max ? max : x);
+      T g_ref, g_clip;
+      x = align_corners ? reflect(x, 0, 2 * (n - 1), &g_ref) : reflect(x, -1, 2 * n - 1, &g_ref);
+      x = clip(x, n, &g_clip);
       g_pad = g_ref * g_clip;
     }
     const T fl = std::floor(x);

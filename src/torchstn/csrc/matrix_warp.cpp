@@ -23,6 +23,8 @@
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
+#include "grid_math.h"
+
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
@@ -45,38 +47,8 @@ inline T unnormalize(T coord, int64_t size, T* grad) {
   return ((coord + 1) * static_cast<T>(size) - 1) / 2;
 }
 
-template <typename T>
-inline T clip(T in, int64_t limit, T* grad) {
-  const T max = static_cast<T>(limit - 1);
-  *grad = (in > T(0)) & (in < max) ? T(1) : T(0);
-  return in <= T(0) ? T(0) : (in >= max ? max : in);
-}
-
-template <typename T>
-inline T reflect(T in, int64_t twice_low, int64_t twice_high, T* grad) {
-  if (twice_low == twice_high) {
-    *grad = 0;
-    return 0;
-  }
-  const T min = static_cast<T>(twice_low) / 2;
-  const T span = static_cast<T>(twice_high - twice_low) / 2;
-  T mult = 1;
-  in = in - min;
-  if (in < static_cast<T>(0)) {
-    mult = -1;
-    in = -in;
-  }
-  const T extra = std::fmod(in, span);
-  // The parity of the number of flips, in floating point: converting floor(in / span) to an integer would be
-  // undefined for NaN or huge coordinates (NaN takes the odd branch and stays NaN, which reads as outside).
-  const T flips = std::floor(in / span);
-  if (std::fmod(flips, static_cast<T>(2)) == static_cast<T>(0)) {
-    *grad = mult;
-    return extra + min;
-  }
-  *grad = -mult;
-  return span - extra + min;
-}
+using torchstn_grid::clip;
+using torchstn_grid::reflect;
 
 // Pixel coordinate of a normalised one after padding, and d(pixel)/d(normalised) in *grad.
 template <typename T, int64_t padding, bool align_corners>
