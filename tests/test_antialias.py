@@ -534,3 +534,8 @@ def test_a_footprint_wider_than_twice_the_input_takes_the_mipmap(gen: torch.Gene
         out = torchstn.warp(x, p, t, (3, 3), antialias=True, padding=padding)
         torch.testing.assert_close(out, expected, rtol=0.0, atol=1e-12)
     assert torch.isfinite(expected).all()
+    for dtype in (torch.float32, torch.float64):  # a window too wide for the dtype's variance (inf in float32)
+        huge = torch.tensor([[1e30, 0.1, 0.0]], dtype=dtype)
+        for t, p in ((Attention(), huge), (Affine(), huge[:, [0, 1, 1, 1, 0, 2]] * torch.tensor([1, 0, 1, 0, 1, 1]))):
+            out = torchstn.warp(x[:1].to(dtype), p.to(dtype), t, (3, 3), antialias=True, padding=padding)
+            assert torch.isfinite(out).all()

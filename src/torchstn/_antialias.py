@@ -83,6 +83,7 @@ continuous functions of the matrix).
 from __future__ import annotations
 
 import math
+import sys
 from collections.abc import Callable
 from typing import Any
 
@@ -694,6 +695,8 @@ def _radius(variance: float) -> int:
     """The kernel radius an axis needs for footprints up to ``variance`` (0: no filter along it), in Python."""
     if variance <= 0:
         return 0
+    if not math.isfinite(variance):  # a footprint too wide for the dtype: wider than any input (the mip-map)
+        return sys.maxsize
     n = math.floor((math.sqrt(1.0 + 12.0 * variance) - 1.0) / 2.0)
     s = n * (n + 1) * (2 * n + 1) / 6.0
     width = 2 * n + 1 + 2 * (variance * (2 * n + 1) - 2 * s) / (2 * ((n + 1) ** 2 - variance))

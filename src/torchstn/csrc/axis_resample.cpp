@@ -78,12 +78,12 @@ inline int64_t reflect_index(int64_t m, int64_t n, bool align_corners) {
 template <typename T>
 struct Kernel {
   int64_t K = 1;
-  bool still = true;
-  std::vector<T> k, dk;
+  bool still = true, too_wide = false;  // too_wide: more than max_taps taps (then k and dk are not built)
+  std::vector<T> k, dk, dw;
 };
 
 template <typename T>
-void build_kernel(T a, double per, double ramp_width, Kernel<T>& out) {
+void build_kernel(T a, double per, double ramp_width, int64_t max_taps, Kernel<T>& out) {
   const T p = static_cast<T>(per);
   const T ap = a * p;
   const T w2 = ap * ap;
@@ -93,6 +93,7 @@ void build_kernel(T a, double per, double ramp_width, Kernel<T>& out) {
   const T ramp = u <= T(0) ? T(0) : (u >= T(1) ? T(1) : u);
   const T v = w2 * ramp * static_cast<T>(1.0 / 12.0);
   out.still = !(v > T(0));
+  out.too_wide = false;
   if (out.still) {
     out.K = 1;
     out.k.assign(1, T(1));
@@ -117,13 +118,22 @@ void build_kernel(T a, double per, double ramp_width, Kernel<T>& out) {
   const double nd = std::floor((std::sqrt(1.0 + 12.0 * vd) - 1.0) / 2.0);
   const double sd = nd * (nd + 1) * (2 * nd + 1) / 6.0;
   const double width = 2 * nd + 1 + 2 * (vd * (2 * nd + 1) - 2 * sd) / (2 * ((nd + 1) * (nd + 1) - vd));
+  if (!(width <= static_cast<double>(max_taps))) {  // also a width too large for an integer
+    out.too_wide = true;
+    return;
+  }
   const int64_t r = std::max<int64_t>(1, static_cast<int64_t>(std::ceil((width - 1.0) / 2.0)));
   out.K = 2 * r + 1;
+  if (out.K > max_taps) {
+    out.too_wide = true;
+    return;
+  }
   out.k.assign(static_cast<size_t>(out.K), T(0));
   out.dk.assign(static_cast<size_t>(out.K), T(0));
   const T half = L * T(0.5);
   T S = 0, dS = 0;
-  std::vector<T> dw(static_cast<size_t>(out.K), T(0));
+  std::vector<T>& dw = out.dw;
+  dw.assign(static_cast<size_t>(out.K), T(0));
   for (int64_t i = 0; i < out.K; ++i) {
     const T m = static_cast<T>(i - r);
     const T hi = std::min(m + T(0.5), half), lo = std::max(m - T(0.5), -half);
@@ -267,6 +277,9 @@ inline double pixels_per_unit(int64_t n, int64_t n_out, bool align_corners) {
   return (static_cast<double>(n) / 2) / (static_cast<double>(n_out) / 2);
 }
 
+// The most taps a kernel along an axis of n pixels may have: twice the axis and one (the Python path's limit too).
+inline int64_t max_taps(int64_t n) { return 2 * n + 1; }
+
 // Everything one image's planes share: both axes' kernels and tables.
 template <typename T>
 struct Image {
@@ -274,8 +287,10 @@ struct Image {
   Axis<T> ax, ay;
   void build(const T* m, const T* xs, int64_t Wo, const T* ys, int64_t Ho, int64_t H, int64_t W, int64_t padding,
              bool align_corners, double ramp) {
-    build_kernel(m[0], pixels_per_unit(W, Wo, align_corners), ramp, kx);
-    build_kernel(m[4], pixels_per_unit(H, Ho, align_corners), ramp, ky);
+    build_kernel(m[0], pixels_per_unit(W, Wo, align_corners), ramp, max_taps(W), kx);
+    build_kernel(m[4], pixels_per_unit(H, Ho, align_corners), ramp, max_taps(H), ky);
+    TORCH_CHECK(!kx.too_wide && !ky.too_wide,
+                "torchstn::axis_warp_antialiased: a footprint wider than twice the input (the wrapper takes the mip-map)");
     build_axis(m[0], m[2], xs, Wo, kx, W, padding, align_corners, ax);
     build_axis(m[4], m[5], ys, Ho, ky, H, padding, align_corners, ay);
     ax.columns();
@@ -322,10 +337,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> axis_warp_antialiased(const at::T
     bool too_wide = false;
     for (int64_t b = 0; b < B; ++b) {
       Kernel<scalar_t> kx, ky;
-      build_kernel(mat[b * 6], pixels_per_unit(W, Wo, align_corners), ramp, kx);
-      build_kernel(mat[b * 6 + 4], pixels_per_unit(H, Ho, align_corners), ramp, ky);
+      build_kernel(mat[b * 6], pixels_per_unit(W, Wo, align_corners), ramp, max_taps(W), kx);
+      build_kernel(mat[b * 6 + 4], pixels_per_unit(H, Ho, align_corners), ramp, max_taps(H), ky);
       st[b] = kx.still && ky.still;
-      too_wide = too_wide || kx.K > 2 * W + 1 || ky.K > 2 * H + 1;
+      too_wide = too_wide || kx.too_wide || ky.too_wide;
     }
     wide.fill_(too_wide);
     if (too_wide) return;  // the wrapper takes the mip-map: the tables would grow with the footprint
