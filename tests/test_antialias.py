@@ -539,3 +539,14 @@ def test_a_footprint_wider_than_twice_the_input_takes_the_mipmap(gen: torch.Gene
         for t, p in ((Attention(), huge), (Affine(), huge[:, [0, 1, 1, 1, 0, 2]] * torch.tensor([1, 0, 1, 0, 1, 1]))):
             out = torchstn.warp(x[:1].to(dtype), p.to(dtype), t, (3, 3), antialias=True, padding=padding)
             assert torch.isfinite(out).all()
+
+
+def test_only_the_axis_aligned_families_say_so(gen: torch.Generator) -> None:
+    """``axis_aligned`` lets the one-pass kernel ignore the matrix's off-diagonal entries: they must be zero for
+    every parameter value of a family that sets it, and no family with a rotation or shear may set it."""
+    for t in (Attention(), Translation()):
+        assert t.axis_aligned
+        m = t.sampler_matrix(torch.randn(16, t.num_params, generator=gen), (20, 30))
+        assert torch.equal(m[:, 0, 1], torch.zeros(16)) and torch.equal(m[:, 1, 0], torch.zeros(16))
+    for t in (Affine(), Similarity(), Projective()):
+        assert not t.axis_aligned
