@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import pytest
 import torch
 
 from torchstn.train import load_checkpoint, load_config, train
@@ -71,3 +72,21 @@ def test_building_the_coloc_task_leaves_the_global_generator_alone(tiny_mnist: P
     torch.manual_seed(3)
     build_task(config)
     assert _same(build_model(config).state_dict(), expected)
+
+
+def test_coloc_crops_script_scores_a_run_as_the_task_does(tiny_mnist: Path, tmp_path: Path) -> None:
+    """scripts/coloc_crops.py on a finished run: its hit rate is the complement of the test error the run logged
+    (the task's own IoU scoring, computed independently), and its other figures are in range."""
+    import importlib.util
+
+    root = Path(__file__).resolve().parents[2]
+    spec = importlib.util.spec_from_file_location("coloc_crops", root / "scripts" / "coloc_crops.py")
+    assert spec is not None and spec.loader is not None
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    run = tmp_path / "run"
+    metrics = train(_config(tiny_mnist, tmp_path, 0, "train.epochs=1"), run, quiet=True)
+    row = script.crops(run)
+    assert row["hits %"] == pytest.approx(100.0 - metrics["test_error"], abs=1e-9)
+    assert 0.0 <= row["holds the box %"] <= 100.0 and 0.0 <= row["hits at the true size %"] <= 100.0
+    assert row["median crop/box size"] > 0.0
