@@ -260,3 +260,31 @@ def test_two_processes_writing_one_cache_and_sheet_neither_crash_nor_leave_tempo
     assert [p.returncode for p in procs] == [0, 0], errs
     assert stale_temporaries(tmp_path) == []
     assert sorted(p.suffix for p in tmp_path.iterdir()) == [".json", ".npz", ".png"]
+
+
+def test_prefetch_draws_the_epoch_set_epoch_would_and_raises_its_errors(
+    mnist: MNIST, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ds = DistortedMNIST("rts", "train", mnist=mnist, redraw=True, n=300)
+    serial = DistortedMNIST("rts", "train", mnist=mnist, redraw=True, n=300)
+    ds.prefetch(1)
+    ds.prefetch(1)  # the same epoch again: one thread
+    ds.set_epoch(1)
+    serial.set_epoch(1)
+    assert torch.equal(ds.images, serial.images) and torch.equal(ds.labels, serial.labels)
+    ds.prefetch(2)
+    ds.set_epoch(3)  # not the prefetched epoch: drawn here, the prefetched samples dropped
+    serial.set_epoch(3)
+    assert torch.equal(ds.images, serial.images)
+    fixed = DistortedMNIST("rts", "test", mnist=mnist, cache=False, n=10)
+    fixed.prefetch(1)  # a fixed set: nothing to do
+    assert fixed._pending is None
+
+    def broken(epoch: int) -> None:
+        raise DataError(f"epoch {epoch} cannot be drawn")
+
+    monkeypatch.setattr(ds, "_generate", broken)
+    ds.prefetch(4)
+    with pytest.raises(DataError, match="epoch 4 cannot be drawn"):
+        ds.set_epoch(4)
+    assert ds.epoch == 3 and torch.equal(ds.images, serial.images)  # the failed epoch left the data as it was

@@ -344,3 +344,27 @@ def test_ddp_resume_of_a_finished_run_returns_on_every_process(whole: Path) -> N
     done = subprocess.run([*cmd, str(whole), "--quiet"], capture_output=True, text=True, timeout=240, env=env)
     assert done.returncode == 0, done.stderr[-2000:]
     assert "the run is finished" in done.stderr and (whole / "metrics.json").read_bytes() == before
+
+
+def test_prefetching_the_next_epoch_never_changes_a_run(tiny_mnist: Path, tmp_path: Path) -> None:
+    """A redrawn training set is generated one epoch ahead in a background thread (the engine calls
+    ``prefetch(epoch + 1)``): the run is the one trained with prefetching turned off, bit for bit, and each
+    epoch's samples came from the thread."""
+    from torchstn.data.datasets import DistortedMNIST
+
+    config = ["data.redraw=True", "train.epochs=4"]
+    calls: list[int] = []
+    real = DistortedMNIST.prefetch
+
+    def counting(self: DistortedMNIST, epoch: int) -> None:
+        calls.append(epoch)
+        real(self, epoch)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(DistortedMNIST, "prefetch", counting)
+        train(_config(tiny_mnist, tmp_path, *config), tmp_path / "prefetched", quiet=True)
+    assert calls == [1, 2, 3]
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(DistortedMNIST, "prefetch", lambda self, epoch: None)
+        train(_config(tiny_mnist, tmp_path, *config), tmp_path / "serial", quiet=True)
+    _same_run(tmp_path / "serial", tmp_path / "prefetched")

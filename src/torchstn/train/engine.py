@@ -606,6 +606,8 @@ def _train(
             if ctx.rank > 0:  # this process's own augmentation stream (process 0 keeps a single process's)
                 torch.manual_seed(_rank_seed(t["seed"], ctx.rank, epoch))
             task.train.set_epoch(epoch)
+            if epoch + 1 < last_epoch:  # the next epoch's redrawn samples are generated while this one trains
+                task.train.prefetch(epoch + 1)
             order = epoch_order(n, t["seed"], epoch)
             net.train()
             began = time.perf_counter()

@@ -50,6 +50,10 @@ class Source(Protocol):
         """Prepare the epoch's samples (a redrawn dataset regenerates them)."""
         ...
 
+    def prefetch(self, epoch: int) -> None:
+        """Start preparing a later epoch's samples in the background (a redrawn dataset; else nothing)."""
+        ...
+
 
 class TensorSource:
     """A dataset held in memory: uint8 images (or float tensors) and targets (labels, or a metadata entry such as
@@ -80,6 +84,10 @@ class TensorSource:
             self.images, self.meta = self.dataset.images, self.dataset.meta
             self.labels = self.dataset.labels if self.target == "labels" else self.meta[self.target]
 
+    def prefetch(self, epoch: int) -> None:
+        if self.dataset is not None and self.dataset.redraw:
+            self.dataset.prefetch(epoch)
+
 
 class StreamSource:
     """Samples generated on demand from a recipe (nothing materialised): sample ``i`` is still fixed by the seed."""
@@ -97,6 +105,9 @@ class StreamSource:
     def set_epoch(self, epoch: int) -> None:
         return None
 
+    def prefetch(self, epoch: int) -> None:
+        return None
+
 
 class DatasetSource:
     """A map-style dataset read item by item (images decoded from disk as they are needed: CUB-200)."""
@@ -112,6 +123,9 @@ class DatasetSource:
         return torch.stack([it[0] for it in items]), torch.as_tensor([int(it[1]) for it in items])
 
     def set_epoch(self, epoch: int) -> None:
+        return None
+
+    def prefetch(self, epoch: int) -> None:
         return None
 
 
@@ -137,6 +151,10 @@ class SubsetSource:
     def set_epoch(self, epoch: int) -> None:
         if self.owns_epoch:
             self.source.set_epoch(epoch)
+
+    def prefetch(self, epoch: int) -> None:
+        if self.owns_epoch:
+            self.source.prefetch(epoch)
 
 
 @dataclass
