@@ -581,7 +581,7 @@ def _axis_warp(
     reads source ``x = m00 xo[c] + m02`` and row ``r`` source ``y = m11 yo[r] + m12``, each through its two
     bilinear taps' kernels, so the filtered image is computed only where it is read; the kernels are built there
     too, each image's to its own radius. Equal to the full-resolution filter then the bilinear sample, to
-    rounding; the images that do not shrink get ``sample``'s plain output, bit for bit."""
+    rounding; the images that do not shrink get ``sample``'s plain output, bit for bit (the kernel skips them)."""
     from torchstn.sampling._fused import _target_coords  # here: the sampling package imports this module
 
     dtype = input.dtype
@@ -590,10 +590,12 @@ def _axis_warp(
     code = _PADDING_CODES[padding]
     out: Tensor
     out, still, wide_flag = _AxisWarp.apply(input.contiguous(), m, xs, ys, code, align_corners)  # type: ignore[no-untyped-call]
-    any_still, too_wide = torch.stack((still.any(), wide_flag)).tolist()  # the one host read
+    any_still, all_still, too_wide = torch.stack((still.any(), still.all(), wide_flag)).tolist()  # one host read
     if too_wide:
         return _too_wide(wide, input, padding)
-    if any_still:
+    if all_still:  # nothing shrinks (the kernel computed nothing): the plain warp itself
+        return sample(input, matrix, padding)
+    if any_still:  # the kernel left them zero
         out = torch.where(still.view(-1, 1, 1, 1), sample(input, matrix, padding), out)
     return out
 

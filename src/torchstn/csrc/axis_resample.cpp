@@ -31,9 +31,9 @@
 //       -> (grad_input or an empty tensor, grad_matrix (B,2,3))
 // matrix[:, 0, 1] and matrix[:, 1, 0] are taken as zero (the caller guarantees it for every parameter value) and
 // get no gradient. xs and ys are the normalised target coordinates of the output columns and rows (as the fused
-// warp's). padding: 0 zeros, 1 border, 2 reflection. The still images are sampled too (bilinearly, without a
-// filter; the wrapper replaces them by the plain warp, bit for bit). All tensors contiguous, on the CPU, of one
-// floating dtype (the wrapper guarantees it).
+// warp's). padding: 0 zeros, 1 border, 2 reflection. The still images are left zero, and get no gradient: the
+// wrapper replaces them by the plain warp, bit for bit. All tensors contiguous, on the CPU, of one floating dtype
+// (the wrapper guarantees it).
 
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
@@ -355,7 +355,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> axis_warp_antialiased(const at::T
                    align_corners, ramp);
           built = b;
         }
-        if (im.reads_nothing()) continue;  // the output stays zero
+        if (st[b] || im.reads_nothing()) continue;  // the output stays zero (a still image: the wrapper's)
         plane_forward(in + plane * H * W, W, im, tmp, o + plane * Ho * Wo);
       }
     });
@@ -394,7 +394,8 @@ std::tuple<at::Tensor, at::Tensor> axis_warp_antialiased_backward(const at::Tens
           im.build(mat + b * 6, bx, Wo, by, Ho, H, W, padding, align_corners, ramp);
           built = b;
         }
-        if (im.reads_nothing()) continue;
+        // A still image's output is the wrapper's plain sample: no gradient comes back through this one.
+        if ((im.kx.still && im.ky.still) || im.reads_nothing()) continue;
         const Axis<T>& ax = im.ax;
         const Axis<T>& ay = im.ay;
         const int64_t n = ax.hi - ax.lo + 1, Ey = ay.entries, Ex = ax.entries;
