@@ -280,16 +280,21 @@ inline double pixels_per_unit(int64_t n, int64_t n_out, bool align_corners) {
 // The most taps a kernel along an axis of n pixels may have: twice the axis and one (the Python path's limit too).
 inline int64_t max_taps(int64_t n) { return 2 * n + 1; }
 
-// Everything one image's planes share: both axes' kernels and tables.
+// Everything one image's planes share: both axes' kernels and tables. The kernels come first (they say whether
+// the image shrinks at all, and whether it is too wide); the tables only for an image that is sampled here.
 template <typename T>
 struct Image {
   Kernel<T> kx, ky;
   Axis<T> ax, ay;
-  void build(const T* m, const T* xs, int64_t Wo, const T* ys, int64_t Ho, int64_t H, int64_t W, int64_t padding,
-             bool align_corners, double ramp) {
+  void kernels(const T* m, int64_t Wo, int64_t Ho, int64_t H, int64_t W, bool align_corners, double ramp) {
     build_kernel(m[0], pixels_per_unit(W, Wo, align_corners), ramp, max_taps(W), kx);
     build_kernel(m[4], pixels_per_unit(H, Ho, align_corners), ramp, max_taps(H), ky);
-    TORCH_CHECK(!kx.too_wide && !ky.too_wide,
+  }
+  bool still() const { return kx.still && ky.still; }
+  bool too_wide() const { return kx.too_wide || ky.too_wide; }
+  void axes(const T* m, const T* xs, int64_t Wo, const T* ys, int64_t Ho, int64_t H, int64_t W, int64_t padding,
+            bool align_corners) {
+    TORCH_CHECK(!too_wide(),
                 "torchstn::axis_warp_antialiased: a footprint wider than twice the input (the wrapper takes the mip-map)");
     build_axis(m[0], m[2], xs, Wo, kx, W, padding, align_corners, ax);
     build_axis(m[4], m[5], ys, Ho, ky, H, padding, align_corners, ay);
@@ -334,28 +339,27 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> axis_warp_antialiased(const at::T
     const scalar_t* mat = matrix.const_data_ptr<scalar_t>();
     scalar_t* o = out.mutable_data_ptr<scalar_t>();
     bool* st = still.mutable_data_ptr<bool>();
+    // Every image's kernels, once: whether it shrinks, and whether some footprint is too wide for the tables.
+    std::vector<Image<scalar_t>> images(static_cast<size_t>(B));
     bool too_wide = false;
     for (int64_t b = 0; b < B; ++b) {
-      Kernel<scalar_t> kx, ky;
-      build_kernel(mat[b * 6], pixels_per_unit(W, Wo, align_corners), ramp, max_taps(W), kx);
-      build_kernel(mat[b * 6 + 4], pixels_per_unit(H, Ho, align_corners), ramp, max_taps(H), ky);
-      st[b] = kx.still && ky.still;
-      too_wide = too_wide || kx.too_wide || ky.too_wide;
+      images[b].kernels(mat + b * 6, Wo, Ho, H, W, align_corners, ramp);
+      st[b] = images[b].still();
+      too_wide = too_wide || images[b].too_wide();
     }
     wide.fill_(too_wide);
     if (too_wide) return;  // the wrapper takes the mip-map: the tables would grow with the footprint
+    // The tables of the images that shrink, once per image; the planes then run in parallel and share them.
+    for (int64_t b = 0; b < B; ++b) {
+      if (!st[b]) images[b].axes(mat + b * 6, xs.const_data_ptr<scalar_t>(), Wo, ys.const_data_ptr<scalar_t>(), Ho,
+                                 H, W, padding, align_corners);
+    }
     at::parallel_for(0, B * C, 1, [&](int64_t lo, int64_t hi) {
-      Image<scalar_t> im;
       std::vector<scalar_t> tmp;
-      int64_t built = -1;
       for (int64_t plane = lo; plane < hi; ++plane) {
-        const int64_t b = plane / C;
-        if (b != built) {
-          im.build(mat + b * 6, xs.const_data_ptr<scalar_t>(), Wo, ys.const_data_ptr<scalar_t>(), Ho, H, W, padding,
-                   align_corners, ramp);
-          built = b;
-        }
-        if (st[b] || im.reads_nothing()) continue;  // the output stays zero (a still image: the wrapper's)
+        const Image<scalar_t>& im = images[plane / C];
+        // A still image's output stays zero: the wrapper's plain sample replaces it.
+        if (st[plane / C] || im.reads_nothing()) continue;
         plane_forward(in + plane * H * W, W, im, tmp, o + plane * Ho * Wo);
       }
     });
@@ -391,11 +395,12 @@ std::tuple<at::Tensor, at::Tensor> axis_warp_antialiased_backward(const at::Tens
       for (int64_t plane = lo; plane < hi; ++plane) {
         const int64_t b = plane / C;
         if (b != built) {
-          im.build(mat + b * 6, bx, Wo, by, Ho, H, W, padding, align_corners, ramp);
+          im.kernels(mat + b * 6, Wo, Ho, H, W, align_corners, ramp);
+          // A still image's output is the wrapper's plain sample: no gradient comes back through this one.
+          if (!im.still()) im.axes(mat + b * 6, bx, Wo, by, Ho, H, W, padding, align_corners);
           built = b;
         }
-        // A still image's output is the wrapper's plain sample: no gradient comes back through this one.
-        if ((im.kx.still && im.ky.still) || im.reads_nothing()) continue;
+        if (im.still() || im.reads_nothing()) continue;
         const Axis<T>& ax = im.ax;
         const Axis<T>& ay = im.ay;
         const int64_t n = ax.hi - ax.lo + 1, Ey = ay.entries, Ex = ax.entries;
