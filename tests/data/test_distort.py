@@ -12,6 +12,7 @@ import torch
 
 from torchstn.data import RECIPES, MNISTSplit, generate, get_recipe
 from torchstn.data.distort import _CORNERS
+from torchstn.errors import DTypeError, OptionError
 from torchstn.geometry import transform_points
 
 
@@ -142,11 +143,49 @@ def test_rts_warp_matches_an_independent_computation(source: MNISTSplit) -> None
         np.testing.assert_allclose(got, np.clip(expected, 0, 1), atol=0.5 / 255 + 1e-5)
 
 
-def test_projective_corners_land_where_recorded(source: MNISTSplit) -> None:
-    meta = generate(get_recipe("p"), source, 5, 0, "train").meta
+@pytest.mark.parametrize("motion", ["axes", "polar"])
+def test_projective_corners_land_where_recorded(source: MNISTSplit, motion: str) -> None:
+    meta = generate(get_recipe("p", corner_motion=motion), source, 5, 0, "train").meta
     # src_from_dst takes each recorded (moved) corner back onto the image corner.
     back = transform_points(meta["matrix"], meta["corners"])
     torch.testing.assert_close(back, _CORNERS.expand(5, 4, 2), atol=1e-9, rtol=0)
+
+
+def _corner_moves(motion: str, n: int = 4000) -> torch.Tensor:
+    """Each corner's move in pixels, ``(n, 4, 2)``: where it landed minus where the scaling alone put it."""
+    src = MNISTSplit(torch.zeros(1, 28, 28), torch.zeros(1, dtype=torch.int64))
+    meta = get_recipe("p", corner_motion=motion).generate(src, torch.arange(n), 0, "train").meta
+    return (meta["corners"] - _CORNERS * meta["scale"][:, None, None]) * 14.0
+
+
+def test_projective_readings_move_the_corners_as_documented() -> None:
+    axes, polar = _corner_moves("axes"), _corner_moves("polar")
+    # axes: each coordinate N(0, 5 px), independent: 5 px per axis, 5 sqrt(2) px RMS per corner.
+    torch.testing.assert_close(axes.std(0), torch.full((4, 2), 5.0, dtype=torch.float64), atol=0.25, rtol=0)
+    assert abs(float(axes.square().sum(-1).mean().sqrt()) - 5.0 * math.sqrt(2.0)) < 0.15
+    # polar: the distance is |N(0, 5 px)| (mean 5 sqrt(2 / pi), RMS 5), the direction uniform.
+    distance = polar.norm(dim=-1)
+    assert abs(float(distance.mean()) - 5.0 * math.sqrt(2.0 / math.pi)) < 0.1
+    assert abs(float(distance.square().mean().sqrt()) - 5.0) < 0.1
+    direction = torch.atan2(polar[..., 1], polar[..., 0])
+    counts = torch.histc(direction, bins=8, min=-math.pi, max=math.pi)
+    assert float((counts / counts.mean() - 1).abs().max()) < 0.1  # 2,000 moves a bin: uniform to a few %
+    torch.testing.assert_close(polar.mean((0, 1)), torch.zeros(2, dtype=torch.float64), atol=0.15, rtol=0)
+
+
+def test_projective_default_reading_is_axes(source: MNISTSplit) -> None:
+    default = generate(get_recipe("p"), source, 20, 0, "train")
+    axes = generate(get_recipe("p", corner_motion="axes"), source, 20, 0, "train")
+    polar = generate(get_recipe("p", corner_motion="polar"), source, 20, 0, "train")
+    assert torch.equal(default.images, axes.images)
+    assert not torch.equal(default.images, polar.images)
+    torch.testing.assert_close(default.meta["scale"], polar.meta["scale"])  # only the corners' draws differ
+
+
+@pytest.mark.parametrize(("value", "error"), [("radial", OptionError), (1, DTypeError)])
+def test_projective_rejects_an_unknown_reading(value: object, error: type[Exception]) -> None:
+    with pytest.raises(error, match="Projected.corner_motion"):
+        get_recipe("p", corner_motion=value)
 
 
 @pytest.mark.parametrize("name", ["translated_cluttered", "colocalisation"])
