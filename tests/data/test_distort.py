@@ -184,7 +184,7 @@ def test_projective_default_reading_is_axes(source: MNISTSplit) -> None:
 
 @pytest.mark.parametrize(("value", "error"), [("radial", OptionError), (1, DTypeError)])
 def test_projective_rejects_an_unknown_reading(value: object, error: type[Exception]) -> None:
-    with pytest.raises(error, match="Projected.corner_motion"):
+    with pytest.raises(error, match=r"Projected\.corner_motion"):
         get_recipe("p", corner_motion=value)
 
 
