@@ -497,6 +497,111 @@ def overhead_markdown(r: dict[str, Any], plain_cnn_ms: float | None) -> str:
 # --------------------------------------------------------------------------------------------------------------------
 
 
+# --------------------------------------------------------------------------------------------------------------------
+# 3. Candidate speed-ups of the training step (--candidates)
+# --------------------------------------------------------------------------------------------------------------------
+
+CANDIDATE_MODELS = ("cnn_baseline", "st_cnn_aff")  # the column's costliest model and its transformer
+ISA_FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_bf16")
+
+
+def cpu_flags() -> dict[str, bool]:
+    """Which of :data:`ISA_FLAGS` the first CPU of ``/proc/cpuinfo`` lists (empty where there is none)."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return {}
+    line = next((ln for ln in text.splitlines() if ln.startswith("flags")), "")
+    have = set(line.split(":", 1)[-1].split())
+    return {f: f in have for f in ISA_FLAGS}
+
+
+def channels_last_classifier(model: nn.Module) -> nn.Module:
+    """The model with its multi-channel convolution weights in channels-last layout (oneDNN then runs those
+    convolutions, and what follows them, in that layout); one-channel convolutions keep their native kernel."""
+    for m in model.modules():
+        if isinstance(m, nn.Conv2d) and m.in_channels > 1:
+            m.weight.data = m.weight.data.contiguous(memory_format=torch.channels_last)
+    return model
+
+
+def bf16_step(model: nn.Module, x: Tensor, y: Tensor) -> Step:
+    """The training step with the forward under ``torch.autocast("cpu", torch.bfloat16)``."""
+
+    def forward() -> Tensor:
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            return model(x).float()  # type: ignore[no-any-return]
+
+    return training_step(forward, y, model.parameters())
+
+
+def bench_candidates(args: argparse.Namespace, gen: torch.Generator) -> dict[str, Any]:
+    """Each candidate of the issue's list against the eager float32 step, same model weights, same batch."""
+    column = COLUMNS[0]
+    x, y = make_batch(args.batch_size, column.input_shape, gen)
+    candidates: dict[str, Step] = {}
+    compile_s: dict[str, float] = {}
+    for name in CANDIDATE_MODELS:
+        base = build(name, column).train()
+        candidates[f"{name}/eager"] = training_step(partial(base, x), y, base.parameters())
+        bf16 = copy.deepcopy(base)
+        candidates[f"{name}/bf16"] = bf16_step(bf16, x, y)
+        cl = channels_last_classifier(copy.deepcopy(base))
+        candidates[f"{name}/channels_last"] = training_step(partial(cl, x), y, cl.parameters())
+        plain = copy.deepcopy(base)
+        compiled = torch.compile(plain)
+        step = training_step(partial(compiled, x), y, plain.parameters())
+        start = time.perf_counter()
+        step()  # compiles forward and backward
+        compile_s[name] = time.perf_counter() - start
+        candidates[f"{name}/compile"] = step
+    print(f"3. candidates: {len(candidates)} steps, {args.repeats} interleaved repetitions", flush=True)
+    times, share = interleaved(candidates, args.repeats, args.warmup)
+    rows = []
+    for key, t in times.items():
+        name, how = key.split("/")
+        eager = times[f"{name}/eager"].median_ms
+        row = {"model": name, "candidate": how, "step_ms": t.median_ms, "iqr_ms": t.iqr_ms}
+        rows.append({**row, "speedup": eager / t.median_ms})
+    return {
+        "rows": rows,
+        "compile_seconds": compile_s,
+        "cpu_flags": cpu_flags(),
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "foreign_cpu_share": share,
+    }
+
+
+CANDIDATE_TEXT = {
+    "eager": "float32, eager: the step the runs train with",
+    "bf16": '`torch.autocast("cpu", torch.bfloat16)` around the forward',
+    "channels_last": "the multi-channel convolutions' weights in channels-last layout",
+    "compile": "`torch.compile(model)` (inductor, default mode; first step's compile time beside)",
+}
+
+
+def candidates_markdown(r: dict[str, Any]) -> str:
+    flags = ", ".join(f"{f} {'yes' if v else 'no'}" for f, v in r["cpu_flags"].items()) or "unknown"
+    lines = [
+        "## 3. Candidate speed-ups of the training step",
+        "",
+        f"The issue's candidates, each against the eager float32 step of the same model on the RTS shape (1x42x42, "
+        f"batch as above). CPU: torch's capability `{r['cpu_capability']}`; flags: {flags}."
+        + loaded_note(r["foreign_cpu_share"]),
+        "",
+        "| model | candidate | median ms (IQR) | speed-up |",
+        "|---|---|---:|---:|",
+    ]
+    for row in r["rows"]:
+        what = CANDIDATE_TEXT[row["candidate"]]
+        if row["candidate"] == "compile":
+            what += f" ({r['compile_seconds'][row['model']]:.0f} s)"
+        lines.append(
+            f"| `{row['model']}` | {what} | {row['step_ms']:.1f} ({row['iqr_ms']:.1f}) | {row['speedup']:.2f}x |"
+        )
+    return "\n".join(lines) + "\n"
+
+
 def loaded_note(share: float | None) -> str:
     if share is None:
         return ""
@@ -506,6 +611,38 @@ def loaded_note(share: float | None) -> str:
             "numbers are not representative.**"
         )
     return f" Other processes used {100 * share:.0f}% of the CPU meanwhile."
+
+
+def header(title: str, command: str, info: dict[str, Any], args: argparse.Namespace) -> str:
+    lines = [
+        f"# {title}",
+        "",
+        "Generated by `benchmarks/bench_train.py`; reproduce with:",
+        "",
+        f"    {command}",
+        "",
+        f"Machine: {info['cpu']}, {info['usable_cores']} usable cores of {info['logical_cores']}, "
+        f"torch {info['torch']}, {info['torch_threads']} torch threads, Python {info['python']}. "
+        f"Median of {args.repeats} interleaved repetitions after {args.warmup} warm-up steps each"
+        + (" (**--quick: a smoke run, not a measurement**)." if args.quick else "."),
+        "",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def write_candidates(
+    args: argparse.Namespace, info: dict[str, Any], command: str, result: dict[str, Any], start: float
+) -> None:
+    md = header("Training step: candidate speed-ups", command, info, args) + candidates_markdown(result)
+    print()
+    print(md)
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "train-candidates.md").write_text(md)
+    settings = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
+    record = {"machine": info, "settings": settings, "command": command, "candidates": result}
+    record["seconds"] = time.perf_counter() - start
+    (args.out / "train-candidates.json").write_text(json.dumps(record, indent=1))
+    print(f"wrote {args.out / 'train-candidates.md'} and .json ({record['seconds']:.0f} s)")
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -519,6 +656,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--profile-top", type=int, default=12, help="ops listed from the profile")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--quick", action="store_true", help="smoke run: one thread, few repetitions")
+    p.add_argument(
+        "--candidates",
+        action="store_true",
+        help="only section 3 (bf16 autocast, channels-last, torch.compile against eager), to train-candidates.md/json",
+    )
     args = p.parse_args(argv)
     q = args.quick
     args.threads = args.threads if args.threads is not None else (1 if q else None)
@@ -537,27 +679,16 @@ def main(argv: Sequence[str] | None = None) -> None:
     info = machine_info()
     print(f"{info['cpu']}, {info['usable_cores']} cores, torch {info['torch']}, {info['torch_threads']} threads")
     start = time.perf_counter()
+    command = ".venv/bin/python benchmarks/bench_train.py " + " ".join(sys.argv[1:] if argv is None else argv)
+    if args.candidates:
+        write_candidates(args, info, command.strip(), bench_candidates(args, gen), start)
+        return
     throughput = bench_throughput(args, gen)
     overhead = bench_overhead(args, gen)
     plain = next(r for r in throughput["rows"] if r["model"] == "cnn_baseline")[OVERHEAD_COLUMN.name]["step_ms"]
     info["load_average_1min_end"] = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
-    command = ".venv/bin/python benchmarks/bench_train.py " + " ".join(sys.argv[1:] if argv is None else argv)
-    header = [
-        "# Training throughput",
-        "",
-        "Generated by `benchmarks/bench_train.py`; reproduce with:",
-        "",
-        f"    {command.strip()}",
-        "",
-        f"Machine: {info['cpu']}, {info['usable_cores']} usable cores of {info['logical_cores']}, "
-        f"torch {info['torch']}, {info['torch_threads']} torch threads, Python {info['python']}. "
-        f"Median of {args.repeats} interleaved repetitions after {args.warmup} warm-up steps each"
-        + (" (**--quick: a smoke run, not a measurement**)." if args.quick else "."),
-        "",
-    ]
     md = (
-        "\n".join(header)
-        + "\n"
+        header("Training throughput", command.strip(), info, args)
         + throughput_markdown(throughput, args.batch_size)
         + "\n"
         + overhead_markdown(overhead, plain)
