@@ -325,9 +325,7 @@ def test_misses_table_reads_each_missed_cell_from_its_records(tmp_path: Path, ex
         return (*([50.0] * (epochs - 1)), last)  # only the last epoch's training error counts
 
     cnn, fcn = exp.chosen_epochs("rts", "st_cnn_aff"), exp.chosen_epochs("rts", "st_fcn_aff")
-    runs = [
-        (_cell("rts", "st_cnn_aff", cnn, s), {"test_error": 2.0, "train_errors": ending(cnn, 1.9)}) for s in (0, 1)
-    ]
+    runs = [(_cell("rts", "st_cnn_aff", cnn, s), {"test_error": 2.0, "train_errors": ending(cnn, 1.9)}) for s in (0, 1)]
     runs.append((_cell("rts", "st_cnn_aff", 4, 0), {"test_error": 5.0, "train_errors": ending(4, 5.0)}))
     runs.append((_cell("rts", "st_fcn_aff", fcn, 0), {"test_error": 2.0, "train_errors": ending(fcn, 0.5)}))
     tc = exp.chosen_epochs("tc", "cnn_baseline")
