@@ -40,8 +40,14 @@ Sections:
 
        The pieces' sum is compared with the measured overhead; a ``torch.profiler`` run of the full step lists the
        ops that take the time.
+    3. With ``--candidates`` (alone): the speed-ups the reproduction issue suggests, for ``cnn_baseline`` and
+       ``st_cnn_aff`` on the RTS shape, each against the eager float32 step of the same weights on the same batch:
+       bf16 autocast around the forward, the multi-channel convolutions' weights channels-last, and
+       ``torch.compile`` of the model (its compile time reported beside). The CPU's ISA (torch's capability and the
+       AVX-512 / BF16 / AMX flags) is reported with them: bf16 is only fast where the CPU has bf16 instructions.
 
-Outputs ``train.md`` (tables) and ``train.json`` (machine, settings, raw medians and IQRs) in ``--out``.
+Outputs ``train.md`` (tables) and ``train.json`` (machine, settings, raw medians and IQRs) in ``--out``;
+``--candidates`` writes ``train-candidates.md`` and ``train-candidates.json`` instead.
 """
 
 from __future__ import annotations
