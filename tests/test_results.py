@@ -301,7 +301,7 @@ def test_report_of_synthetic_records(tmp_path: Path, exp: Any, head: str) -> Non
     assert (tmp_path / "RESULTS.md").read_text() == text
     assert _row(text, "ST-CNN Aff").split(" | ")[3:5] == ["2.33 ± 1.53 (n=3)", "0.5"]  # RTS ours, RTS paper
     assert _row(text, "CNN").count("not run") == 4  # Table 1: no CNN record
-    assert "| CNN | 8 | 3.00 (n=1) | 3.5 |" in text  # TC
+    assert f"| CNN | {exp.chosen_epochs('tc', 'cnn_baseline')} | 3.00 (n=1) | 3.5 |" in text  # TC
     assert "| co-localisation | coloc_attention | 20 | 96.00 (n=1) | 100 |" in text  # hits = 100 - error
     assert "| co-localisation, cluttered | coloc_attention | 20 | not run | 75-93 |" in text
     assert "Cells that miss the paper's number (points of error above it): RTS ST-CNN Aff +1.83." in text
