@@ -85,7 +85,7 @@ def test_typed_view() -> None:
         ("train.epochs=2.5", r"train\.epochs expects int"),
         ("train.lr=fast", r"train\.lr expects float"),
         ("visualize.enabled=1", r"visualize\.enabled expects bool"),
-        ("train.optimizer=rmsprop", r"train\.optimizer expects 'adam' or 'sgd'"),
+        ("train.optimizer=rmsprop", r"train\.optimizer expects 'adam' or 'adamw' or 'sgd'"),
         ("train.epochs=0", r"train\.epochs must be positive"),
         ("train.epochs=-3", r"train\.epochs must be positive"),
         ("train.batch_size=0", r"train\.batch_size must be positive"),
@@ -148,3 +148,24 @@ def test_free_form_sections_take_any_key() -> None:
     config = load_config(None, ["model.kwargs.downsample=2", "data.recipe_params.angle=(-10, 10)"])
     assert config["model"]["kwargs"] == {"downsample": 2}
     assert config["data"]["recipe_params"] == {"angle": (-10, 10)}
+
+
+@pytest.mark.parametrize("name", ["adam", "adamw", "sgd"])
+def test_weight_decay_is_decoupled_for_adamw_only(name: str) -> None:
+    import torch
+
+    from torchstn.train.factories import build_optimizer
+
+    config = load_config(None, [f"train.optimizer={name}", "train.lr=0.1", "train.weight_decay=0.5"])
+    weight = torch.nn.Parameter(torch.ones(3))
+    opt = build_optimizer(config, torch.nn.ParameterList([weight]))
+    weight.grad = torch.zeros(3)  # no gradient from the loss: only the decay acts
+    opt.step()
+    if name == "adamw":  # decoupled: shrunk by lr * weight_decay, whatever Adam's statistics
+        assert isinstance(opt, torch.optim.AdamW)
+        torch.testing.assert_close(weight.detach(), torch.full((3,), 1.0 - 0.1 * 0.5))
+    elif name == "adam":  # L2 in the gradient, then normalised by Adam: a step of lr
+        assert type(opt) is torch.optim.Adam
+        torch.testing.assert_close(weight.detach(), torch.full((3,), 0.9), atol=1e-6, rtol=0)
+    else:  # SGD: lr * weight_decay * w
+        torch.testing.assert_close(weight.detach(), torch.full((3,), 1.0 - 0.1 * 0.5))

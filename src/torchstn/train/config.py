@@ -86,7 +86,7 @@ class TrainConfig:
 
     epochs: int = 10
     batch_size: int = 256
-    optimizer: Literal["adam", "sgd"] = "adam"
+    optimizer: Literal["adam", "adamw", "sgd"] = "adam"  # adamw: decoupled weight decay (Loshchilov & Hutter)
     lr: float = 1e-3
     momentum: float = 0.9
     weight_decay: float = 0.0

@@ -63,7 +63,10 @@ def build_model(config: dict[str, Any], allow_call: Collection[str] = ()) -> nn.
 
 
 def build_optimizer(config: dict[str, Any], model: nn.Module) -> torch.optim.Optimizer:
-    """Adam or SGD over the model's parameter groups (localisation networks at ``train.loc_lr_scale``)."""
+    """Adam, AdamW or SGD over the model's parameter groups (localisation networks at ``train.loc_lr_scale``).
+
+    ``train.weight_decay`` is an L2 term in the gradient for Adam and SGD, and decoupled from it for AdamW (each
+    step shrinks the weights by ``lr * weight_decay``; biases included, as torch's optimisers do)."""
     t = config["train"]
     groups = localisation_param_groups(model, t["lr"], t["loc_lr_scale"], weight_decay=t["weight_decay"])
     groups = [g for g in groups if g["params"]]
@@ -71,7 +74,9 @@ def build_optimizer(config: dict[str, Any], model: nn.Module) -> torch.optim.Opt
         return torch.optim.SGD(groups, lr=t["lr"], momentum=t["momentum"])
     if t["optimizer"] == "adam":
         return torch.optim.Adam(groups, lr=t["lr"])
-    raise ConfigError(f"train.optimizer: expected 'adam' or 'sgd', got {t['optimizer']!r}")
+    if t["optimizer"] == "adamw":
+        return torch.optim.AdamW(groups, lr=t["lr"])
+    raise ConfigError(f"train.optimizer: expected 'adam', 'adamw' or 'sgd', got {t['optimizer']!r}")
 
 
 def build_scheduler(config: dict[str, Any], opt: torch.optim.Optimizer, total_steps: int) -> Any:
