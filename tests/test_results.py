@@ -302,8 +302,9 @@ def test_report_of_synthetic_records(tmp_path: Path, exp: Any, head: str) -> Non
     assert _row(text, "ST-CNN Aff").split(" | ")[3:5] == ["2.33 ± 1.53 (n=3)", "0.5"]  # RTS ours, RTS paper
     assert _row(text, "CNN").count("not run") == 4  # Table 1: no CNN record
     assert f"| CNN | {exp.chosen_epochs('tc', 'cnn_baseline')} | 3.00 (n=1) | 3.5 |" in text  # TC
-    assert "| co-localisation | coloc_attention | 20 | 96.00 (n=1) | 100 |" in text  # hits = 100 - error
-    assert "| co-localisation, cluttered | coloc_attention | 20 | not run | 75-93 |" in text
+    coloc, clutter = (exp.chosen_epochs(c, "coloc_attention") for c in ("coloc", "coloc_clutter"))
+    assert f"| co-localisation | coloc_attention | {coloc} | 96.00 (n=1) | 100 |" in text  # hits = 100 - error
+    assert f"| co-localisation, cluttered | coloc_attention | {clutter} | not run | 75-93 |" in text
     assert "Cells that miss the paper's number (points of error above it): RTS ST-CNN Aff +1.83." in text
     assert "No recorded cell misses the paper's number." in text  # TC: 3.00 against 3.5
     assert "No cell of this table is recorded yet." in text  # addition
