@@ -35,8 +35,8 @@ OLD_DEFAULTS = {
 
 
 def _with_issue_13_changes(old: dict[str, object]) -> dict[str, object]:
-    """The old schema plus what issue 13 added (keys whose defaults reproduce the old behaviour) and changed (the
-    default recipe is 28x28, as the default model's input: ``torchstn train`` without a config runs)."""
+    """The old schema plus what issue 13 and later work added (keys whose defaults reproduce the old behaviour) and
+    changed (the default recipe is 28x28, as the default model's input: ``torchstn train`` without a config runs)."""
     new = yaml.safe_load(yaml.safe_dump(old, sort_keys=False))
     data = new["data"]
     new["data"] = {}
@@ -44,7 +44,7 @@ def _with_issue_13_changes(old: dict[str, object]) -> dict[str, object]:
         new["data"][key] = "rotated" if key == "recipe" else value
         if key == "n_test":
             new["data"]["n_valid"] = 0
-    new["train"].update(device="auto", precision="32")
+    new["train"].update(device="auto", precision="32", warmup=0.3)  # warmup: the one-cycle share fixed before
     return dict(new)
 
 
@@ -86,6 +86,8 @@ def test_typed_view() -> None:
         ("train.lr=fast", r"train\.lr expects float"),
         ("visualize.enabled=1", r"visualize\.enabled expects bool"),
         ("train.optimizer=rmsprop", r"train\.optimizer expects 'adam' or 'adamw' or 'sgd'"),
+        ("train.warmup=0", r"train\.warmup expects a share of the schedule in \(0, 1\)"),
+        ("train.warmup=1", r"train\.warmup expects a share of the schedule in \(0, 1\)"),
         ("train.epochs=0", r"train\.epochs must be positive"),
         ("train.epochs=-3", r"train\.epochs must be positive"),
         ("train.batch_size=0", r"train\.batch_size must be positive"),
@@ -169,3 +171,27 @@ def test_weight_decay_is_decoupled_for_adamw_only(name: str) -> None:
         torch.testing.assert_close(weight.detach(), torch.full((3,), 0.9), atol=1e-6, rtol=0)
     else:  # SGD: lr * weight_decay * w
         torch.testing.assert_close(weight.detach(), torch.full((3,), 1.0 - 0.1 * 0.5))
+
+
+@pytest.mark.parametrize("warmup", [0.1, 0.3])
+def test_one_cycle_peaks_after_its_warmup_share(warmup: float) -> None:
+    import torch
+
+    from torchstn.train.factories import build_optimizer, build_scheduler
+
+    config = load_config(None, [f"train.warmup={warmup}", "train.lr=0.1"])
+    opt = build_optimizer(config, torch.nn.ParameterList([torch.nn.Parameter(torch.ones(1))]))
+    sched = build_scheduler(config, opt, 200)
+    rates = []
+    for _ in range(200):
+        rates.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    peak = max(range(200), key=rates.__getitem__)
+    assert abs(peak - warmup * 200) <= 1 and rates[peak] == pytest.approx(0.1)
+
+
+def test_a_run_config_from_before_warmup_reads_the_warmup_it_had() -> None:
+    old = load_config(None)
+    del old["train"]["warmup"]
+    assert validate_config(old)["train"]["warmup"] == 0.3

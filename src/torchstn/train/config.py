@@ -102,6 +102,7 @@ class TrainConfig:
     checkpoint_every: int = 1  # epochs
     device: str = "auto"  # auto (CUDA when available, else CPU) | cpu | cuda | cuda:N
     precision: Literal["32", "bf16", "16"] = "32"  # float32, bfloat16 autocast, or float16 autocast (CUDA) + scaler
+    warmup: float = 0.3  # one-cycle: the share of the steps spent raising the rate (OneCycleLR's pct_start)
 
 
 @dataclass
@@ -221,8 +222,9 @@ def _coerce(value: Any, hint: Any) -> tuple[bool, Any]:
 
 
 # Keys added after runs were first recorded: a recorded config without one gets its default, which reproduces the
-# behaviour the run was trained with (no validation split, float32; the device is where it resumes).
-_ADDED = ("data.n_valid", "train.device", "train.precision")
+# behaviour the run was trained with (no validation split, float32, the one-cycle warm-up of 0.3 that was fixed;
+# the device is where it resumes).
+_ADDED = ("data.n_valid", "train.device", "train.precision", "train.warmup")
 _DEVICE = re.compile(r"auto|cpu|cuda(:[0-9]+)?")
 
 
@@ -238,6 +240,8 @@ def _check_value(key: str, value: Any) -> Any:
         raise ConfigError(f"config: {key} must be positive{null}, got {out!r}")
     if key in _NON_NEGATIVE and not out >= 0:
         raise ConfigError(f"config: {key} must be non-negative, got {out!r}")
+    if key == "train.warmup" and not 0.0 < out < 1.0:
+        raise ConfigError(f"config: train.warmup expects a share of the schedule in (0, 1), got {out!r}")
     if key == "train.device" and not _DEVICE.fullmatch(out):
         raise ConfigError(f"config: train.device expects 'auto', 'cpu', 'cuda' or 'cuda:N', got {out!r}")
     return out

@@ -80,11 +80,14 @@ def build_optimizer(config: dict[str, Any], model: nn.Module) -> torch.optim.Opt
 
 
 def build_scheduler(config: dict[str, Any], opt: torch.optim.Optimizer, total_steps: int) -> Any:
-    """The learning-rate schedule over ``total_steps`` steps: one-cycle, x0.1 steps, or constant."""
+    """The learning-rate schedule over ``total_steps`` steps: one-cycle (warming up over ``train.warmup`` of
+    them), x0.1 steps, or constant."""
     t = config["train"]
     if t["schedule"] == "onecycle":
         max_lrs = [g["lr"] for g in opt.param_groups]
-        return torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=max_lrs, total_steps=max(total_steps, 1))
+        return torch.optim.lr_scheduler.OneCycleLR(
+            opt, max_lr=max_lrs, total_steps=max(total_steps, 1), pct_start=t["warmup"]
+        )
     if t["schedule"] == "step":
         return torch.optim.lr_scheduler.StepLR(opt, step_size=t["step_every"], gamma=0.1)
     if t["schedule"] == "constant":
