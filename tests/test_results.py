@@ -303,13 +303,13 @@ def test_report_of_synthetic_records(tmp_path: Path, exp: Any, head: str) -> Non
     assert _row(text, "CNN").count("not run") == 4  # Table 1: no CNN record
     assert f"| CNN | {exp.chosen_epochs('tc', 'cnn_baseline')} | 3.00 (n=1) | 3.5 |" in text  # TC
     coloc, clutter = (exp.chosen_epochs(c, "coloc_attention") for c in ("coloc", "coloc_clutter"))
-    assert f"| co-localisation | coloc_attention | {coloc} | 96.00 (n=1) | 100 |" in text  # hits = 100 - error
-    assert f"| co-localisation, cluttered | coloc_attention | {clutter} | not run | 75-93 |" in text
+    assert f"| co-localisation | attention ST | {coloc} | 96.00 (n=1) | 100 |" in text  # hits = 100 - error
+    assert f"| co-localisation, cluttered | attention ST | {clutter} | not run | 75-93 |" in text
     assert "Cells that miss the paper's number (points of error above it): RTS ST-CNN Aff +1.83." in text
     assert "No recorded cell misses the paper's number." in text  # TC: 3.00 against 3.5
     assert "No cell of this table is recorded yet." in text  # addition
     # co-localisation: 96 against 100
-    assert "Cells that miss the paper's number (points below it): co-localisation coloc_attention -4.00." in text
+    assert "Cells that miss the paper's number (points below it): co-localisation attention ST -4.00." in text
     assert text.count("| [`rts/st_cnn_aff/") == 4  # the budget lists every record, the extra schedule too
     first = f"rts/st_cnn_aff/e{chosen}-seed0"  # each epoch: 60 s at 1000 images/s
     assert f"| [`{first}`](results/{first}) | {chosen} | 0 | {chosen * 0.06:.2f}M | {chosen:.1f} min | 1 | M1 |" in text
