@@ -130,6 +130,12 @@ def _section(report: Report, spec: dict[str, Any]) -> list[str]:
     ]
 
 
+def _miss(ours: float, paper: Any, kind: str) -> float | None:
+    """How far ``ours`` is from the paper's number on the wrong side (a range: its best end), or None if it is not."""
+    gap = ours - float(str(paper).split("-")[-1])
+    return gap if ((gap > 0) if kind == "error" else (gap < 0)) else None
+
+
 def _gaps(
     report: Report,
     columns: Sequence[str],
@@ -150,9 +156,8 @@ def _gaps(
             if not values or paper is None:  # nothing recorded, or nothing to compare with
                 continue
             recorded = True
-            target = float(str(paper).split("-")[-1])
-            gap = mean_std(values)[0] - target
-            if (gap > 0) if kind == "error" else (gap < 0):
+            gap = _miss(mean_std(values)[0], paper, kind)
+            if gap is not None:
                 label = labels[i] if labels else exp.columns[c]["label"]
                 name = exp.label(model) if len(columns) == 1 else f"{label} {exp.label(model)}"
                 misses.append(f"{name} {gap:+.2f}")
@@ -177,8 +182,8 @@ def _misses_section(report: Report) -> list[str]:
                     continue
                 seen.add((c, model))
                 ours = mean_std([_value(r, kind) for r in rs])[0]
-                gap = ours - float(str(paper).split("-")[-1])
-                if (gap <= 0) if kind == "error" else (gap >= 0):
+                gap = _miss(ours, paper, kind)
+                if gap is None:
                     continue
                 test = mean_std([r.test_error for r in rs])[0]
                 train = mean_std([r.train_error for r in rs])[0]
