@@ -8,6 +8,9 @@ if it finished (record it with ``scripts/record.py``, or pass ``--record``), els
 from the column's config and the cell's overrides. ``--set`` may change only the budget-only keys of the
 experiments file (threads, evaluation batch, ...): anything else would train a run that is not the cell.
 
+First it prints the plan: each cell to train with an estimate of its one-thread training time, the median time an
+epoch of the committed records most like it took (``estimate``), and the total; ``--dry-run`` stops there.
+
 Example (the commands behind RESULTS.md are listed there)::
 
     nohup .venv/bin/python scripts/reproduce.py --columns rts --seeds 0 1 2 --set train.threads=1 >repro.log 2>&1 &
@@ -17,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import subprocess
 import sys
 import time
@@ -26,11 +30,11 @@ from pathlib import Path
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _results import ROOT, Cell, Experiments, RecordError, config_differences
+from _results import ROOT, Cell, Experiments, Record, RecordError, config_differences, load_records
 
 from torchstn.train.config import parse_overrides
 
-__all__ = ["cells", "command", "plan"]
+__all__ = ["cells", "command", "estimate", "plan"]
 
 
 def cells(
@@ -102,6 +106,50 @@ def plan(exp: Experiments, todo: Sequence[Cell], runs: Path, results: Path) -> l
     return out
 
 
+def _logged_epochs(run: Path) -> int:
+    """How many epochs an interrupted run directory has logged (a resumed epoch logged twice counts once)."""
+    path = run / "log.jsonl"
+    if not path.is_file():
+        return 0
+    return len({json.loads(line).get("epoch") for line in path.read_text().splitlines() if line.strip()})
+
+
+def estimate(exp: Experiments, cell: Cell, records: dict[Cell, Record], done: int = 0) -> tuple[float, str] | None:
+    """The one-thread training seconds a cell's remaining ``cell.epochs - done`` epochs should take, as the records
+    of the cells most like it ran (same load, same machine), and where that figure comes from; None without one.
+
+    The per-epoch time is the median over the one-thread records of the same model that are closest to the cell:
+    of its own column if it has any, else those whose data and model settings differ from the cell's in the fewest
+    keys, which the source names (the input size, say: not scaled, since the cost of the FCN family, whose
+    parameter budget is fixed, does not grow with the image as a convolution's does)."""
+    want = exp.config(cell)
+
+    def differences(rec: Record) -> list[str]:
+        keep = ("data", "model")
+        return config_differences({k: rec.config.get(k) for k in keep}, {k: want.get(k) for k in keep})
+
+    like = [r for c, r in records.items() if c.model == cell.model and r.threads == 1 and r.logged_epochs]
+    own = [r for r in like if r.cell.column == cell.column]
+    found, diff = own, []
+    if not own and like:
+        fewest = min(len(differences(r)) for r in like)
+        found = [r for r in like if len(differences(r)) == fewest]
+        keys = {k for r in found for k in differences(r)}
+        diff = sorted(k for k in keys if not any(o.startswith(k + ".") for o in keys))  # the deepest key only
+    if not found:
+        return None
+    per_epoch = statistics.median(r.seconds / r.logged_epochs for r in found)
+    columns = "/".join(sorted({r.cell.column for r in found}))
+    source = f"{len(found)} {columns} record{'s' if len(found) > 1 else ''}"
+    if diff:
+        source += f", which differ{'s' if len(found) == 1 else ''} in {', '.join(diff)}"
+    return per_epoch * max(cell.epochs - done, 0), source
+
+
+def _hours(seconds: float) -> str:
+    return f"{seconds / 3600:.1f} h" if seconds >= 3600 else f"{seconds / 60:.0f} min"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--experiments", type=Path, default=ROOT / "results" / "experiments.yaml")
@@ -130,7 +178,25 @@ def main(argv: list[str] | None = None) -> int:
         todo = curve_cells(exp, args.seeds, args.models)
     else:
         todo = cells(exp, args.columns or list(exp.columns), args.seeds, args.models, args.epochs)
-    for cell, action in plan(exp, todo, args.runs, args.results):
+    steps = plan(exp, todo, args.runs, args.results)
+    try:
+        records = load_records(args.results)
+    except RecordError as exc:
+        print(f"[no estimates] {exc}", flush=True)
+        records = {}
+    guesses = {
+        cell: estimate(exp, cell, records, _logged_epochs(args.runs / cell.path) if action == "resume" else 0)
+        for cell, action in steps
+        if action in ("resume", "start")
+    }
+    known = [g[0] for g in guesses.values() if g is not None]
+    unknown = [c.path.as_posix() for c, g in guesses.items() if g is None]
+    print(
+        f"[plan] {len(guesses)} cells to train, about {_hours(sum(known))} at one thread as the records ran"
+        + (f"; no record to estimate {len(unknown)}: {', '.join(unknown)}" if unknown else ""),
+        flush=True,
+    )
+    for cell, action in steps:
         run = args.runs / cell.path
         if action == "recorded":
             print(f"[skip] {cell.path} is recorded", flush=True)
@@ -143,7 +209,9 @@ def main(argv: list[str] | None = None) -> int:
             print(f"[skip] {run} finished; record it: scripts/record.py {run} --into {args.results}", flush=True)
             continue
         cmd = command(exp, cell, run, args.set)
-        print(f"[{action}] {' '.join(cmd[1:])}", flush=True)
+        guess = guesses.get(cell)
+        about = f"  (about {_hours(guess[0])}: {guess[1]})" if guess else ""
+        print(f"[{action}] {' '.join(cmd[1:])}{about}", flush=True)
         if args.dry_run:
             continue
         start = time.perf_counter()

@@ -451,6 +451,48 @@ def test_reproduce_skips_recorded_cells_and_resumes_interrupted_runs(tmp_path: P
     )
 
 
+def test_reproduce_estimates_a_cell_from_the_records_most_like_it(
+    tmp_path: Path, exp: Any, head: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Per-epoch seconds (the fake runs log 60 s an epoch) of one-thread records of the same model: its own column
+    first, else the fewest differing settings, named; records at other thread counts are not used."""
+    results = tmp_path / "results"
+    record.record_run(_fake_run(tmp_path / "a", exp, _cell("rts", "st_cnn_aff", 2), head), results, exp)
+    two = _fake_run(tmp_path / "b", exp, _cell("rts", "cnn_baseline", 2), head, sets=("train.threads=2",))
+    (two / "meta.json").write_text(json.dumps({"git_sha": head, "git_dirty": False, "machine": {"threads": 2}}))
+    record.record_run(two, results, exp)
+    records = results_lib.load_records(results)
+    assert reproduce.estimate(exp, _cell("rts", "st_cnn_aff", 30), records) == (1800.0, "1 rts record")
+    assert reproduce.estimate(exp, _cell("rts", "st_cnn_aff", 30), records, done=10)[0] == 1200.0
+    seconds, source = reproduce.estimate(exp, _cell("tc", "st_cnn_aff", 30), records)
+    assert seconds == 1800.0 and source == "1 rts record, which differs in data.recipe, model.kwargs.input_shape"
+    assert reproduce.estimate(exp, _cell("rts", "cnn_baseline", 30), records) is None  # two threads: not used
+    assert reproduce.estimate(exp, _cell("rts", "st_cnn_tps", 30), records) is None
+    runs = tmp_path / "runs"
+    assert (
+        reproduce.main(
+            [
+                "--columns",
+                "rts",
+                "--models",
+                "st_cnn_aff",
+                "st_cnn_tps",
+                "--seeds",
+                "0",
+                "--runs",
+                str(runs),
+                "--results",
+                str(results),
+                "--dry-run",
+            ]
+        )
+        == 0
+    )
+    out = capsys.readouterr().out
+    assert "[plan] 2 cells to train, about 30 min at one thread as the records ran; no record to estimate 1" in out
+    assert "(about 30 min: 1 rts record)" in out and not runs.exists()
+
+
 def test_experiments_file_is_consistent(exp: Any) -> None:
     for column, spec in exp.columns.items():
         assert (ROOT / spec["config"]).is_file()
