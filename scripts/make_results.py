@@ -181,7 +181,7 @@ def _misses_section(report: Report) -> list[str]:
                 if (c, model) in seen or not rs or paper is None:
                     continue
                 seen.add((c, model))
-                ours = mean_std([_value(r, kind) for r in rs])[0]
+                ours, spread = mean_std([_value(r, kind) for r in rs])
                 gap = _miss(ours, paper, kind)
                 if gap is None:
                     continue
@@ -193,6 +193,8 @@ def _misses_section(report: Report) -> list[str]:
                     if ratio >= UNDERFIT_RATIO
                     else "train < test: a generalisation gap (data, regularisation)"
                 )
+                if spread is not None and abs(gap) <= spread:
+                    reading += "; missed by no more than the seeds' std"
                 epochs = exp.chosen_epochs(c, model)
                 others = sorted({x.epochs for x in report.records if (x.column, x.model) == (c, model)} - {epochs})
                 tried = ", ".join(
@@ -210,8 +212,9 @@ def _misses_section(report: Report) -> list[str]:
         "epoch's redrawn samples; for co-localisation the % of training boxes missed) against the test error, both",
         f"means over the cell's seeds. A training error at least {UNDERFIT_RATIO:.0%} of the test error reads as",
         "underfitting, where a longer schedule or more capacity is the lever; one far below it as a generalisation",
-        "gap, where more distinct data or regularisation is. The last column lists the cell's records at other",
-        "schedule lengths (what was tried, with the runs in the budget table below).",
+        "gap, where more distinct data or regularisation is. A miss no larger than the standard deviation over",
+        "the cell's seeds is flagged: it may be no more than the seeds' spread. The last column lists the cell's",
+        "records at other schedule lengths (what was tried, with the runs in the budget table below).",
         "",
         "| cell | epochs | ours | paper | missed by | train / test error | ratio | reading | other schedules |",
         "|---|---|---|---|---|---|---|---|---|",
