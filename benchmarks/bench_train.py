@@ -636,19 +636,20 @@ def header(title: str, command: str, info: dict[str, Any], args: argparse.Namesp
     return "\n".join(lines) + "\n"
 
 
-def write_candidates(
-    args: argparse.Namespace, info: dict[str, Any], command: str, result: dict[str, Any], start: float
+def write_outputs(
+    args: argparse.Namespace, stem: str, md: str, info: dict[str, Any], command: str, start: float, **sections: Any
 ) -> None:
-    md = header("Training step: candidate speed-ups", command, info, args) + candidates_markdown(result)
+    """Print the tables and write ``<stem>.md`` and ``<stem>.json`` (machine, settings, command, the measured
+    ``sections`` and the seconds the whole benchmark took) in ``--out``."""
     print()
     print(md)
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "train-candidates.md").write_text(md)
+    (args.out / f"{stem}.md").write_text(md)
     settings = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
-    record = {"machine": info, "settings": settings, "command": command, "candidates": result}
+    record = {"machine": info, "settings": settings, "command": command, **sections}
     record["seconds"] = time.perf_counter() - start
-    (args.out / "train-candidates.json").write_text(json.dumps(record, indent=1))
-    print(f"wrote {args.out / 'train-candidates.md'} and .json ({record['seconds']:.0f} s)")
+    (args.out / f"{stem}.json").write_text(json.dumps(record, indent=1))
+    print(f"wrote {args.out / f'{stem}.md'} and {args.out / f'{stem}.json'} ({record['seconds']:.0f} s)")
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -687,7 +688,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     start = time.perf_counter()
     command = ".venv/bin/python benchmarks/bench_train.py " + " ".join(sys.argv[1:] if argv is None else argv)
     if args.candidates:
-        write_candidates(args, info, command.strip(), bench_candidates(args, gen), start)
+        md = header("Training step: candidate speed-ups", command.strip(), info, args)
+        result = bench_candidates(args, gen)
+        write_outputs(
+            args, "train-candidates", md + candidates_markdown(result), info, command.strip(), start, candidates=result
+        )
         return
     throughput = bench_throughput(args, gen)
     overhead = bench_overhead(args, gen)
@@ -699,21 +704,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         + "\n"
         + overhead_markdown(overhead, plain)
     )
-    print()
-    print(md)
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "train.md").write_text(md)
-    settings = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
-    record = {
-        "machine": info,
-        "settings": settings,
-        "command": command.strip(),
-        "throughput": throughput,
-        "overhead": overhead,
-        "seconds": time.perf_counter() - start,
-    }
-    (args.out / "train.json").write_text(json.dumps(record, indent=1))
-    print(f"wrote {args.out / 'train.md'} and {args.out / 'train.json'} ({record['seconds']:.0f} s)")
+    write_outputs(args, "train", md, info, command.strip(), start, throughput=throughput, overhead=overhead)
 
 
 if __name__ == "__main__":
