@@ -1,6 +1,8 @@
 """Where a co-localisation run's crops land on its test images: the hit rate (IoU > 0.5 with the true box), the
 crops' scale against the true box's, how often the crop holds the whole true box, and how often the hit would
-be scored with the crop's centre kept and its size set to the true box's (is the centre or the scale wrong?).
+be scored with the crop's centre kept and its size set to the true box's (is the centre or the scale wrong?), how
+many of the misses still overlap the box (IoU > 0.3: a crop beside the digit, not on a clutter piece elsewhere),
+and the median distance in pixels from the crop's centre to the box's, over the hits and over the misses.
 
 Reads run directories (their config.yaml and checkpoints/last.pt, not committed) and prints one row each::
 
@@ -42,11 +44,17 @@ def crops(run: Path) -> dict[str, float]:
     centre = (pred[:, :2] + pred[:, 2:]) / 2
     half = (boxes[:, 2:] - boxes[:, :2]) / 2
     resized = torch.cat((centre - half, centre + half), -1)  # the crop's centre, the true box's size
+    hit = iou > 0.5
+    error = (centre - (boxes[:, :2] + boxes[:, 2:]) / 2).norm(dim=1)  # the crop's centre from the box's, pixels
+    nan = float("nan")
     return {
-        "hits %": 100.0 * float((iou > 0.5).float().mean()),
+        "hits %": 100.0 * float(hit.float().mean()),
         "median crop/box size": float(scale.median()),
         "holds the box %": 100.0 * float(inside.float().mean()),
         "hits at the true size %": 100.0 * float((box_iou(resized, boxes) > 0.5).float().mean()),
+        "misses near the box % (IoU > 0.3)": 100.0 * float((iou[~hit] > 0.3).float().mean()) if (~hit).any() else nan,
+        "centre error px (median), hits": float(error[hit].median()) if hit.any() else nan,
+        "centre error px (median), misses": float(error[~hit].median()) if (~hit).any() else nan,
     }
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
@@ -90,3 +91,9 @@ def test_coloc_crops_script_scores_a_run_as_the_task_does(tiny_mnist: Path, tmp_
     assert row["hits %"] == pytest.approx(100.0 - metrics["test_error"], abs=1e-9)
     assert 0.0 <= row["holds the box %"] <= 100.0 and 0.0 <= row["hits at the true size %"] <= 100.0
     assert row["median crop/box size"] > 0.0
+    hits, misses = row["hits %"] > 0.0, row["hits %"] < 100.0  # the medians over an empty set read NaN
+    assert math.isnan(row["centre error px (median), hits"]) != hits
+    assert math.isnan(row["centre error px (median), misses"]) != misses
+    assert math.isnan(row["misses near the box % (IoU > 0.3)"]) != misses
+    assert not misses or 0.0 <= row["misses near the box % (IoU > 0.3)"] <= 100.0
+    assert not misses or row["centre error px (median), misses"] >= 0.0
