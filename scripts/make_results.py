@@ -264,11 +264,12 @@ def _draw_curve(data: dict[str, Any], labels: dict[str, str], title: str, path: 
             ax.annotate(f"{p['epochs']} ep", (xi, p["test_error"]), textcoords="offset points", xytext=(4, 4), size=7)
         ax.axhline(float(data["paper"][model]), color=colour, linestyle=":", label=f"{labels[model]} paper (test)")
     if data["points"]:
-        from matplotlib.ticker import ScalarFormatter
+        from matplotlib.ticker import NullFormatter
 
         ax.set_xscale("log")
-        for axis in (ax.xaxis.set_major_formatter, ax.xaxis.set_minor_formatter):
-            axis(ScalarFormatter())
+        seen = sorted({round(p["samples"] / 1e6, 2) for p in data["points"]})
+        ax.set_xticks(seen, [f"{v:.2f}" for v in seen])  # a tick at each schedule's samples, labelled
+        ax.xaxis.set_minor_formatter(NullFormatter())
         ax.set_ylim(bottom=0)
         ax.legend(fontsize=8)
     else:
