@@ -1,4 +1,5 @@
-"""Train the reproduction's cells one after another: skip the recorded, resume the interrupted, start the rest.
+"""Train the reproduction's cells, one after another or ``--jobs`` at once: skip the recorded, resume the
+interrupted, start the rest.
 
 The cells come from ``results/experiments.yaml``: for each seed, column and model (cheapest first), the schedule
 the column chose for the model's family (or the ``--epochs`` given, or with ``--curve`` the learning curve's
@@ -10,10 +11,13 @@ experiments file (threads, evaluation batch, ...): anything else would train a r
 
 First it prints the plan: each cell to train with an estimate of its one-thread training time, the median time an
 epoch of the committed records most like it took (``estimate``), and the total; ``--dry-run`` stops there.
+``--jobs N`` keeps N cells training at once, each its own process, starting the next in the plan's order as one
+ends (a 2-core machine: ``--jobs 2 --set train.threads=1``, which is how the records here were trained).
 
 Example (the commands behind RESULTS.md are listed there)::
 
-    nohup .venv/bin/python scripts/reproduce.py --columns rts --seeds 0 1 2 --set train.threads=1 >repro.log 2>&1 &
+    nohup .venv/bin/python scripts/reproduce.py --columns rts --seeds 0 1 2 --jobs 2 --set train.threads=1 \
+        >repro.log 2>&1 &
 """
 
 from __future__ import annotations
@@ -163,6 +167,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="budget-only overrides")
     parser.add_argument("--record", action="store_true", help="record each run that finishes (scripts/record.py)")
     parser.add_argument("--dry-run", action="store_true", help="print what would run")
+    parser.add_argument(
+        "--jobs",
+        type=int,
+        default=1,
+        help="cells trained at once, each its own process (on a small machine give each train.threads=1)",
+    )
     args = parser.parse_args(argv)
     exp = Experiments(args.experiments)
     args.runs, args.results = args.runs.resolve(), args.results.resolve()  # the runs start from ROOT
@@ -171,6 +181,8 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(
                 f"--set {key}: not a budget-only key ({', '.join(exp.budget_keys)}); change the column's config"
             )
+    if args.jobs < 1:
+        parser.error(f"--jobs: expected a whole number of cells at once, at least 1; got {args.jobs}")
     unknown = sorted(set(args.columns or []) - set(exp.columns))
     if unknown:
         parser.error(f"--columns: unknown {unknown}; the experiments file has {sorted(exp.columns)}")
@@ -193,9 +205,11 @@ def main(argv: list[str] | None = None) -> int:
     unknown = [c.path.as_posix() for c, g in guesses.items() if g is None]
     print(
         f"[plan] {len(guesses)} cells to train, about {_hours(sum(known))} at one thread as the records ran"
+        + (f" (in {args.jobs} jobs at once, about {_hours(sum(known) / args.jobs)})" if args.jobs > 1 else "")
         + (f"; no record to estimate {len(unknown)}: {', '.join(unknown)}" if unknown else ""),
         flush=True,
     )
+    running: dict[subprocess.Popen[bytes], tuple[Path, float]] = {}  # each cell's process: its run, its start
     for cell, action in steps:
         run = args.runs / cell.path
         if action == "recorded":
@@ -214,17 +228,36 @@ def main(argv: list[str] | None = None) -> int:
         print(f"[{action}] {' '.join(cmd[1:])}{about}", flush=True)
         if args.dry_run:
             continue
-        start = time.perf_counter()
-        done = subprocess.run(cmd, check=False, cwd=ROOT)
-        print(f"[done] {run} rc={done.returncode} in {time.perf_counter() - start:.0f} s", flush=True)
-        if args.record and done.returncode == 0 and _status(run) == "finished":
+        while len(running) >= args.jobs:
+            _reap(running, args, exp)
+        running[subprocess.Popen(cmd, cwd=ROOT)] = (run, time.perf_counter())
+    while running:
+        _reap(running, args, exp)
+    return 0
+
+
+POLL_SECONDS = 5.0  # how often a full pool looks for a finished cell
+
+
+def _reap(
+    running: dict[subprocess.Popen[bytes], tuple[Path, float]], args: argparse.Namespace, exp: Experiments
+) -> None:
+    """Wait until at least one running cell's process ends; report (and with ``--record`` record) each that has."""
+    while True:
+        ended = [proc for proc in running if proc.poll() is not None]
+        if ended:
+            break
+        time.sleep(POLL_SECONDS)
+    for proc in ended:
+        run, start = running.pop(proc)
+        print(f"[done] {run} rc={proc.returncode} in {time.perf_counter() - start:.0f} s", flush=True)
+        if args.record and proc.returncode == 0 and _status(run) == "finished":
             from record import record_run
 
             try:
                 print(f"[recorded] {record_run(run, args.results, exp)}", flush=True)
             except RecordError as exc:
                 print(f"[not recorded] {exc}", flush=True)
-    return 0
 
 
 if __name__ == "__main__":

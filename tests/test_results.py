@@ -500,6 +500,38 @@ def test_reproduce_estimates_a_cell_from_the_records_most_like_it(
     assert "(about 30 min: 1 rts record)" in out and not runs.exists()
 
 
+def test_reproduce_keeps_jobs_cells_training_at_once_and_records_each(
+    tmp_path: Path, exp: Any, head: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--jobs 2 on three cells: never more than two processes at once, two at once at some point, the third
+    started when one ends, and each finished run recorded. Each cell's process stands in for training: it logs its
+    start and end, sleeps, and leaves a finished run directory of the cell."""
+    todo = reproduce.cells(exp, ["rts"], [0], models=["st_cnn_aff", "st_cnn_tps", "cnn_baseline"])
+    runs, results, times = tmp_path / "runs", tmp_path / "results", tmp_path / "times.txt"
+    done = {c: _fake_run(tmp_path / "finished" / c.path, exp, c, head) for c in todo}
+
+    def fake(exp: Any, cell: Any, run: Path, extra: Any) -> list[str]:
+        code = (
+            "import shutil, sys, time\n"
+            "log = lambda what: open(sys.argv[1], 'a').write(f'{what} {time.monotonic()}\\n')\n"
+            "log('start'); time.sleep(1.0); shutil.copytree(sys.argv[2], sys.argv[3]); log('end')\n"
+        )
+        return [sys.executable, "-c", code, str(times), str(done[cell]), str(run)]
+
+    monkeypatch.setattr(reproduce, "command", fake)
+    monkeypatch.setattr(reproduce, "POLL_SECONDS", 0.05)
+    argv = ["--columns", "rts", "--models", "st_cnn_aff", "st_cnn_tps", "cnn_baseline", "--seeds", "0"]
+    assert reproduce.main([*argv, "--runs", str(runs), "--results", str(results), "--record", "--jobs", "2"]) == 0
+    events = sorted((float(t), what) for what, t in (line.split() for line in times.read_text().splitlines()))
+    at_once, most = 0, 0
+    for _, what in events:
+        at_once += 1 if what == "start" else -1
+        most = max(most, at_once)
+    assert most == 2 and [w for _, w in events].count("start") == 3
+    assert sorted(results_lib.load_records(results)) == sorted(todo)
+    assert capsys.readouterr().out.count("[recorded]") == 3
+
+
 def test_experiments_file_is_consistent(exp: Any) -> None:
     for column, spec in exp.columns.items():
         assert (ROOT / spec["config"]).is_file()
