@@ -12,7 +12,8 @@ experiments file (threads, evaluation batch, ...): anything else would train a r
 First it prints the plan: each cell to train with an estimate of its one-thread training time, the median time an
 epoch of the committed records most like it took (``estimate``), and the total; ``--dry-run`` stops there.
 ``--jobs N`` keeps N cells training at once, each its own process, starting the next in the plan's order as one
-ends (a 2-core machine: ``--jobs 2 --set train.threads=1``, which is how the records here were trained).
+ends (a 2-core machine: ``--jobs 2 --set train.threads=1``, which is how the records here were trained). Ctrl-C or
+SIGTERM stops it: every running cell checkpoints (``torchstn train`` does on SIGTERM), and the same command resumes.
 
 Example (the commands behind RESULTS.md are listed there)::
 
@@ -24,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import statistics
 import subprocess
 import sys
@@ -210,30 +212,53 @@ def main(argv: list[str] | None = None) -> int:
         flush=True,
     )
     running: dict[subprocess.Popen[bytes], tuple[Path, float]] = {}  # each cell's process: its run, its start
-    for cell, action in steps:
-        run = args.runs / cell.path
-        if action == "recorded":
-            print(f"[skip] {cell.path} is recorded", flush=True)
-            continue
-        if action == "stale":
-            diff = ", ".join(_stale(exp, cell, run))
-            print(f"[skip] {run} trained another config (differs in {diff}); move it away to retrain", flush=True)
-            continue
-        if action == "finished":
-            print(f"[skip] {run} finished; record it: scripts/record.py {run} --into {args.results}", flush=True)
-            continue
-        cmd = command(exp, cell, run, args.set)
-        guess = guesses.get(cell)
-        about = f"  (about {_hours(guess[0])}: {guess[1]})" if guess else ""
-        print(f"[{action}] {' '.join(cmd[1:])}{about}", flush=True)
-        if args.dry_run:
-            continue
-        while len(running) >= args.jobs:
+    previous = signal.signal(signal.SIGTERM, _stop)
+    try:
+        for cell, action in steps:
+            run = args.runs / cell.path
+            if action == "recorded":
+                print(f"[skip] {cell.path} is recorded", flush=True)
+                continue
+            if action == "stale":
+                diff = ", ".join(_stale(exp, cell, run))
+                print(f"[skip] {run} trained another config (differs in {diff}); move it away to retrain", flush=True)
+                continue
+            if action == "finished":
+                print(f"[skip] {run} finished; record it: scripts/record.py {run} --into {args.results}", flush=True)
+                continue
+            cmd = command(exp, cell, run, args.set)
+            guess = guesses.get(cell)
+            about = f"  (about {_hours(guess[0])}: {guess[1]})" if guess else ""
+            print(f"[{action}] {' '.join(cmd[1:])}{about}", flush=True)
+            if args.dry_run:
+                continue
+            while len(running) >= args.jobs:
+                _reap(running, args, exp)
+            running[subprocess.Popen(cmd, cwd=ROOT)] = (run, time.perf_counter())
+        while running:
             _reap(running, args, exp)
-        running[subprocess.Popen(cmd, cwd=ROOT)] = (run, time.perf_counter())
-    while running:
-        _reap(running, args, exp)
+    except (KeyboardInterrupt, _Stopped) as exc:
+        # Each running cell checkpoints on SIGTERM (torchstn train) and is resumed by the same command later.
+        for proc in running:
+            proc.send_signal(signal.SIGTERM)
+        for proc, (run, _) in running.items():
+            print(f"[stopped] {run} rc={proc.wait()}: run the same command again to resume it", flush=True)
+        return 128 + (exc.signum if isinstance(exc, _Stopped) else signal.SIGINT)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     return 0
+
+
+class _Stopped(Exception):
+    """SIGTERM reached reproduce.py: the running cells are asked to checkpoint and stop."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
+def _stop(signum: int, frame: object) -> None:
+    raise _Stopped(signum)
 
 
 POLL_SECONDS = 5.0  # how often a full pool looks for a finished cell

@@ -7,10 +7,13 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
+import threading
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -530,6 +533,50 @@ def test_reproduce_keeps_jobs_cells_training_at_once_and_records_each(
     assert most == 2 and [w for _, w in events].count("start") == 3
     assert sorted(results_lib.load_records(results)) == sorted(todo)
     assert capsys.readouterr().out.count("[recorded]") == 3
+
+
+def test_reproduce_stopped_by_sigterm_stops_its_running_cells_and_says_how_to_resume(
+    tmp_path: Path, exp: Any, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """SIGTERM to reproduce.py reaches every running cell's process (torchstn train checkpoints on it), waits for
+    them, and exits 128 + 15. Each stand-in cell writes down the signal it got, then exits as training does."""
+    runs, got = tmp_path / "runs", tmp_path / "got"
+    got.mkdir()
+    ready = threading.Event()
+
+    def fake(exp: Any, cell: Any, run: Path, extra: Any) -> list[str]:
+        code = (
+            "import signal, sys, time, pathlib\n"
+            "out = pathlib.Path(sys.argv[1])\n"
+            "def stop(n, f):\n    out.write_text(str(n)); sys.exit(128 + n)\n"
+            "signal.signal(signal.SIGTERM, stop); (out.parent / (out.name + '.up')).write_text('')\n"
+            "time.sleep(60)\n"
+        )
+        return [sys.executable, "-c", code, str(got / cell.model)]
+
+    def terminate_when_both_are_up() -> None:
+        for _ in range(600):
+            if len(list(got.glob("*.up"))) == 2:
+                break
+            threading.Event().wait(0.05)
+        ready.set()
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    monkeypatch.setattr(reproduce, "command", fake)
+    monkeypatch.setattr(reproduce, "POLL_SECONDS", 0.05)
+    killer = threading.Thread(target=terminate_when_both_are_up)
+    killer.start()
+    argv = ["--columns", "rts", "--models", "st_cnn_aff", "st_cnn_tps", "--seeds", "0", "--jobs", "2"]
+    rc = reproduce.main([*argv, "--runs", str(runs), "--results", str(tmp_path / "results")])
+    killer.join()
+    assert ready.is_set() and rc == 128 + signal.SIGTERM
+    assert {p.name: p.read_text() for p in got.iterdir() if p.suffix != ".up"} == {
+        "st_cnn_aff": str(int(signal.SIGTERM)),
+        "st_cnn_tps": str(int(signal.SIGTERM)),
+    }
+    out = capsys.readouterr().out
+    assert out.count("[stopped]") == 2 and "rc=143: run the same command again to resume it" in out
+    assert signal.getsignal(signal.SIGTERM) is not reproduce._stop  # the previous handler is back
 
 
 def test_experiments_file_is_consistent(exp: Any) -> None:
