@@ -76,6 +76,11 @@ class Experiments:
         self.sections: list[dict[str, Any]] = raw["sections"]
         self.curve: dict[str, Any] = raw.get("curve") or {}
         self.budget_keys: list[str] = raw.get("budget_keys") or []
+        for section in self.sections:
+            shown = {m for c in section["columns"] for m in self.columns[c]["paper"]}
+            extra = sorted(set(section.get("models") or []) - shown)
+            if extra:
+                raise ValueError(f"{self.path}: section {section['title']!r} shows {extra}, not a model of its columns")
         for column, spec in self.columns.items():
             for model in spec["paper"]:
                 family = self.models[model]["family"]  # KeyError: a model missing from `models`

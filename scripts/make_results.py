@@ -93,7 +93,7 @@ def _section(report: Report, spec: dict[str, Any]) -> list[str]:
     layout = spec.get("layout", "simple")
     what = spec.get("what") or ("% of test boxes with IoU > 0.5" if kind == "hits" else "test error, %")
     lines: list[str]
-    shown = list(exp.columns[columns[0]]["paper"]) if layout == "wide" else None
+    shown = list(exp.columns[columns[0]]["paper"]) if layout == "wide" else spec.get("models")
     if layout == "wide":
         # A section may name its columns itself (`labels`), e.g. where a study shows a column of another table.
         labels = [(spec.get("labels") or {}).get(c, exp.columns[c]["label"]) for c in columns]
@@ -110,6 +110,8 @@ def _section(report: Report, spec: dict[str, Any]) -> list[str]:
         lines = ["| setting | model | epochs | ours | paper |", "|---|---|---|---|---|"]
         for c in columns:
             for model, paper in exp.columns[c]["paper"].items():
+                if shown is not None and model not in shown:  # a section may show some of a column's models
+                    continue
                 epochs = exp.chosen_epochs(c, model)
                 lines.append(
                     f"| {exp.columns[c]['label']} | {exp.label(model)} | {epochs} | "
@@ -329,22 +331,25 @@ def _budget(report: Report, results_link: str) -> tuple[list[str], list[str]]:
     lines = [
         "Every committed record, also those at schedules a table does not use (they feed the learning curve).",
         "Training time is the sum of the epochs' training time (evaluation excluded); samples seen, the images",
-        "trained on (redrawn every epoch where the config says `redraw`).",
+        "trained on (redrawn every epoch where the config says `redraw`). The result is the record's own: its",
+        "test error, %, or for co-localisation the % of test boxes found.",
         "",
-        "| record | epochs | seed | samples seen | training time | threads | machine | optimiser | code |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| record | epochs | seed | result | samples seen | training time | threads | machine | optimiser | code |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
+    kinds = {c: spec.get("kind", "error") for spec in reversed(exp.sections) for c in spec["columns"]}
     for cell, r in sorted(report.records.items()):
         t = r.config["train"]
         opt = f"{t['optimizer']} lr {t['lr']:g} {t['schedule']} batch {t['batch_size']}"
         machine = machines.index(json.dumps(r.machine, sort_keys=True)) + 1
+        result = _value(r, kinds.get(cell.column, "error"))
         lines.append(
             f"| [`{cell.path.as_posix()}`]({results_link}/{cell.path.as_posix()}) | {cell.epochs} | {cell.seed} | "
-            f"{r.samples / 1e6:.2f}M | {r.seconds / 60:.1f} min | {r.threads} | M{machine} | {opt} | "
+            f"{result:.2f} | {r.samples / 1e6:.2f}M | {r.seconds / 60:.1f} min | {r.threads} | M{machine} | {opt} | "
             f"`{r.sha[:10]}` |"
         )
     if not report.records:
-        lines.append("| none committed yet | | | | | | | | |")
+        lines.append("| none committed yet | | | | | | | | | |")
     lines += ["", "Machines (from each record's meta.json):", ""]
     lines += [f"- M{i}: `{m}`" for i, m in enumerate(machines, 1)] or ["- none"]
     commands = []

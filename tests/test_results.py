@@ -315,7 +315,14 @@ def test_report_of_synthetic_records(tmp_path: Path, exp: Any, head: str) -> Non
     assert "Cells that miss the paper's number (points below it): co-localisation attention ST -4.00." in text
     assert text.count("| [`rts/st_cnn_aff/") == 4  # the budget lists every record, the extra schedule too
     first = f"rts/st_cnn_aff/e{chosen}-seed0"  # each epoch: 60 s at 1000 images/s
-    assert f"| [`{first}`](results/{first}) | {chosen} | 0 | {chosen * 0.06:.2f}M | {chosen:.1f} min | 1 | M1 |" in text
+    assert (
+        f"| [`{first}`](results/{first}) | {chosen} | 0 | 1.00 | {chosen * 0.06:.2f}M | {chosen:.1f} min | 1 | M1 |"
+        in text
+    )
+    coloc_record = f"coloc/coloc_attention/e{coloc}-seed0"  # its result: the % of boxes found, as its table
+    assert f"| [`{coloc_record}`](results/{coloc_record}) | {coloc} | 0 | 96.00 |" in text
+    tried = text.split("## Tried and not adopted: RTS")[1].split("\n## ")[0]  # a section showing one model
+    assert [line.split(" | ")[1] for line in tried.splitlines() if line.startswith("| RTS")] == ["ST-FCN Aff"] * 2
     sets = f"model.name=st_cnn_aff train.seed=2 train.epochs={chosen} name=rts-st_cnn_aff train.threads=1"
     assert f"--out runs/repro/rts/st_cnn_aff/e{chosen}-seed2 --set {sets}`" in text
     data = json.loads((tmp_path / "docs" / "results" / "learning-curve.json").read_text())
@@ -587,6 +594,14 @@ def test_experiments_file_is_consistent(exp: Any) -> None:
             assert config["model"]["name"] == model
     shown = [c for section in exp.sections for c in section["columns"]]
     assert set(shown) == set(exp.columns)  # every column is shown (a study may show a column again)
+
+
+def test_a_section_may_show_only_models_of_its_columns(tmp_path: Path) -> None:
+    raw = yaml.safe_load((ROOT / "results" / "experiments.yaml").read_text())
+    raw["sections"].append({"title": "bad", "layout": "settings", "columns": ["rts"], "models": ["coloc_attention"]})
+    (tmp_path / "experiments.yaml").write_text(yaml.safe_dump(raw))
+    with pytest.raises(ValueError, match=r"section 'bad' shows \['coloc_attention'\], not a model of its columns"):
+        results_lib.Experiments(tmp_path / "experiments.yaml")
 
 
 def test_family_overrides_apply_to_their_family_only(exp: Any) -> None:
