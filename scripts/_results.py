@@ -82,6 +82,12 @@ class Experiments:
             if extra:
                 raise ValueError(f"{self.path}: section {section['title']!r} shows {extra}, not a model of its columns")
         for column, spec in self.columns.items():
+            base = spec.get("tried_for")
+            if base is not None and (base not in self.columns or base == column or not spec.get("tried")):
+                raise ValueError(
+                    f"{self.path}: column {column!r} has tried_for {base!r}: expected another column, and `tried` "
+                    "saying what it changes"
+                )
             for model in spec["paper"]:
                 family = self.models[model]["family"]  # KeyError: a model missing from `models`
                 if family not in spec["epochs"]:

@@ -178,6 +178,8 @@ def _misses_section(report: Report) -> list[str]:
     for spec in exp.sections:
         kind = spec.get("kind", "error")
         for c in spec["columns"]:
+            if exp.columns[c].get("tried_for"):  # a change tried on another column's cells: listed with them
+                continue
             for model, paper in exp.columns[c]["paper"].items():
                 rs = report.seeds(c, model)
                 if (c, model) in seen or not rs or paper is None:
@@ -199,12 +201,15 @@ def _misses_section(report: Report) -> list[str]:
                     reading += "; missed by no more than the seeds' std"
                 epochs = exp.chosen_epochs(c, model)
                 others = sorted({x.epochs for x in report.records if (x.column, x.model) == (c, model)} - {epochs})
-                tried = ", ".join(
+                tried = [
                     f"{e} epochs: {cell_text([_value(r, kind) for r in report.seeds(c, model, e)])}" for e in others
-                )
+                ]
+                for t, other in exp.columns.items():
+                    if other.get("tried_for") == c and model in other["paper"] and report.seeds(t, model):
+                        tried.append(f"{other['tried']}: {report.cell(t, model, kind)}")
                 rows.append(
                     f"| {exp.columns[c]['label']} {exp.label(model)} | {epochs} | {ours:.2f} | {_paper(paper)} | "
-                    f"{abs(gap):.2f} | {train:.2f} / {test:.2f} | {ratio:.2f} | {reading} | {tried or '—'} |"
+                    f"{abs(gap):.2f} | {train:.2f} / {test:.2f} | {ratio:.2f} | {reading} | {', '.join(tried) or '—'} |"
                 )
     if not rows:
         return ["No recorded cell misses the paper's number."]
@@ -215,10 +220,12 @@ def _misses_section(report: Report) -> list[str]:
         f"means over the cell's seeds. A training error at least {UNDERFIT_RATIO:.0%} of the test error reads as",
         "underfitting, where a longer schedule or more capacity is the lever; one far below it as a generalisation",
         "gap, where more distinct data or regularisation is. A miss no larger than the standard deviation over",
-        "the cell's seeds is flagged: it may be no more than the seeds' spread. The last column lists the cell's",
-        "records at other schedule lengths (what was tried, with the runs in the budget table below).",
+        "the cell's seeds is flagged: it may be no more than the seeds' spread. The last column lists what else was",
+        "tried on the cell, each with its result: its records at other schedule lengths, and the columns that",
+        "change one setting of it (`tried_for` in `results/experiments.yaml`; the runs are in the budget table",
+        "below).",
         "",
-        "| cell | epochs | ours | paper | missed by | train / test error | ratio | reading | other schedules |",
+        "| cell | epochs | ours | paper | missed by | train / test error | ratio | reading | also tried |",
         "|---|---|---|---|---|---|---|---|---|",
         *rows,
     ]

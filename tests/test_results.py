@@ -359,6 +359,31 @@ def test_misses_table_reads_each_missed_cell_from_its_records(tmp_path: Path, ex
     ]  # TC's CNN (3.0 against 3.5) meets the paper; the 4-epoch record is listed as tried, not as a row
 
 
+def test_misses_table_lists_what_was_tried_on_a_cell_with_it(tmp_path: Path, exp: Any, head: str) -> None:
+    """A column `tried_for` another is no row of its own: its result is listed with the cell it was tried on."""
+    fcn = exp.chosen_epochs("rts", "st_fcn_aff")
+    assert exp.columns["rts_adamw"]["tried_for"] == "rts"
+    runs = [(_cell(c, "st_fcn_aff", fcn, 0), {"test_error": e}) for c, e in (("rts", 2.0), ("rts_adamw", 1.5))]
+    text = make_results.generate(_results_tree(tmp_path, exp, head, runs), tmp_path / "R.md", tmp_path / "figs")
+    section = text.split("## Where a cell misses the paper")[1].split("\n## ")[0]
+    rows = [line for line in section.splitlines() if line.startswith("| RTS")]
+    assert len(rows) == 1 and rows[0].startswith("| RTS ST-FCN Aff | ")
+    assert rows[0].endswith(f"| {exp.columns['rts_adamw']['tried']}: 1.50 (n=1) |")
+
+
+def test_a_tried_column_names_another_column_and_what_it_changes(tmp_path: Path) -> None:
+    raw = yaml.safe_load((ROOT / "results" / "experiments.yaml").read_text())
+    raw["columns"]["rts_adamw"]["tried_for"] = "nowhere"
+    (tmp_path / "experiments.yaml").write_text(yaml.safe_dump(raw))
+    with pytest.raises(ValueError, match="column 'rts_adamw' has tried_for 'nowhere': expected another column"):
+        results_lib.Experiments(tmp_path / "experiments.yaml")
+    raw["columns"]["rts_adamw"]["tried_for"] = "rts"
+    del raw["columns"]["rts_adamw"]["tried"]
+    (tmp_path / "experiments.yaml").write_text(yaml.safe_dump(raw))
+    with pytest.raises(ValueError, match="and `tried` saying what it changes"):
+        results_lib.Experiments(tmp_path / "experiments.yaml")
+
+
 def test_misses_table_without_a_miss(tmp_path: Path, exp: Any, head: str) -> None:
     runs = [(_cell("tc", "cnn_baseline", exp.chosen_epochs("tc", "cnn_baseline"), 0), {"test_error": 3.0})]
     text = make_results.generate(_results_tree(tmp_path, exp, head, runs), tmp_path / "R.md", tmp_path / "figs")
