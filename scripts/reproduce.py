@@ -159,7 +159,12 @@ def _hours(seconds: float) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--experiments", type=Path, default=ROOT / "results" / "experiments.yaml")
-    parser.add_argument("--columns", nargs="+", default=None, help="default: every column of the experiments file")
+    parser.add_argument(
+        "--columns",
+        nargs="+",
+        default=None,
+        help="default: every column of the experiments file but those tried_for another (name those to train them)",
+    )
     parser.add_argument("--models", nargs="*", default=None, help="default: every model of each column")
     parser.add_argument("--seeds", nargs="+", type=int, default=[0])
     parser.add_argument("--epochs", nargs="+", type=int, default=None, help="default: each family's chosen schedule")
@@ -191,7 +196,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.curve:
         todo = curve_cells(exp, args.seeds, args.models)
     else:
-        todo = cells(exp, args.columns or list(exp.columns), args.seeds, args.models, args.epochs)
+        default = [c for c, spec in exp.columns.items() if not spec.get("tried_for")]
+        todo = cells(exp, args.columns or default, args.seeds, args.models, args.epochs)
     steps = plan(exp, todo, args.runs, args.results)
     try:
         records = load_records(args.results)

@@ -611,6 +611,19 @@ def test_reproduce_stopped_by_sigterm_stops_its_running_cells_and_says_how_to_re
     assert signal.getsignal(signal.SIGTERM) is not reproduce._stop  # the previous handler is back
 
 
+def test_reproduce_leaves_tried_columns_out_unless_named(
+    tmp_path: Path, exp: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
+    tried = sorted(c for c, spec in exp.columns.items() if spec.get("tried_for"))
+    assert tried
+    common = ["--runs", str(tmp_path / "runs"), "--results", str(tmp_path / "results"), "--dry-run"]
+    assert reproduce.main(common) == 0
+    out = capsys.readouterr().out
+    assert "/runs/rts/" in out and not any(f"/runs/{c}/" in out for c in tried)
+    assert reproduce.main([*common, "--columns", tried[0]]) == 0
+    assert f"/runs/{tried[0]}/" in capsys.readouterr().out
+
+
 def test_experiments_file_is_consistent(exp: Any) -> None:
     for column, spec in exp.columns.items():
         assert (ROOT / spec["config"]).is_file()
