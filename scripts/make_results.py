@@ -371,15 +371,17 @@ def _budget(report: Report, results_link: str) -> tuple[list[str], list[str]]:
 
 
 def _pictures(report: Report, sections: list[dict[str, Any]], root_out: Path) -> list[str]:
-    """The first seed's transformer pictures of each cell a table shows."""
+    """The first seed's transformer pictures of each cell a table shows, once (a column may be in two tables)."""
     exp = report.experiments
-    lines = []
+    lines: list[str] = []
+    drawn: set[tuple[str, str]] = set()
     for spec in sections:
         for column in spec["columns"]:
             for model in exp.columns[column]["paper"]:
                 rs = report.seeds(column, model)
-                if not rs:
+                if not rs or (column, model) in drawn or model not in (spec.get("models") or [model]):
                     continue
+                drawn.add((column, model))
                 for picture in rs[0].pictures:
                     which = picture.stem.removeprefix("transformer").replace("_transformers_", " ").strip()
                     label = f"{exp.columns[column]['label']}, {exp.label(model)}"

@@ -384,6 +384,14 @@ def test_a_tried_column_names_another_column_and_what_it_changes(tmp_path: Path)
         results_lib.Experiments(tmp_path / "experiments.yaml")
 
 
+def test_a_cell_in_two_tables_has_its_pictures_drawn_once(tmp_path: Path, exp: Any, head: str) -> None:
+    assert sum("rts" in spec["columns"] for spec in exp.sections) > 1
+    cell = _cell("rts", "st_cnn_aff", exp.chosen_epochs("rts", "st_cnn_aff"))
+    runs = [(cell, {"pictures": {"transformer.png": 100}})]
+    text = make_results.generate(_results_tree(tmp_path, exp, head, runs), tmp_path / "R.md", tmp_path / "figs")
+    assert text.count(f"/{cell.path.as_posix()}/pictures/transformer.png)") == 1
+
+
 def test_misses_table_without_a_miss(tmp_path: Path, exp: Any, head: str) -> None:
     runs = [(_cell("tc", "cnn_baseline", exp.chosen_epochs("tc", "cnn_baseline"), 0), {"test_error": 3.0})]
     text = make_results.generate(_results_tree(tmp_path, exp, head, runs), tmp_path / "R.md", tmp_path / "figs")
