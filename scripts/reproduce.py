@@ -12,7 +12,9 @@ experiments file (threads, evaluation batch, ...): anything else would train a r
 First it prints the plan: each cell to train with an estimate of its one-thread training time, the median time an
 epoch of the committed records most like it took (``estimate``), and the total; ``--dry-run`` stops there.
 ``--jobs N`` keeps N cells training at once, each its own process, starting the next in the plan's order as one
-ends (a 2-core machine: ``--jobs 2 --set train.threads=1``, which is how the records here were trained). Ctrl-C or
+ends (a 2-core machine: ``--jobs 2 --set train.threads=1``, which is how the records here were trained).
+``--within MINUTES`` starts a cell only if its estimate fits in the time left, so that what starts in a session
+of limited length also finishes in it (a cell with no estimate is started). Ctrl-C or
 SIGTERM stops it: every running cell checkpoints (``torchstn train`` does on SIGTERM), and the same command resumes.
 
 Example (the commands behind RESULTS.md are listed there)::
@@ -180,7 +182,16 @@ def main(argv: list[str] | None = None) -> int:
         default=1,
         help="cells trained at once, each its own process (on a small machine give each train.threads=1)",
     )
+    parser.add_argument(
+        "--within",
+        type=float,
+        default=None,
+        metavar="MINUTES",
+        help="start only the cells whose estimate fits in the minutes left (a session's end); the rest wait",
+    )
     args = parser.parse_args(argv)
+    if args.within is not None and not args.within > 0:
+        parser.error(f"--within: expected minutes > 0; got {args.within}")
     exp = Experiments(args.experiments)
     args.runs, args.results = args.runs.resolve(), args.results.resolve()  # the runs start from ROOT
     for key, _ in parse_overrides(args.set):
@@ -218,6 +229,7 @@ def main(argv: list[str] | None = None) -> int:
         flush=True,
     )
     running: dict[subprocess.Popen[bytes], tuple[Path, float]] = {}  # each cell's process: its run, its start
+    began = time.perf_counter()
     previous = signal.signal(signal.SIGTERM, _stop)
     try:
         for cell, action in steps:
@@ -240,6 +252,10 @@ def main(argv: list[str] | None = None) -> int:
                 continue
             while len(running) >= args.jobs:
                 _reap(running, args, exp)
+            left = None if args.within is None else args.within * 60 - (time.perf_counter() - began)
+            if guess and left is not None and guess[0] > left:
+                print(f"[later] {cell.path}: about {_hours(guess[0])}, more than the {_hours(left)} left", flush=True)
+                continue
             running[subprocess.Popen(cmd, cwd=ROOT)] = (run, time.perf_counter())
         while running:
             _reap(running, args, exp)

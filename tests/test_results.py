@@ -575,6 +575,30 @@ def test_reproduce_keeps_jobs_cells_training_at_once_and_records_each(
     assert capsys.readouterr().out.count("[recorded]") == 3
 
 
+def test_reproduce_within_starts_only_the_cells_that_fit_in_the_time_left(
+    tmp_path: Path, exp: Any, head: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--within 10: the ST-CNN Aff cell (its epochs at the record's 60 s each: more than 10 min) waits; the ST-CNN
+    TPS cell, which has no record to estimate it from, starts."""
+    results = tmp_path / "results"
+    record.record_run(_fake_run(tmp_path / "a", exp, _cell("rts", "st_cnn_aff", 2), head), results, exp)
+    started = tmp_path / "started"
+
+    def fake(exp: Any, cell: Any, run: Path, extra: Any) -> list[str]:
+        return [sys.executable, "-c", "import sys; open(sys.argv[1], 'a').write(sys.argv[2])", str(started), cell.model]
+
+    monkeypatch.setattr(reproduce, "command", fake)
+    monkeypatch.setattr(reproduce, "POLL_SECONDS", 0.05)
+    argv = ["--columns", "rts", "--models", "st_cnn_aff", "st_cnn_tps", "--seeds", "0", "--within", "10"]
+    assert reproduce.main([*argv, "--runs", str(tmp_path / "runs"), "--results", str(results)]) == 0
+    assert started.read_text() == "st_cnn_tps"
+    out = capsys.readouterr().out
+    e = exp.chosen_epochs("rts", "st_cnn_aff")
+    assert e * 60 > 10 * 60 and f"[later] rts/st_cnn_aff/e{e}-seed0: about {reproduce._hours(e * 60.0)}, more" in out
+    with pytest.raises(SystemExit):
+        reproduce.main([*argv[:-1], "0"])
+
+
 def test_reproduce_stopped_by_sigterm_stops_its_running_cells_and_says_how_to_resume(
     tmp_path: Path, exp: Any, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
