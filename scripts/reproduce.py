@@ -228,6 +228,16 @@ def main(argv: list[str] | None = None) -> int:
         + (f"; no record to estimate {len(unknown)}: {', '.join(unknown)}" if unknown else ""),
         flush=True,
     )
+    return _train(exp, steps, guesses, args)
+
+
+def _train(
+    exp: Experiments,
+    steps: Sequence[tuple[Cell, str]],
+    guesses: dict[Cell, tuple[float, str] | None],
+    args: argparse.Namespace,
+) -> int:
+    """Skip, resume or start each cell of the plan, ``args.jobs`` at once (with ``--dry-run``, print only)."""
     running: dict[subprocess.Popen[bytes], tuple[Path, float]] = {}  # each cell's process: its run, its start
     began = time.perf_counter()
     previous = signal.signal(signal.SIGTERM, _stop)
@@ -246,16 +256,17 @@ def main(argv: list[str] | None = None) -> int:
                 continue
             cmd = command(exp, cell, run, args.set)
             guess = guesses.get(cell)
-            about = f"  (about {_hours(guess[0])}: {guess[1]})" if guess else ""
-            print(f"[{action}] {' '.join(cmd[1:])}{about}", flush=True)
+            line = f"[{action}] {' '.join(cmd[1:])}" + (f"  (about {_hours(guess[0])}: {guess[1]})" if guess else "")
             if args.dry_run:
+                print(line, flush=True)
                 continue
             while len(running) >= args.jobs:
                 _reap(running, args, exp)
-            left = None if args.within is None else args.within * 60 - (time.perf_counter() - began)
+            left = None if args.within is None else max(args.within * 60 - (time.perf_counter() - began), 0.0)
             if guess and left is not None and guess[0] > left:
                 print(f"[later] {cell.path}: about {_hours(guess[0])}, more than the {_hours(left)} left", flush=True)
                 continue
+            print(line, flush=True)
             running[subprocess.Popen(cmd, cwd=ROOT)] = (run, time.perf_counter())
         while running:
             _reap(running, args, exp)
