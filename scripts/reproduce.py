@@ -14,8 +14,10 @@ epoch of the committed records most like it took (``estimate``), and the total; 
 ``--jobs N`` keeps N cells training at once, each its own process, starting the next in the plan's order as one
 ends (a 2-core machine: ``--jobs 2 --set train.threads=1``, which is how the records here were trained).
 ``--within MINUTES`` starts a cell only if its estimate fits in the time left, so that what starts in a session
-of limited length also finishes in it (a cell with no estimate is started). Ctrl-C or
-SIGTERM stops it: every running cell checkpoints (``torchstn train`` does on SIGTERM), and the same command resumes.
+of limited length also finishes in it (a cell with no estimate is started; one longer than any session never is:
+train it without ``--within`` and resume it session after session, on a machine that keeps its run directory).
+Ctrl-C or SIGTERM stops it: every running cell checkpoints (``torchstn train`` does on SIGTERM), and the same
+command resumes.
 
 Example (the commands behind RESULTS.md are listed there)::
 
