@@ -242,7 +242,10 @@ def _train(
     """Skip, resume or start each cell of the plan, ``args.jobs`` at once (with ``--dry-run``, print only)."""
     running: dict[subprocess.Popen[bytes], tuple[Path, float]] = {}  # each cell's process: its run, its start
     began = time.perf_counter()
-    previous = signal.signal(signal.SIGTERM, _stop)
+    try:
+        previous = signal.signal(signal.SIGTERM, _stop)
+    except ValueError:  # not the main thread: signals stay the caller's business
+        previous = None
     try:
         for cell, action in steps:
             run = args.runs / cell.path
@@ -280,7 +283,8 @@ def _train(
             print(f"[stopped] {run} rc={proc.wait()}: run the same command again to resume it", flush=True)
         return 128 + (exc.signum if isinstance(exc, _Stopped) else signal.SIGINT)
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
     return 0
 
 

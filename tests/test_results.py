@@ -621,10 +621,10 @@ def test_reproduce_stopped_by_sigterm_stops_its_running_cells_and_says_how_to_re
     def terminate_when_both_are_up() -> None:
         for _ in range(600):
             if len(list(got.glob("*.up"))) == 2:
-                break
+                ready.set()
+                os.kill(os.getpid(), signal.SIGTERM)  # only while reproduce.main waits on its two cells
+                return
             threading.Event().wait(0.05)
-        ready.set()
-        os.kill(os.getpid(), signal.SIGTERM)
 
     monkeypatch.setattr(reproduce, "command", fake)
     monkeypatch.setattr(reproduce, "POLL_SECONDS", 0.05)
