@@ -206,7 +206,9 @@ def _misses_section(report: Report) -> list[str]:
                 ]
                 for t, other in exp.columns.items():
                     if other.get("tried_for") == c and model in other["paper"] and report.seeds(t, model):
-                        tried.append(f"{other['tried']}: {report.cell(t, model, kind)}")
+                        at = exp.chosen_epochs(t, model)
+                        schedule = f" ({at} epochs)" if at != epochs else ""  # said where it is not the row's
+                        tried.append(f"{other['tried']}{schedule}: {report.cell(t, model, kind)}")
                 rows.append(
                     f"| {exp.columns[c]['label']} {exp.label(model)} | {epochs} | {ours:.2f} | {_paper(paper)} | "
                     f"{abs(gap):.2f} | {train:.2f} / {test:.2f} | {ratio:.2f} | {reading} | {', '.join(tried) or '—'} |"

@@ -369,6 +369,17 @@ def test_misses_table_lists_what_was_tried_on_a_cell_with_it(tmp_path: Path, exp
     rows = [line for line in section.splitlines() if line.startswith("| RTS")]
     assert len(rows) == 1 and rows[0].startswith("| RTS ST-FCN Aff | ")
     assert rows[0].endswith(f"| {exp.columns['rts_adamw']['tried']}: 1.50 (n=1) |")
+    # tried at another schedule than the row's: the entry says which
+    other = tmp_path / "other"
+    other.mkdir()
+    runs = [(_cell("rts", "st_fcn_aff", fcn, 0), {"test_error": 2.0}), (_cell("rts_adamw", "st_fcn_aff", 3, 0), {})]
+    results = _results_tree(other, exp, head, runs)
+    raw = yaml.safe_load((results / "experiments.yaml").read_text())
+    raw["columns"]["rts_adamw"]["epochs"] = {"fcn": 3}
+    (results / "experiments.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
+    text = make_results.generate(results, other / "R.md", other / "figs")
+    row = next(line for line in text.splitlines() if line.startswith("| RTS ST-FCN Aff | "))
+    assert row.endswith(f"| {exp.columns['rts_adamw']['tried']} (3 epochs): 1.00 (n=1) |")
 
 
 def test_a_tried_column_names_another_column_and_what_it_changes(tmp_path: Path) -> None:
