@@ -142,9 +142,10 @@ def estimate(exp: Experiments, cell: Cell, records: dict[Cell, Record], done: in
     own = [r for r in like if r.cell.column == cell.column]
     found, diff = own, []
     if not own and like:
-        fewest = min(len(differences(r)) for r in like)
-        found = [r for r in like if len(differences(r)) == fewest]
-        keys = {k for r in found for k in differences(r)}
+        diffs = {r.cell: differences(r) for r in like}  # each record's differing keys, once
+        fewest = min(len(d) for d in diffs.values())
+        found = [r for r in like if len(diffs[r.cell]) == fewest]
+        keys = {k for r in found for k in diffs[r.cell]}
         diff = sorted(k for k in keys if not any(o.startswith(k + ".") for o in keys))  # the deepest key only
     if not found:
         return None
