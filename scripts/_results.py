@@ -29,6 +29,7 @@ __all__ = [
     "RecordError",
     "config_differences",
     "load_records",
+    "log_rows",
     "mean_std",
     "read_record",
 ]
@@ -76,7 +77,14 @@ class Experiments:
         self.sections: list[dict[str, Any]] = raw["sections"]
         self.curve: dict[str, Any] = raw.get("curve") or {}
         self.budget_keys: list[str] = raw.get("budget_keys") or []
+        self.kinds: dict[str, str] = {}  # each column's kind of number: "error" (test error) or "hits" (boxes found)
         for section in self.sections:
+            kind = section.get("kind", "error")
+            if kind not in ("error", "hits"):
+                raise ValueError(f"{self.path}: section {section['title']!r} has kind {kind!r}: expected error or hits")
+            for c in section["columns"]:
+                if self.kinds.setdefault(c, kind) != kind:
+                    raise ValueError(f"{self.path}: column {c!r} is shown as both {self.kinds[c]!r} and {kind!r}")
             shown = {m for c in section["columns"] for m in self.columns[c]["paper"]}
             extra = sorted(set(section.get("models") or []) - shown)
             if extra:
@@ -197,19 +205,24 @@ def _samples(rows: list[dict[str, Any]], batch: int) -> float:
     return total
 
 
+def log_rows(path: Path) -> list[dict[str, Any]]:
+    """The epochs a ``log.jsonl`` logged, in order. A run stopped between logging an epoch and checkpointing it
+    logs that epoch again when resumed: the last row of each epoch is kept. OSError or ValueError if unreadable."""
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return list({int(r.get("epoch", i)): r for i, r in enumerate(rows)}.values())
+
+
 def read_record(path: Path, cell: Cell | None = None) -> Record:
     """Read a record folder (or a finished run directory, naming its ``cell``); RecordError says what is wrong."""
     try:
         metrics = json.loads((path / "metrics.json").read_text())
         meta = json.loads((path / "meta.json").read_text())
         config = yaml.safe_load((path / "config.yaml").read_text())
-        rows = [json.loads(line) for line in (path / "log.jsonl").read_text().splitlines() if line.strip()]
+        rows = log_rows(path / "log.jsonl")
     except OSError as exc:
         raise RecordError(f"{path}: not a run record ({exc.strerror}: {Path(exc.filename or '').name})") from exc
     except ValueError as exc:
         raise RecordError(f"{path}: unreadable record ({exc})") from exc
-    # A run stopped between logging an epoch and checkpointing it logs that epoch again when resumed: keep the last.
-    rows = list({int(r.get("epoch", i)): r for i, r in enumerate(rows)}.values())
     if metrics.get("status") != "finished":
         raise RecordError(f"{path}: the run is not finished (status {metrics.get('status')!r})")
     if not rows:

@@ -346,12 +346,11 @@ def _budget(report: Report, results_link: str) -> tuple[list[str], list[str]]:
         "| record | epochs | seed | result | samples seen | training time | threads | machine | optimiser | code |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
-    kinds = {c: spec.get("kind", "error") for spec in reversed(exp.sections) for c in spec["columns"]}
     for cell, r in sorted(report.records.items()):
         t = r.config["train"]
         opt = f"{t['optimizer']} lr {t['lr']:g} {t['schedule']} batch {t['batch_size']}"
         machine = machines.index(json.dumps(r.machine, sort_keys=True)) + 1
-        result = _value(r, kinds.get(cell.column, "error"))
+        result = _value(r, exp.kinds.get(cell.column, "error"))
         lines.append(
             f"| [`{cell.path.as_posix()}`]({results_link}/{cell.path.as_posix()}) | {cell.epochs} | {cell.seed} | "
             f"{result:.2f} | {r.samples / 1e6:.2f}M | {r.seconds / 60:.1f} min | {r.threads} | M{machine} | {opt} | "

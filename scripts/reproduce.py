@@ -40,7 +40,7 @@ from pathlib import Path
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _results import ROOT, Cell, Experiments, Record, RecordError, config_differences, load_records
+from _results import ROOT, Cell, Experiments, Record, RecordError, config_differences, load_records, log_rows
 
 from torchstn.train.config import parse_overrides
 
@@ -119,9 +119,7 @@ def plan(exp: Experiments, todo: Sequence[Cell], runs: Path, results: Path) -> l
 def _logged_epochs(run: Path) -> int:
     """How many epochs an interrupted run directory has logged (a resumed epoch logged twice counts once)."""
     path = run / "log.jsonl"
-    if not path.is_file():
-        return 0
-    return len({json.loads(line).get("epoch") for line in path.read_text().splitlines() if line.strip()})
+    return len(log_rows(path)) if path.is_file() else 0
 
 
 def estimate(exp: Experiments, cell: Cell, records: dict[Cell, Record], done: int = 0) -> tuple[float, str] | None:

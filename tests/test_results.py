@@ -685,6 +685,21 @@ def test_a_section_may_show_only_models_of_its_columns(tmp_path: Path) -> None:
         results_lib.Experiments(tmp_path / "experiments.yaml")
 
 
+def test_a_column_has_one_kind_of_number(tmp_path: Path, exp: Any) -> None:
+    """Each column is read as test errors or as boxes found, whichever section shows it; two sections that read
+    one column differently, or a kind nobody knows, are refused."""
+    assert exp.kinds["rts"] == "error" and exp.kinds["coloc_clutter"] == "hits"
+    raw = yaml.safe_load((ROOT / "results" / "experiments.yaml").read_text())
+    raw["sections"].append({"title": "bad", "layout": "settings", "kind": "hits", "columns": ["rts"]})
+    (tmp_path / "experiments.yaml").write_text(yaml.safe_dump(raw))
+    with pytest.raises(ValueError, match="column 'rts' is shown as both 'error' and 'hits'"):
+        results_lib.Experiments(tmp_path / "experiments.yaml")
+    raw["sections"][-1]["kind"] = "accuracy"
+    (tmp_path / "experiments.yaml").write_text(yaml.safe_dump(raw))
+    with pytest.raises(ValueError, match="section 'bad' has kind 'accuracy': expected error or hits"):
+        results_lib.Experiments(tmp_path / "experiments.yaml")
+
+
 def test_family_overrides_apply_to_their_family_only(exp: Any) -> None:
     fcn = exp.config(results_lib.Cell("rts", "st_fcn_aff", 40, 0))
     cnn = exp.config(results_lib.Cell("rts", "st_cnn_aff", 8, 0))
