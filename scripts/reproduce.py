@@ -36,6 +36,7 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import yaml
 
@@ -122,15 +123,29 @@ def _logged_epochs(run: Path) -> int:
     return len(log_rows(path)) if path.is_file() else 0
 
 
+AREA_SCALED = ("cnn",)  # families whose time per image grows with the input's area (estimate)
+
+
 def estimate(exp: Experiments, cell: Cell, records: dict[Cell, Record], done: int = 0) -> tuple[float, str] | None:
     """The one-thread training seconds a cell's remaining ``cell.epochs - done`` epochs should take, as the records
     of the cells most like it ran (same load, same machine), and where that figure comes from; None without one.
 
     The per-epoch time is the median over the one-thread records of the same model that are closest to the cell:
     of its own column if it has any, else those whose data and model settings differ from the cell's in the fewest
-    keys, which the source names (the input size, say: not scaled, since the cost of the FCN family, whose
-    parameter budget is fixed, does not grow with the image as a convolution's does)."""
+    keys, which the source names. A record of another input size is scaled by the ratio of the input areas for
+    the families in ``AREA_SCALED`` (a convolution's cost grows with the image), not for the others (the FCN
+    family's parameter budget is fixed, so its cost does not)."""
     want = exp.config(cell)
+
+    def area(config: dict[str, Any]) -> float | None:
+        shape = (config.get("model", {}).get("kwargs") or {}).get("input_shape")
+        return float(shape[-1] * shape[-2]) if shape and len(shape) >= 2 else None
+
+    def scale(rec: Record) -> float:
+        ours, theirs = area(want), area(rec.config)
+        if exp.models[cell.model]["family"] not in AREA_SCALED or not ours or not theirs:
+            return 1.0
+        return ours / theirs
 
     def differences(rec: Record) -> list[str]:
         keep = ("data", "model")
@@ -147,11 +162,14 @@ def estimate(exp: Experiments, cell: Cell, records: dict[Cell, Record], done: in
         diff = sorted(k for k in keys if not any(o.startswith(k + ".") for o in keys))  # the deepest key only
     if not found:
         return None
-    per_epoch = statistics.median(r.seconds / r.logged_epochs for r in found)
+    per_epoch = statistics.median(r.seconds / r.logged_epochs * scale(r) for r in found)
     columns = "/".join(sorted({r.cell.column for r in found}))
     source = f"{len(found)} {columns} record{'s' if len(found) > 1 else ''}"
     if diff:
         source += f", which differ{'s' if len(found) == 1 else ''} in {', '.join(diff)}"
+        factors = sorted({round(scale(r), 2) for r in found} - {1.0})
+        if factors:
+            source += f" (scaled by the input area, x{'/'.join(f'{f:g}' for f in factors)})"
     return per_epoch * max(cell.epochs - done, 0), source
 
 

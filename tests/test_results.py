@@ -525,8 +525,15 @@ def test_reproduce_estimates_a_cell_from_the_records_most_like_it(
     records = results_lib.load_records(results)
     assert reproduce.estimate(exp, _cell("rts", "st_cnn_aff", 30), records) == (1800.0, "1 rts record")
     assert reproduce.estimate(exp, _cell("rts", "st_cnn_aff", 30), records, done=10)[0] == 1200.0
+    # The CNN family's cost grows with the image: TC's 60x60 against RTS's 42x42. The FCN family's does not.
     seconds, source = reproduce.estimate(exp, _cell("tc", "st_cnn_aff", 30), records)
-    assert seconds == 1800.0 and source == "1 rts record, which differs in data.recipe, model.kwargs.input_shape"
+    assert seconds == pytest.approx(1800.0 * 60**2 / 42**2)
+    assert source == (
+        "1 rts record, which differs in data.recipe, model.kwargs.input_shape (scaled by the input area, x2.04)"
+    )
+    record.record_run(_fake_run(tmp_path / "c", exp, _cell("rts", "st_fcn_aff", 2), head), results, exp)
+    seconds, source = reproduce.estimate(exp, _cell("tc", "st_fcn_aff", 40), results_lib.load_records(results))
+    assert seconds == 2400.0 and source == "1 rts record, which differs in data.recipe, model.kwargs.input_shape"
     assert reproduce.estimate(exp, _cell("rts", "cnn_baseline", 30), records) is None  # two threads: not used
     assert reproduce.estimate(exp, _cell("rts", "st_cnn_tps", 30), records) is None
     runs = tmp_path / "runs"
