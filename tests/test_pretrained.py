@@ -45,6 +45,17 @@ def test_pretrained_model_makes_its_recorded_error_on_the_check_slice(weights: s
     assert abs(error - weights.test_error) < 2.0
 
 
+def test_the_check_slice_is_the_start_of_the_test_set_training_scored() -> None:
+    """The slice is not a fresh draw: its images and labels are the first ``n`` of the test set a run of the
+    record's recipe and data seed evaluates on (``DistortedMNIST``, as ``torchstn train`` builds it)."""
+    from torchstn.data import DistortedMNIST, get_recipe
+
+    check = {"recipe": "rts", "recipe_params": {}, "split": "test", "seed": 0, "n": 64}
+    x, y = shipped.check_slice(check)
+    test = DistortedMNIST(get_recipe("rts"), "test", n=200, seed=0)
+    assert torch.equal(x, test.images[:64].float() / 255.0) and torch.equal(y, test.labels[:64])
+
+
 def test_pretrained_true_takes_the_models_weights_and_kwargs_may_repeat_them() -> None:
     w = shipped.pretrained_weights("st_cnn_aff")
     a = create_model("st_cnn_aff", pretrained=True)
