@@ -57,6 +57,7 @@ bench: $(EXT_STAMP)
 	$(BIN)/python benchmarks/bench_warp.py --out benchmarks/results
 	$(BIN)/python benchmarks/bench_data.py --n 2048 --out benchmarks/results
 	$(BIN)/python benchmarks/bench_train.py --out benchmarks/results
+	$(BIN)/python benchmarks/count_macs.py --out benchmarks/results
 
 ## RESULTS.md and the learning curve, regenerated from the committed records in results/ (scripts/record.py adds
 ## them), then the check that the committed report is exactly what they generate (tests/test_results.py).
