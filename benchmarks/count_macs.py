@@ -8,21 +8,13 @@ Reproduce (deterministic; no timing, so a busy machine does not change it)::
 same classifier without the transformer) beside the paper's 6% on SVHN. This script counts what each step has to
 compute, so that the measured overhead can be read against the overhead the architectures imply.
 
-What is counted, per image: the multiply-adds of every ``nn.Conv2d`` and ``nn.Linear`` (including
-``SingleChannelConv2d``) in one training step, from one forward pass with hooks that read each layer's output
-size and whether its input requires a gradient:
-
-* forward: output elements x (input channels / groups x kernel area) for a convolution, output elements x input
-  features for a linear layer;
-* weight gradient: the same count again;
-* input gradient: the same count again, for the layers whose input requires a gradient. The first layer fed by
-  the image needs none in a plain network; in a transformer model the image it reads is the warped one, which
-  depends on the localisation network's parameters, so it does.
-
-Biases, activations, pooling, the loss, the optimiser and the warp itself are not counted (the warp reads four
-pixels per output pixel and channel: small beside these layers). Hooks rather than ``torch.utils.flop_counter``:
-the flop counter sees ATen ops, and the classifiers' first convolution runs through ``_slow_conv2d_forward``, an
-op it does not count.
+What is counted, per image (``torchstn.models.count_macs``): the multiply-adds of every ``nn.Conv2d`` and
+``nn.Linear`` in one training step: the forward pass (output elements x input channels / groups x kernel area for
+a convolution, output elements x input features for a linear layer), the weight gradient (as many again) and the
+input gradient (as many again) for the layers whose input requires one. The first layer fed by the image needs
+none in a plain network; in a transformer model the image it reads is the warped one, which depends on the
+localisation network's parameters, so it does. Biases, activations, pooling, the loss, the optimiser and the warp
+itself are not counted (the warp reads four pixels per output pixel and channel: small beside these layers).
 
 The step *without* the transformer is the same model's layers outside the localisation networks (the classifier),
 with no input gradient at its first layer; for the SVHN models the paper's baseline, ``svhn_cnn``, is counted as
@@ -44,50 +36,9 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from torchstn.models import create_model, supported_kwargs
+from torchstn.models import LayerMacs, count_macs, create_model, supported_kwargs
 
-__all__ = ["Layer", "StepMacs", "count_layers", "step_macs"]
-
-
-@dataclass(frozen=True)
-class Layer:
-    """One conv or linear layer's multiply-adds per image in the forward pass, and whether its input needs a
-    gradient in the step."""
-
-    name: str
-    forward: int
-    input_grad: bool
-
-    @property
-    def localisation(self) -> bool:
-        return ".localisation." in f".{self.name}."
-
-
-def count_layers(model: nn.Module, x: Tensor) -> list[Layer]:
-    """The conv and linear layers of ``model`` in the order one forward pass of ``x`` (a batch) runs them."""
-    layers: list[Layer] = []
-
-    def hook(name: str) -> Any:
-        def record(module: nn.Module, inputs: tuple[Tensor, ...], output: Tensor) -> None:
-            if isinstance(module, nn.Conv2d):
-                per_output = module.in_channels // module.groups * module.kernel_size[0] * module.kernel_size[1]
-            else:
-                per_output = module.in_features  # type: ignore[assignment]
-            macs = output.numel() // output.shape[0] * int(per_output)
-            layers.append(Layer(name, macs, bool(inputs[0].requires_grad)))
-
-        return record
-
-    handles = [
-        m.register_forward_hook(hook(n)) for n, m in model.named_modules() if isinstance(m, nn.Conv2d | nn.Linear)
-    ]
-    try:
-        with torch.enable_grad():
-            model.train()(x)
-    finally:
-        for h in handles:
-            h.remove()
-    return layers
+__all__ = ["StepMacs", "step_macs"]
 
 
 @dataclass(frozen=True)
@@ -111,20 +62,24 @@ class StepMacs:
         return 100.0 * self.localisation_forward / self.classifier_forward
 
 
-def _step(layers: Sequence[Layer]) -> int:
-    return sum(2 * layer.forward + (layer.forward if layer.input_grad else 0) for layer in layers)
+def _step(layers: Sequence[LayerMacs]) -> int:
+    return sum(layer.step for layer in layers)
+
+
+def _localisation(layer: LayerMacs) -> bool:
+    return ".localisation." in f".{layer.name}."
 
 
 def step_macs(name: str, model: nn.Module, x: Tensor) -> StepMacs:
     """Count ``model``'s training step on ``x`` and the same step without its localisation networks: the
     classifier's layers, whose first layer then reads the (pooled) image and needs no input gradient."""
-    layers = count_layers(model, x)
-    loc = [layer for layer in layers if layer.localisation]
-    rest = [layer for layer in layers if not layer.localisation]
+    layers = count_macs(model, x)
+    loc = [layer for layer in layers if _localisation(layer)]
+    rest = [layer for layer in layers if not _localisation(layer)]
     if not loc or not rest:
         names = [la.name for la in layers]
         raise ValueError(f"{name}: expected localisation networks and a classifier, got layers {names}")
-    plain = [Layer(rest[0].name, rest[0].forward, False), *rest[1:]]
+    plain = [LayerMacs(rest[0].name, rest[0].forward, False), *rest[1:]]
     return StepMacs(
         model=name,
         input="x".join(str(s) for s in x.shape[1:]),
@@ -161,7 +116,7 @@ def run() -> dict[str, Any]:
         counted = step_macs(name, _build(name, shape, extra), torch.rand(2, *shape))
         row = {**asdict(counted), "overhead_pct": counted.overhead_pct, "share_pct": counted.localisation_share_pct}
         if name.startswith("svhn_"):
-            base = count_layers(_build(SVHN_BASELINE, shape, {}), torch.rand(2, *shape))
+            base = count_macs(_build(SVHN_BASELINE, shape, {}), torch.rand(2, *shape))
             row["paper_baseline"] = SVHN_BASELINE
             row["paper_baseline_step"] = _step(base)
         rows.append(row)

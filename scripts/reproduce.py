@@ -38,12 +38,16 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import torch
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _results import ROOT, Cell, Experiments, Record, RecordError, config_differences, load_records, log_rows
 
+from torchstn.errors import STNError
+from torchstn.models import count_macs
 from torchstn.train.config import parse_overrides
+from torchstn.train.factories import build_model
 
 __all__ = ["cells", "command", "estimate", "plan"]
 
@@ -123,33 +127,24 @@ def _logged_epochs(run: Path) -> int:
     return len(log_rows(path)) if path.is_file() else 0
 
 
-AREA_SCALED = ("cnn",)  # families whose time per image grows with the input's area (estimate)
-
-
 def estimate(exp: Experiments, cell: Cell, records: dict[Cell, Record], done: int = 0) -> tuple[float, str] | None:
     """The one-thread training seconds a cell's remaining ``cell.epochs - done`` epochs should take, as the records
     of the cells most like it ran (same load, same machine), and where that figure comes from; None without one.
 
     The per-epoch time is the median over the one-thread records of the same model that are closest to the cell:
     of its own column if it has any, else those whose data and model settings differ from the cell's in the fewest
-    keys, which the source names. A record of another input size is scaled by the ratio of the input areas for
-    the families in ``AREA_SCALED`` (a convolution's cost grows with the image), not for the others (the FCN
-    family's parameter budget is fixed, so its cost does not)."""
+    keys, which the source names. Such a record's time is scaled by the ratio of the two models' multiply-adds in
+    a training step (``torchstn.models.count_macs``): another input size, or another pooling of the transformer's
+    output, changes a convolution's cost, while the FCN family's fixed budget keeps its cost about the same."""
     want = exp.config(cell)
-
-    def area(config: dict[str, Any]) -> float | None:
-        shape = (config.get("model", {}).get("kwargs") or {}).get("input_shape")
-        return float(shape[-1] * shape[-2]) if shape and len(shape) >= 2 else None
-
-    def scale(rec: Record) -> float:
-        ours, theirs = area(want), area(rec.config)
-        if exp.models[cell.model]["family"] not in AREA_SCALED or not ours or not theirs:
-            return 1.0
-        return ours / theirs
 
     def differences(rec: Record) -> list[str]:
         keep = ("data", "model")
         return config_differences({k: rec.config.get(k) for k in keep}, {k: want.get(k) for k in keep})
+
+    def scale(rec: Record) -> float:
+        ours, theirs = step_macs(want), step_macs(rec.config)
+        return ours / theirs if ours and theirs else 1.0
 
     like = [r for c, r in records.items() if c.model == cell.model and r.threads == 1 and r.logged_epochs]
     own = [r for r in like if r.cell.column == cell.column]
@@ -162,15 +157,32 @@ def estimate(exp: Experiments, cell: Cell, records: dict[Cell, Record], done: in
         diff = sorted(k for k in keys if not any(o.startswith(k + ".") for o in keys))  # the deepest key only
     if not found:
         return None
-    per_epoch = statistics.median(r.seconds / r.logged_epochs * scale(r) for r in found)
+    per_epoch = statistics.median(r.seconds / r.logged_epochs * (scale(r) if diff else 1.0) for r in found)
     columns = "/".join(sorted({r.cell.column for r in found}))
     source = f"{len(found)} {columns} record{'s' if len(found) > 1 else ''}"
     if diff:
         source += f", which differ{'s' if len(found) == 1 else ''} in {', '.join(diff)}"
         factors = sorted({round(scale(r), 2) for r in found} - {1.0})
         if factors:
-            source += f" (scaled by the input area, x{'/'.join(f'{f:g}' for f in factors)})"
+            source += f" (scaled by their multiply-adds, x{'/'.join(f'{f:g}' for f in factors)})"
     return per_epoch * max(cell.epochs - done, 0), source
+
+
+_MACS: dict[str, int | None] = {}
+
+
+def step_macs(config: dict[str, Any]) -> int | None:
+    """Multiply-adds per sample of a training step of the config's model (None: its input shape is not in the
+    config, or the model cannot be built from the config alone). Cached per model section."""
+    key = json.dumps(config.get("model"), sort_keys=True, default=str)
+    if key not in _MACS:
+        shape = ((config.get("model") or {}).get("kwargs") or {}).get("input_shape")
+        try:
+            model = build_model(config) if shape else None
+        except (STNError, TypeError, ValueError):
+            model = None
+        _MACS[key] = None if model is None else sum(m.step for m in count_macs(model, torch.zeros(2, *shape)))
+    return _MACS[key]
 
 
 def _hours(seconds: float) -> str:

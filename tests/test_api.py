@@ -40,9 +40,9 @@ PUBLIC = {
         "RunError", "STNError", "ShapeError", "TrainingDiverged", "UnsupportedError",
     ],
     "torchstn.models": [
-        "PretrainedWeights", "STClassifier", "SingleChannelConv2d", "VolumeProjector", "common", "create_model", "cub",
-        "list_models", "list_pretrained", "make_transform", "mnist", "model_function", "parameter_count", "pretrained",
-        "register_model", "strips", "supported_kwargs", "svhn",
+        "LayerMacs", "PretrainedWeights", "STClassifier", "SingleChannelConv2d", "VolumeProjector", "common",
+        "count_macs", "create_model", "cub", "list_models", "list_pretrained", "make_transform", "mnist",
+        "model_function", "parameter_count", "pretrained", "register_model", "strips", "supported_kwargs", "svhn",
     ],
     "torchstn.data": [
         "Batch", "CACHE_VERSION", "CoLocalisation", "DistortedMNIST", "Elastic", "MNIST", "MNISTAddition",

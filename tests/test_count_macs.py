@@ -1,4 +1,5 @@
-"""benchmarks/count_macs.py: the multiply-add counts it reads the transformer's overhead against."""
+"""``torchstn.models.count_macs`` and ``benchmarks/count_macs.py``: the multiply-add counts the transformer's
+overhead is read against (and ``scripts/reproduce.py`` scales its estimates by)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ import torch
 from torch import nn
 
 from torchstn import Affine, SpatialTransformer
-from torchstn.models import create_model
+from torchstn.models import count_macs, create_model
 from torchstn.models.mnist import SingleChannelConv2d
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -27,7 +28,7 @@ def _load() -> ModuleType:
     return module
 
 
-count_macs = _load()
+bench = _load()
 
 
 class _Tiny(nn.Module):
@@ -48,13 +49,15 @@ class _Tiny(nn.Module):
 
 
 def test_layers_are_counted_by_hand_formula_and_input_gradients_follow_the_warp() -> None:
-    layers = count_macs.count_layers(_Tiny(), torch.rand(3, 1, 6, 6))
+    tiny = _Tiny().eval()
+    layers = count_macs(tiny, torch.rand(3, 1, 6, 6))
+    assert not tiny.training  # counted in training mode, handed back as it was
     assert [(la.name, la.forward, la.input_grad) for la in layers] == [
         ("transformer.localisation.1", 36 * 6, False),  # reads the image: no input gradient
         ("conv", 4 * 36 * 9, True),  # reads the warped image, which depends on the localisation's weights
         ("fc", 144 * 10, True),
     ]
-    counted = count_macs.step_macs("tiny", _Tiny(), torch.rand(3, 1, 6, 6))
+    counted = bench.step_macs("tiny", _Tiny(), torch.rand(3, 1, 6, 6))
     loc, conv, fc = 216, 1296, 1440
     assert counted.full_step == 2 * loc + 3 * conv + 3 * fc
     assert counted.classifier_step == 2 * conv + 3 * fc  # without the transformer the conv reads the image
@@ -64,11 +67,11 @@ def test_layers_are_counted_by_hand_formula_and_input_gradients_follow_the_warp(
 
 def test_a_plain_network_counts_no_input_gradient_at_its_first_layer_and_models_need_a_localisation() -> None:
     cnn = create_model("cnn_baseline", input_shape=(1, 28, 28))
-    layers = count_macs.count_layers(cnn, torch.rand(2, 1, 28, 28))
+    layers = count_macs(cnn, torch.rand(2, 1, 28, 28))
     assert not layers[0].input_grad and all(la.input_grad for la in layers[1:])
     assert layers[0].forward == 32 * 28 * 28 * 81  # 32 channels of 9x9, same padding
     with pytest.raises(ValueError, match="cnn_baseline: expected localisation networks and a classifier"):
-        count_macs.step_macs("cnn_baseline", cnn, torch.rand(2, 1, 28, 28))
+        bench.step_macs("cnn_baseline", cnn, torch.rand(2, 1, 28, 28))
 
 
 def test_the_classifier_step_is_the_classifier_module_alone_on_the_pooled_image() -> None:
@@ -76,8 +79,8 @@ def test_the_classifier_step_is_the_classifier_module_alone_on_the_pooled_image(
     module counts when run by itself on the 2x average-pooled image (21x21), as bench_train.py times it."""
     model = create_model("st_cnn_aff", input_shape=(1, 42, 42), downsample=2)
     x = torch.rand(2, 1, 42, 42)
-    st = count_macs.step_macs("st_cnn_aff", model, x)
-    alone = count_macs.count_layers(model.classifier, torch.nn.functional.avg_pool2d(x, 2))
+    st = bench.step_macs("st_cnn_aff", model, x)
+    alone = count_macs(model.classifier, torch.nn.functional.avg_pool2d(x, 2))
     assert st.classifier_forward == sum(la.forward for la in alone)
-    assert st.classifier_step == count_macs._step(alone)
+    assert st.classifier_step == bench._step(alone)
     assert st.full_step > st.classifier_step

@@ -3,16 +3,25 @@
 
 from torchstn.models import common, cub, mnist, pretrained, strips, svhn
 from torchstn.models._registry import create_model, list_models, model_function, register_model, supported_kwargs
-from torchstn.models.common import SingleChannelConv2d, STClassifier, make_transform, parameter_count
+from torchstn.models.common import (
+    LayerMacs,
+    SingleChannelConv2d,
+    STClassifier,
+    count_macs,
+    make_transform,
+    parameter_count,
+)
 from torchstn.models.mnist import VolumeProjector
 from torchstn.models.pretrained import PretrainedWeights, list_pretrained
 
 __all__ = [
+    "LayerMacs",
     "PretrainedWeights",
     "STClassifier",
     "SingleChannelConv2d",
     "VolumeProjector",
     "common",
+    "count_macs",
     "create_model",
     "cub",
     "list_models",

@@ -1,5 +1,5 @@
-"""Pieces every model family shares: the transform table, the classifier wrapper, the parameter count, and the
-first convolution of a one-channel classifier.
+"""Pieces every model family shares: the transform table, the classifier wrapper, the parameter and multiply-add
+counts, and the first convolution of a one-channel classifier.
 
 The model families (:mod:`~torchstn.models.mnist`, :mod:`~torchstn.models.svhn`, :mod:`~torchstn.models.cub`) build
 on these; all are importable from :mod:`torchstn.models` too.
@@ -8,6 +8,7 @@ on these; all are importable from :mod:`torchstn.models` too.
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -17,7 +18,7 @@ from torch import Tensor, nn
 from torchstn.errors import OptionError
 from torchstn.transforms import Affine, Attention, Projective, Similarity, ThinPlateSpline, Transform
 
-__all__ = ["STClassifier", "SingleChannelConv2d", "make_transform", "parameter_count"]
+__all__ = ["LayerMacs", "STClassifier", "SingleChannelConv2d", "count_macs", "make_transform", "parameter_count"]
 
 
 def make_transform(name: str) -> Transform:
@@ -37,6 +38,71 @@ def make_transform(name: str) -> Transform:
 def parameter_count(model: nn.Module) -> int:
     """Number of trainable parameters."""
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+@dataclass(frozen=True)
+class LayerMacs:
+    """One convolution or linear layer of a model, as one forward pass ran it (see :func:`count_macs`).
+
+    Attributes:
+        name: The layer's name in ``model.named_modules()``.
+        forward: Multiply-adds per sample of its forward pass.
+        input_grad: Whether its input requires a gradient, so that a training step also computes one.
+    """
+
+    name: str
+    forward: int
+    input_grad: bool
+
+    @property
+    def step(self) -> int:
+        """Multiply-adds per sample of a training step: forward, weight gradient and (if needed) input gradient,
+        each as many as the forward pass."""
+        return (3 if self.input_grad else 2) * self.forward
+
+
+def count_macs(model: nn.Module, x: Tensor) -> list[LayerMacs]:
+    """The multiply-adds of every ``nn.Conv2d`` and ``nn.Linear`` of ``model`` (per sample of the batch ``x``), in
+    the order one training-mode forward pass runs them; ``sum(layer.step for layer in ...)`` is a training step's.
+
+    Biases, activations, pooling and the warp are not counted. Forward hooks read each layer's output size (so a
+    layer run twice counts twice) and whether its input requires a gradient: in a plain network the first layer's
+    does not, while behind a spatial transformer it reads the warped image, which depends on the localisation
+    network's weights. (``torch.utils.flop_counter`` counts ATen ops instead, and misses the native convolution
+    of :class:`SingleChannelConv2d`.)
+
+    Example:
+        >>> net = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.Flatten(), nn.Linear(4 * 8 * 8, 10))
+        >>> [(m.name, m.forward, m.input_grad) for m in count_macs(net, torch.zeros(2, 1, 8, 8))]
+        [('0', 2304, False), ('2', 2560, True)]
+    """
+    layers: list[LayerMacs] = []
+
+    def hook(name: str) -> Callable[[nn.Module, tuple[Tensor, ...], Tensor], None]:
+        def record(module: nn.Module, inputs: tuple[Tensor, ...], output: Tensor) -> None:
+            if isinstance(module, nn.Conv2d):
+                k = module.kernel_size
+                per_output = module.in_channels // module.groups * int(k[0]) * int(k[1])
+            elif isinstance(module, nn.Linear):
+                per_output = module.in_features
+            else:  # pragma: no cover - hooks are registered on Conv2d and Linear only
+                return
+            layers.append(LayerMacs(name, output.numel() // output.shape[0] * per_output, inputs[0].requires_grad))
+
+        return record
+
+    handles = [
+        m.register_forward_hook(hook(n)) for n, m in model.named_modules() if isinstance(m, nn.Conv2d | nn.Linear)
+    ]
+    was = model.training
+    try:
+        with torch.enable_grad():
+            model.train()(x)
+    finally:
+        for h in handles:
+            h.remove()
+        model.train(was)
+    return layers
 
 
 class _NativeConv2d(torch.autograd.Function):
