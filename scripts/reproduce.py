@@ -178,10 +178,10 @@ def step_macs(config: dict[str, Any]) -> int | None:
     if key not in _MACS:
         shape = ((config.get("model") or {}).get("kwargs") or {}).get("input_shape")
         try:
-            model = build_model(config) if shape else None
-        except (STNError, TypeError, ValueError):
-            model = None
-        _MACS[key] = None if model is None else sum(m.step for m in count_macs(model, torch.zeros(2, *shape)))
+            layers = count_macs(build_model(config), torch.zeros(2, *shape)) if shape else None
+        except (STNError, RuntimeError, TypeError, ValueError):  # not buildable or not runnable from the config
+            layers = None
+        _MACS[key] = sum(m.step for m in layers) if layers else None
     return _MACS[key]
 
 
