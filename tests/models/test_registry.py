@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from torchstn import models
+from torchstn.errors import OptionError
 from torchstn.models import create_model, list_models, model_function, parameter_count, supported_kwargs
 from torchstn.modules import SpatialTransformer
 
@@ -134,3 +135,19 @@ def test_the_config_layer_drops_keys_a_model_does_not_take() -> None:
     assert model(torch.rand(2, 1, 42, 42)).shape == (2, 10)
     with pytest.raises(KeyError, match="unknown model"):
         supported_kwargs("nope", {})
+
+
+def test_coloc_attention_starts_at_the_chosen_crop_scale() -> None:
+    """By default the co-localisation crop starts at the centre at the crop's own scale (28 of 84 pixels);
+    ``start_scale`` starts it larger or smaller, inside the bounds, and refuses a scale they exclude."""
+    x = torch.rand(2, 1, 84, 84)
+    for kwargs, scale in (({}, 28 / 84), ({"start_scale": 0.6}, 0.6), ({"start_scale": 0.25, "bounded": False}, 0.25)):
+        st = create_model("coloc_attention", **kwargs)
+        with torch.no_grad():
+            theta = st.localisation(x)
+        torch.testing.assert_close(theta, torch.tensor([[scale, 0.0, 0.0]] * 2), atol=1e-5, rtol=0)
+    for bad in (1.2, 0.1, float("nan")):
+        with pytest.raises(OptionError, match=r"start_scale: expected a crop scale in \(0.2, 1.05\)"):
+            create_model("coloc_attention", start_scale=bad)
+    with pytest.raises(OptionError, match="start_scale: expected a number, got str"):
+        create_model("coloc_attention", start_scale="0.5")

@@ -24,6 +24,7 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import Tensor, nn
 
+from torchstn.errors import OptionError
 from torchstn.models._registry import register_model
 from torchstn.models.common import SingleChannelConv2d, STClassifier, make_transform, parameter_count
 from torchstn.modules import (
@@ -314,17 +315,25 @@ def coloc_attention(
     output_size: tuple[int, int] = (28, 28),
     bounded: bool = True,
     antialias: bool = False,
+    start_scale: float | None = None,
 ) -> nn.Module:
     """Co-localisation: an attention ST (localisation: conv 8@9x9 stride 4 -> maxpool 2 -> FC 8 -> FC 8 -> FC 3)
     sampling a 28x28 crop for the MNIST encoder. It starts at a crop of the image centre at the crop's scale
-    (``s = 28 / 84``) rather than the whole image, so its first crops already look like digits. With ``bounded``
+    (``s = 28 / 84``; ``start_scale`` chooses another, as a share of the image's side) rather than the whole
+    image, so its first crops already look like digits. With ``bounded``
     the scale stays in (0.2, 1.05) and the centre within 0.8 of the middle (:class:`~torchstn.modules.Bounds`):
     unbounded, the crop first wanders out to the whole image and beyond before it settles
     (docs/results/coloc-variants/). ``antialias`` averages each crop pixel's footprint (``warp(...,
     antialias=True)``): the start crop is read 1:1, a crop of the whole image shrinks it 3x."""
     t = Attention()
-    init = torch.tensor([output_size[-1] / input_shape[-1], 0.0, 0.0])
+    if start_scale is not None and (isinstance(start_scale, bool) or not isinstance(start_scale, int | float)):
+        raise OptionError(f"start_scale: expected a number, got {type(start_scale).__name__}")
+    scale = output_size[-1] / input_shape[-1] if start_scale is None else float(start_scale)
     bounds = Bounds(translation=0.8, scale=(0.2, 1.05)) if bounded else None
+    low, high = (0.2, 1.05) if bounded else (0.0, math.inf)
+    if not low < scale < high:
+        raise OptionError(f"start_scale: expected a crop scale in ({low}, {high}), got {start_scale!r}")
+    init = torch.tensor([scale, 0.0, 0.0])
     loc = conv_localisation(
         input_shape, t, channels=(8,), kernel_size=9, stride=4, hidden=(8, 8), init=init, bounds=bounds
     )
