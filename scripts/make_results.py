@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -26,7 +27,7 @@ from _results import ROOT, Cell, Experiments, Record, config_differences, load_r
 
 from torchstn._io import atomic_write_bytes, atomic_write_text
 
-__all__ = ["cell_text", "curve_points", "generate", "read_notes"]
+__all__ = ["cell_text", "curve_points", "fill_notes", "generate", "read_notes"]
 
 CURVE_NAME = "learning-curve"
 
@@ -42,6 +43,24 @@ def read_notes(path: Path) -> dict[str, str]:
         elif current is not None:
             current.append(line)
     return {name: "\n".join(lines).strip() for name, lines in sections.items()}
+
+
+PLACEHOLDER = re.compile(r"\{\{\s*([\w.-]+)/([\w.-]+)\s*\}\}")
+
+
+def fill_notes(text: str, report: Report) -> str:
+    """Replace each ``{{column/model}}`` in a note with that cell's number as its table shows it (the mean, with
+    ± std and n: ``cell_text``), so that prose quoting a result is generated from the records like the tables.
+    A placeholder naming no column or model of the experiments file is an error."""
+    exp = report.experiments
+
+    def cell(match: re.Match[str]) -> str:
+        column, model = match.group(1), match.group(2)
+        if column not in exp.columns or model not in exp.columns[column]["paper"]:
+            raise KeyError(f"notes: {match.group(0)} names no cell of results/experiments.yaml")
+        return report.cell(column, model, exp.kinds.get(column, "error"))
+
+    return PLACEHOLDER.sub(cell, text)
 
 
 def _value(record: Record, kind: str) -> float:
@@ -432,7 +451,7 @@ def generate(
     def note(name: str) -> list[str]:
         if name not in text_notes:
             raise KeyError(f"notes: no section '## {name}'")
-        return ["", text_notes[name]]
+        return ["", fill_notes(text_notes[name], report)]
 
     text = [
         "# Reproduction of the paper's results",

@@ -477,6 +477,30 @@ def test_a_missing_notes_section_is_an_error(tmp_path: Path, exp: Any, head: str
         make_results.generate(results, tmp_path / "RESULTS.md", tmp_path / "docs" / "results")
 
 
+def test_notes_quote_cells_from_the_records(tmp_path: Path, exp: Any, head: str) -> None:
+    """``{{column/model}}`` in a note becomes the cell's number as its table shows it; co-localisation cells read
+    as boxes found; a placeholder naming no cell is an error, not a silent blank."""
+    chosen = exp.chosen_epochs("rts", "st_cnn_aff")
+    runs = [(_cell("rts", "st_cnn_aff", chosen, s), {"test_error": e}) for s, e in enumerate([1.0, 2.0])]
+    coloc = exp.chosen_epochs("coloc", "coloc_attention")
+    runs.append((_cell("coloc", "coloc_attention", coloc, 0), {"test_error": 4.0}))
+    results = _results_tree(tmp_path, exp, head, runs)
+    notes = (
+        (results / "NOTES.md")
+        .read_text()
+        .replace(
+            "## table1\n",
+            "## table1\n\nQuoted: {{rts/st_cnn_aff}}; { {{ coloc/coloc_attention }} }; {{r/fcn_baseline}}.\n",
+        )
+    )
+    (results / "NOTES.md").write_text(notes)
+    text = make_results.generate(results, tmp_path / "RESULTS.md", tmp_path / "docs" / "results")
+    assert "Quoted: 1.50 ± 0.71 (n=2); { 96.00 (n=1) }; not run." in text
+    (results / "NOTES.md").write_text(notes.replace("{{r/fcn_baseline}}", "{{r/st_cnn_nothing}}"))
+    with pytest.raises(KeyError, match=r"\{\{r/st_cnn_nothing\}\} names no cell"):
+        make_results.generate(results, tmp_path / "RESULTS.md", tmp_path / "docs" / "results")
+
+
 def test_notes_sections_are_read(tmp_path: Path) -> None:
     notes = tmp_path / "NOTES.md"
     notes.write_text("comment\n\n## one\n\ntext of one\n\n## two\nline\n### sub\nmore\n")
