@@ -49,9 +49,12 @@ class _Tiny(nn.Module):
 
 
 def test_layers_are_counted_by_hand_formula_and_input_gradients_follow_the_warp() -> None:
-    tiny = _Tiny().eval()
+    tiny = _Tiny().train()
     layers = count_macs(tiny, torch.rand(3, 1, 6, 6))
-    assert not tiny.training  # counted in training mode, handed back as it was
+    assert tiny.training  # handed back in its own mode
+    bn = nn.Sequential(nn.Conv2d(1, 2, 3), nn.BatchNorm2d(2)).train()
+    count_macs(bn, torch.rand(4, 1, 5, 5))
+    assert int(bn[1].num_batches_tracked) == 0  # batch-norm statistics untouched
     assert [(la.name, la.forward, la.input_grad) for la in layers] == [
         ("transformer.localisation.1", 36 * 6, False),  # reads the image: no input gradient
         ("conv", 4 * 36 * 9, True),  # reads the warped image, which depends on the localisation's weights

@@ -63,7 +63,9 @@ class LayerMacs:
 
 def count_macs(model: nn.Module, x: Tensor) -> list[LayerMacs]:
     """The multiply-adds of every ``nn.Conv2d`` and ``nn.Linear`` of ``model`` (per sample of the batch ``x``), in
-    the order one training-mode forward pass runs them; ``sum(layer.step for layer in ...)`` is a training step's.
+    the order one forward pass runs them; ``sum(layer.step for layer in ...)`` is a training step's. The pass runs
+    in eval mode with gradients on, so batch-norm statistics are left as they were, and the model is handed back
+    in its own mode.
 
     Biases, activations, pooling and the warp are not counted. Forward hooks read each layer's output size (so a
     layer run twice counts twice) and whether its input requires a gradient: in a plain network the first layer's
@@ -97,7 +99,7 @@ def count_macs(model: nn.Module, x: Tensor) -> list[LayerMacs]:
     was = model.training
     try:
         with torch.enable_grad():
-            model.train()(x)
+            model.eval()(x)
     finally:
         for h in handles:
             h.remove()
