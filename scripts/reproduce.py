@@ -157,12 +157,13 @@ def estimate(exp: Experiments, cell: Cell, records: dict[Cell, Record], done: in
         diff = sorted(k for k in keys if not any(o.startswith(k + ".") for o in keys))  # the deepest key only
     if not found:
         return None
-    per_epoch = statistics.median(r.seconds / r.logged_epochs * (scale(r) if diff else 1.0) for r in found)
+    scales = {r.cell: scale(r) if diff else 1.0 for r in found}  # each borrowed record's factor, once
+    per_epoch = statistics.median(r.seconds / r.logged_epochs * scales[r.cell] for r in found)
     columns = "/".join(sorted({r.cell.column for r in found}))
     source = f"{len(found)} {columns} record{'s' if len(found) > 1 else ''}"
     if diff:
         source += f", which differ{'s' if len(found) == 1 else ''} in {', '.join(diff)}"
-        factors = sorted({round(scale(r), 2) for r in found} - {1.0})
+        factors = sorted({round(f, 2) for f in scales.values()} - {1.0})
         if factors:
             source += f" (scaled by their multiply-adds, x{'/'.join(f'{f:g}' for f in factors)})"
     return per_epoch * max(cell.epochs - done, 0), source

@@ -329,8 +329,9 @@ def coloc_attention(
     if start_scale is not None and (isinstance(start_scale, bool) or not isinstance(start_scale, int | float)):
         raise OptionError(f"start_scale: expected a number, got {type(start_scale).__name__}")
     scale = output_size[-1] / input_shape[-1] if start_scale is None else float(start_scale)
-    bounds = Bounds(translation=0.8, scale=(0.2, 1.05)) if bounded else None
-    low, high = (0.2, 1.05) if bounded else (0.0, math.inf)
+    scale_bounds = (0.2, 1.05)
+    bounds = Bounds(translation=0.8, scale=scale_bounds) if bounded else None
+    low, high = scale_bounds if bounded else (0.0, math.inf)
     if not low < scale < high:
         raise OptionError(f"start_scale: expected a crop scale in ({low}, {high}), got {start_scale!r}")
     init = torch.tensor([scale, 0.0, 0.0])
