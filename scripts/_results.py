@@ -20,6 +20,7 @@ import yaml
 from torchstn.train.config import DEFAULTS, load_config
 
 __all__ = [
+    "CROPS_FILE",
     "MAX_PICTURE_BYTES",
     "RECORD_FILES",
     "ROOT",
@@ -36,6 +37,7 @@ __all__ = [
 
 ROOT = Path(__file__).resolve().parents[1]
 RECORD_FILES = ("config.yaml", "meta.json", "log.jsonl", "metrics.json")
+CROPS_FILE = "crops.json"  # a co-localisation record's crop measurements (scripts/coloc_crops.py --record)
 MAX_PICTURE_BYTES = 120_000  # transformer pictures larger than this stay out of the repository
 
 
@@ -184,6 +186,7 @@ class Record:
     sha: str
     config: dict[str, Any]
     pictures: list[Path] = field(default_factory=list)
+    test_errors: list[float] = field(default_factory=list)  # each logged epoch's test error, in order
 
     @property
     def samples_per_epoch(self) -> float:
@@ -241,6 +244,7 @@ def read_record(path: Path, cell: Cell | None = None) -> Record:
         sha=str(meta.get("git_sha") or ""),
         config=config,
         pictures=sorted((path / "pictures").glob("transformer*.png")),
+        test_errors=[float(r["test_error"]) for r in rows if "test_error" in r],
     )
 
 

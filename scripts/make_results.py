@@ -23,11 +23,21 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _results import ROOT, Cell, Experiments, Record, config_differences, load_records, mean_std
+from _results import (
+    CROPS_FILE,
+    ROOT,
+    Cell,
+    Experiments,
+    Record,
+    RecordError,
+    config_differences,
+    load_records,
+    mean_std,
+)
 
 from torchstn._io import atomic_write_bytes, atomic_write_text
 
-__all__ = ["cell_text", "curve_points", "fill_notes", "generate", "read_notes"]
+__all__ = ["cell_text", "crops_table", "curve_points", "fill_notes", "generate", "number_text", "read_notes"]
 
 CURVE_NAME = "learning-curve"
 
@@ -45,26 +55,42 @@ def read_notes(path: Path) -> dict[str, str]:
     return {name: "\n".join(lines).strip() for name, lines in sections.items()}
 
 
-PLACEHOLDER = re.compile(r"\{\{\s*([\w.-]+)/([\w.-]+)\s*\}\}")
+PLACEHOLDER = re.compile(r"\{\{\s*([\w.-]+)/([\w.-]+)(?:/e(\d+)(?:-seed(\d+))?)?\s*\}\}")
 
 
 def fill_notes(text: str, report: Report) -> str:
-    """Replace each ``{{column/model}}`` in a note with that cell's number as its table shows it (the mean, with
-    ± std and n: ``cell_text``), so that prose quoting a result is generated from the records like the tables.
-    A placeholder naming no column or model of the experiments file is an error."""
+    """Replace each placeholder in a note with numbers from the records, as the tables show them, so that prose
+    quoting a result is generated like the tables: ``{{column/model}}`` is the cell at its chosen schedule (the
+    mean, with ± std and n: ``cell_text``), ``{{column/model/e60}}`` the same at 60 epochs, and
+    ``{{column/model/e60-seed2}}`` one record's number. A placeholder naming no column or model of the
+    experiments file, or a record that is not committed, is an error."""
     exp = report.experiments
 
     def cell(match: re.Match[str]) -> str:
-        column, model = match.group(1), match.group(2)
+        column, model, epochs, seed = match.groups()
         if column not in exp.columns or model not in exp.columns[column]["paper"]:
             raise KeyError(f"notes: {match.group(0)} names no cell of results/experiments.yaml")
-        return report.cell(column, model, exp.kinds.get(column, "error"))
+        kind = exp.kinds.get(column, "error")
+        if epochs is None:
+            return report.cell(column, model, kind)
+        records = report.seeds(column, model, int(epochs))
+        if seed is None:
+            return cell_text([_value(r, kind) for r in records])
+        found = [r for r in records if r.cell.seed == int(seed)]
+        if not found:
+            raise KeyError(f"notes: {match.group(0)} names no committed record")
+        return number_text(_value(found[0], kind))
 
     return PLACEHOLDER.sub(cell, text)
 
 
 def _value(record: Record, kind: str) -> float:
     return 100.0 - record.test_error if kind == "hits" else record.test_error
+
+
+def number_text(value: float) -> str:
+    """One record's number as prose quotes it: at most two decimals, no trailing zeros (0.8, 91.3, 93)."""
+    return f"{value:.2f}".rstrip("0").rstrip(".")
 
 
 def cell_text(values: Sequence[float]) -> str:
@@ -416,6 +442,47 @@ def _pictures(report: Report, sections: list[dict[str, Any]], root_out: Path) ->
     return lines
 
 
+CROP_MEASURES = (  # crops.json's keys (scripts/coloc_crops.py), as the table of crops heads them
+    ("median crop/box size", "crop / box size (median)", "{:.2f}"),
+    ("hits at the true size %", "found at the box's size, %", "{:.1f}"),
+    ("misses near the box % (IoU > 0.3)", "misses overlapping the box (IoU > 0.3), %", "{:.0f}"),
+    ("centre error px (median), hits", "centre error, px (median): hits", "{:.1f}"),
+    ("centre error px (median), misses", "misses", "{:.1f}"),
+)
+
+
+def found_at(record: Record) -> int | None:
+    """The first epoch at which the record's model found half the test boxes (its log), or None if it never did."""
+    return next((i + 1 for i, error in enumerate(record.test_errors) if 100.0 - error >= 50.0), None)
+
+
+def crops_table(report: Report) -> list[str]:
+    """One row per co-localisation record: the boxes found, the epoch it first found half of them (from its
+    log), and where its crops land (its ``crops.json``, from ``scripts/coloc_crops.py --record``; a dash where
+    none is committed). A ``crops.json`` whose hit rate is not its record's is an error (a stale measurement)."""
+    exp = report.experiments
+    order = {c: i for i, c in enumerate(exp.columns)}
+    rows = sorted(
+        (r for c, r in report.records.items() if exp.kinds.get(c.column) == "hits"),
+        key=lambda r: (order[r.cell.column], r.cell.model, r.cell.epochs, r.cell.seed),
+    )
+    head = ["setting", "epochs", "seed", "boxes found, %", "half found at epoch", *(h for _, h, _ in CROP_MEASURES)]
+    lines = ["| " + " | ".join(head) + " |", "|---|" + "---:|" * (len(head) - 1)]
+    for r in rows:
+        hits = 100.0 - r.test_error
+        measured = ["—"] * len(CROP_MEASURES)
+        path = r.path / CROPS_FILE
+        if path.is_file():
+            measures = json.loads(path.read_text())["measures"]
+            if abs(measures["hits %"] - hits) > 0.051:
+                raise RecordError(f"{path}: {measures['hits %']:.2f}% of boxes, its record {hits:.2f}: stale")
+            measured = [fmt.format(measures[key]) for key, _, fmt in CROP_MEASURES]
+        epoch = found_at(r)
+        row = [exp.columns[r.cell.column]["label"], str(r.cell.epochs), str(r.cell.seed), f"{hits:.1f}"]
+        lines.append("| " + " | ".join([*row, "—" if epoch is None else str(epoch), *measured]) + " |")
+    return lines
+
+
 def _variants(folder: Path, results_link: str) -> list[str]:
     """The co-localisation variants' committed records (``scripts/coloc_variants.py --record``), one row each."""
     records = sorted(folder.glob("*.json")) if folder.is_dir() else []
@@ -467,6 +534,8 @@ def generate(
             text += note(name)
             if name == "coloc_variants":
                 text += ["", *_variants(results / "coloc-variants", results_link)]
+            if name == "coloc_crops":
+                text += ["", *crops_table(report)]
     text += ["", "## Where a cell misses the paper", "", *_misses_section(report)]
     data = curve_points(report)
     png, sidecar = figures / f"{CURVE_NAME}.png", figures / f"{CURVE_NAME}.json"

@@ -458,6 +458,90 @@ def test_coloc_variant_records_are_tabulated(tmp_path: Path, exp: Any, head: str
     assert row in text
 
 
+def _coloc_record(tmp_path: Path, exp: Any, head: str, hits: list[float]) -> tuple[Path, Path, Any]:
+    """A committed co-localisation record whose log found ``hits`` % of boxes epoch by epoch, and its run."""
+    cell = _cell("coloc", "coloc_attention", len(hits), 1)
+    results = _results_tree(tmp_path, exp, head, [])
+    run = _fake_run(tmp_path / "runs" / "coloc", exp, cell, head, test_error=100.0 - hits[-1])
+    rows = [
+        {**json.loads(line), "test_error": 100.0 - h}
+        for line, h in zip((run / "log.jsonl").read_text().splitlines(), hits, strict=True)
+    ]
+    (run / "log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return results, run, record.record_run(run, results, exp, column="coloc")
+
+
+MEASURES = {
+    "hits %": 91.3,
+    "median crop/box size": 1.034,
+    "holds the box %": 3.6,
+    "hits at the true size %": 90.04,
+    "misses near the box % (IoU > 0.3)": 84.16,
+    "centre error px (median), hits": 3.21,
+    "centre error px (median), misses": 10.25,
+}
+
+
+def test_crops_table_shows_each_coloc_record_with_its_measurements(tmp_path: Path, exp: Any, head: str) -> None:
+    """A row per co-localisation record: boxes found, the first epoch that found half (its log), its crops.json;
+    a crops.json that is not of its record (another hit rate) is refused as stale."""
+    hits = [6.0] * 12 + [42.0, 58.0] + [91.3] * 46  # 60 epochs, as the column's schedule
+    results, _, dest = _coloc_record(tmp_path, exp, head, hits)
+    label = exp.columns["coloc"]["label"]
+    text = make_results.generate(results, tmp_path / "RESULTS.md", tmp_path / "docs" / "results")
+    assert f"| {label} | 60 | 1 | 91.3 | 14 | — | — | — | — | — |" in text.splitlines()
+    (dest / "crops.json").write_text(json.dumps({"measures": MEASURES}))
+    text = make_results.generate(results, tmp_path / "RESULTS.md", tmp_path / "docs" / "results")
+    assert f"| {label} | 60 | 1 | 91.3 | 14 | 1.03 | 90.0 | 84 | 3.2 | 10.2 |" in text.splitlines()
+    (dest / "crops.json").write_text(json.dumps({"measures": {**MEASURES, "hits %": 90.0}}))
+    with pytest.raises(RecordError, match=r"crops\.json: 90\.00% of boxes, its record 91\.30: stale"):
+        make_results.generate(results, tmp_path / "RESULTS.md", tmp_path / "docs" / "results")
+    never = results_lib.Record(**{**vars(results_lib.read_record(dest)), "test_errors": [93.0, 60.0]})
+    assert make_results.found_at(never) is None
+
+
+def test_coloc_crops_records_only_measurements_of_the_recorded_model(
+    tmp_path: Path, exp: Any, head: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``coloc_crops.py --record`` writes crops.json into the run's record only when the record is of that run
+    (its code and config), the checkpoint is the last epoch's, the measured hit rate is the logged one and the
+    measuring code is committed; it names the checkpoint's SHA-256 and the measuring commit."""
+    import hashlib
+
+    from torchstn.train.rundir import save_checkpoint
+
+    coloc_crops = _script("coloc_crops")
+    results, run, dest = _coloc_record(tmp_path, exp, head, [6.0] * 59 + [91.3])
+    clean = {"git_sha": head, "git_dirty": False}
+    measured = dict(MEASURES)
+    monkeypatch.setattr(coloc_crops, "crops", lambda run, state: dict(measured))
+    ckpt = run / "checkpoints" / "last.pt"
+
+    def refused(match: str, code: dict[str, Any] = clean) -> None:
+        with pytest.raises(RecordError, match=match):
+            coloc_crops.record_crops(run, results, exp, code)
+        assert not (dest / "crops.json").exists()
+
+    save_checkpoint(ckpt, {"model": {}, "epoch": 59, "partial": None})
+    refused("the checkpoint of epoch 59, not the last \\(60\\)")
+    save_checkpoint(ckpt, {"model": {}, "epoch": 60, "partial": None})
+    refused("uncommitted changes", {"git_sha": head, "git_dirty": True})
+    measured["hits %"] = 90.0
+    refused("90.00% of boxes found again, the record logged 91.30")
+    measured["hits %"] = 91.3
+    meta = json.loads((run / "meta.json").read_text())
+    (run / "meta.json").write_text(json.dumps({**meta, "git_sha": "0" * 40}))
+    refused("trained from 0000")
+    (run / "meta.json").write_text(json.dumps(meta))
+    shutil.rmtree(dest)
+    refused("no committed record")
+    dest = record.record_run(run, results, exp, column="coloc")
+    out = coloc_crops.record_crops(run, results, exp, clean)
+    body = json.loads(out.read_text())
+    assert out == dest / "crops.json" and body["measures"] == MEASURES and body["code"] == head
+    assert body["checkpoint_sha256"] == hashlib.sha256(ckpt.read_bytes()).hexdigest()
+
+
 def test_config_differences_tolerate_keys_added_with_their_default(exp: Any) -> None:
     expected = exp.config(_cell())
     older = json.loads(json.dumps(expected))
@@ -499,6 +583,23 @@ def test_notes_quote_cells_from_the_records(tmp_path: Path, exp: Any, head: str)
     (results / "NOTES.md").write_text(notes.replace("{{r/fcn_baseline}}", "{{r/st_cnn_nothing}}"))
     with pytest.raises(KeyError, match=r"\{\{r/st_cnn_nothing\}\} names no cell"):
         make_results.generate(results, tmp_path / "RESULTS.md", tmp_path / "docs" / "results")
+
+
+def test_notes_quote_one_schedule_or_one_record(tmp_path: Path, exp: Any, head: str) -> None:
+    """``{{column/model/eN}}`` is the cell at N epochs, ``{{column/model/eN-seedS}}`` one record's number (no
+    trailing zeros); a record that is not committed is an error."""
+    runs = [(_cell("rts", "st_cnn_aff", 3, s), {"test_error": e}) for s, e in enumerate([1.0, 2.5])]
+    results = _results_tree(tmp_path, exp, head, runs)
+    notes = (results / "NOTES.md").read_text()
+    quote = "Quoted: {{rts/st_cnn_aff/e3}}; {{rts/st_cnn_aff/e3-seed1}}, {{rts/st_cnn_aff/e3-seed0}}; "
+    quote += "{{rts/cnn_baseline/e3}}.\n"
+    (results / "NOTES.md").write_text(notes.replace("## table1\n", "## table1\n\n" + quote))
+    text = make_results.generate(results, tmp_path / "RESULTS.md", tmp_path / "docs" / "results")
+    assert "Quoted: 1.75 ± 1.06 (n=2); 2.5, 1; not run." in text
+    (results / "NOTES.md").write_text(notes.replace("## table1\n", "## table1\n\n{{rts/st_cnn_aff/e3-seed2}}\n"))
+    with pytest.raises(KeyError, match=r"\{\{rts/st_cnn_aff/e3-seed2\}\} names no committed record"):
+        make_results.generate(results, tmp_path / "RESULTS.md", tmp_path / "docs" / "results")
+    assert [make_results.number_text(v) for v in (0.8, 91.3, 93.0, 1.234)] == ["0.8", "91.3", "93", "1.23"]
 
 
 def test_notes_sections_are_read(tmp_path: Path) -> None:
