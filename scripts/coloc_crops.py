@@ -122,11 +122,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--experiments", type=Path, default=ROOT / "results" / "experiments.yaml")
     args = ap.parse_args(argv)
     experiments = Experiments(args.experiments) if args.record else None
+    code = git_info(ROOT)  # once, before the first crops.json makes the tree dirty
     refused = 0
     for run in args.runs:
         if experiments is not None:
             try:
-                out = record_crops(run, args.record, experiments)
+                out = record_crops(run, args.record, experiments, code)
             except RecordError as exc:
                 print(f"[refused] {exc}", file=sys.stderr)
                 refused += 1
