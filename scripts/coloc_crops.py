@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import math
 import sys
 from pathlib import Path
 from typing import Any
@@ -106,7 +107,7 @@ def record_crops(run: Path, into: Path, experiments: Experiments, code: dict[str
         raise RecordError(f"{run}: {measures['hits %']:.2f}% of boxes found again, the record logged {logged:.2f}")
     out = dest / CROPS_FILE
     body = {
-        "measures": measures,
+        "measures": {k: None if math.isnan(v) else v for k, v in measures.items()},  # no misses: no miss's figures
         "checkpoint_sha256": hashlib.sha256(data).hexdigest(),
         "code": code["git_sha"],
         "command": f"scripts/coloc_crops.py --record {into.name} {run.as_posix()}",

@@ -459,7 +459,8 @@ def found_at(record: Record) -> int | None:
 def crops_table(report: Report) -> list[str]:
     """One row per co-localisation record: the boxes found, the epoch it first found half of them (from its
     log), and where its crops land (its ``crops.json``, from ``scripts/coloc_crops.py --record``; a dash where
-    none is committed). A ``crops.json`` whose hit rate is not its record's is an error (a stale measurement)."""
+    none is committed, or for the misses' figures of a record without misses). A ``crops.json`` whose hit rate
+    is not its record's is an error (a stale measurement)."""
     exp = report.experiments
     order = {c: i for i, c in enumerate(exp.columns)}
     rows = sorted(
@@ -476,7 +477,7 @@ def crops_table(report: Report) -> list[str]:
             measures = json.loads(path.read_text())["measures"]
             if abs(measures["hits %"] - hits) > 0.051:
                 raise RecordError(f"{path}: {measures['hits %']:.2f}% of boxes, its record {hits:.2f}: stale")
-            measured = [fmt.format(measures[key]) for key, _, fmt in CROP_MEASURES]
+            measured = ["—" if measures[key] is None else fmt.format(measures[key]) for key, _, fmt in CROP_MEASURES]
         epoch = found_at(r)
         row = [exp.columns[r.cell.column]["label"], str(r.cell.epochs), str(r.cell.seed), f"{hits:.1f}"]
         lines.append("| " + " | ".join([*row, "—" if epoch is None else str(epoch), *measured]) + " |")

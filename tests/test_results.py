@@ -493,6 +493,10 @@ def test_crops_table_shows_each_coloc_record_with_its_measurements(tmp_path: Pat
     (dest / "crops.json").write_text(json.dumps({"measures": MEASURES}))
     text = make_results.generate(results, tmp_path / "RESULTS.md", tmp_path / "docs" / "results")
     assert f"| {label} | 60 | 1 | 91.3 | 14 | 1.03 | 90.0 | 84 | 3.2 | 10.2 |" in text.splitlines()
+    no_miss = {**MEASURES, "misses near the box % (IoU > 0.3)": None, "centre error px (median), misses": None}
+    (dest / "crops.json").write_text(json.dumps({"measures": no_miss}))
+    text = make_results.generate(results, tmp_path / "RESULTS.md", tmp_path / "docs" / "results")
+    assert f"| {label} | 60 | 1 | 91.3 | 14 | 1.03 | 90.0 | — | 3.2 | — |" in text.splitlines()
     (dest / "crops.json").write_text(json.dumps({"measures": {**MEASURES, "hits %": 90.0}}))
     with pytest.raises(RecordError, match=r"crops\.json: 90\.00% of boxes, its record 91\.30: stale"):
         make_results.generate(results, tmp_path / "RESULTS.md", tmp_path / "docs" / "results")
@@ -539,6 +543,12 @@ def test_coloc_crops_records_only_measurements_of_the_recorded_model(
     out = coloc_crops.record_crops(run, results, exp, clean)
     body = json.loads(out.read_text())
     assert out == dest / "crops.json" and body["measures"] == MEASURES and body["code"] == head
+    measured["centre error px (median), misses"] = float("nan")  # no misses: null, not JSON's non-standard NaN
+    out = coloc_crops.record_crops(run, results, exp, clean)
+    assert (
+        "NaN" not in out.read_text()
+        and json.loads(out.read_text())["measures"]["centre error px (median), misses"] is None
+    )
     assert body["checkpoint_sha256"] == hashlib.sha256(ckpt.read_bytes()).hexdigest()
 
 
