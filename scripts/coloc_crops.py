@@ -22,6 +22,7 @@ import argparse
 import hashlib
 import json
 import math
+import subprocess
 import sys
 from pathlib import Path
 from typing import Any
@@ -36,10 +37,10 @@ from record import cell_of_run
 from torchstn._io import atomic_write_text
 from torchstn.geometry import attention_boxes
 from torchstn.train.factories import build_model
-from torchstn.train.rundir import git_info, load_checkpoint
+from torchstn.train.rundir import load_checkpoint
 from torchstn.train.tasks import _mnist_sources, box_iou
 
-__all__ = ["crops", "record_crops"]
+__all__ = ["crops", "measuring_code", "record_crops"]
 
 HIT_TOLERANCE = 0.051  # percentage points: the logged test error is rounded to 0.1 on a 1000-image test split
 
@@ -78,11 +79,23 @@ def crops(run: Path, state: dict[str, Any] | None = None) -> dict[str, float]:
     }
 
 
+def measuring_code(repo: Path = ROOT) -> dict[str, Any]:
+    """The commit the measurement runs from, and whether the code it runs (``src/``, ``scripts/``) has uncommitted
+    changes: the records' own files (an earlier ``crops.json`` not yet committed) do not make it dirty."""
+    try:
+        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True, check=True)
+        status = ["git", "status", "--porcelain", "--", "src", "scripts"]
+        dirty = subprocess.run(status, cwd=repo, capture_output=True, text=True, check=True)
+    except (OSError, subprocess.CalledProcessError):
+        return {"git_sha": None, "git_dirty": None}
+    return {"git_sha": sha.stdout.strip(), "git_dirty": bool(dirty.stdout.strip())}
+
+
 def record_crops(run: Path, into: Path, experiments: Experiments, code: dict[str, Any] | None = None) -> Path:
     """Measure ``run`` and write the measurements into its committed record under ``into``; returns the file
     written. RecordError when the record is missing or is not of this run, or the measuring code is not committed
-    (``code``: its ``git_info``, default this repository's)."""
-    code = git_info(ROOT) if code is None else code
+    (``code``: its ``measuring_code``, default this repository's)."""
+    code = measuring_code() if code is None else code
     if code.get("git_dirty") is not False or not code.get("git_sha"):
         raise RecordError("the measuring code has uncommitted changes (or no commit): commit it first")
     cell = cell_of_run(run, experiments)
@@ -123,7 +136,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--experiments", type=Path, default=ROOT / "results" / "experiments.yaml")
     args = ap.parse_args(argv)
     experiments = Experiments(args.experiments) if args.record else None
-    code = git_info(ROOT)  # once, before the first crops.json makes the tree dirty
+    code = measuring_code()
     refused = 0
     for run in args.runs:
         if experiments is not None:
