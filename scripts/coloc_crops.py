@@ -150,7 +150,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"[recorded] {out}")
         else:
             row = crops(run)
-        print(f"{run}: " + "  ".join(f"{k} {v:.2f}" for k, v in row.items()), flush=True)
+        shown = ("-" if v is None else f"{v:.2f}" for v in row.values())  # None: a run without misses
+        print(f"{run}: " + "  ".join(f"{k} {v}" for k, v in zip(row, shown, strict=True)), flush=True)
     return 1 if refused else 0
 
 
