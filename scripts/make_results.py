@@ -62,8 +62,8 @@ def fill_notes(text: str, report: Report) -> str:
     """Replace each placeholder in a note with numbers from the records, as the tables show them, so that prose
     quoting a result is generated like the tables: ``{{column/model}}`` is the cell at its chosen schedule (the
     mean, with ± std and n: ``cell_text``), ``{{column/model/e60}}`` the same at 60 epochs, and
-    ``{{column/model/e60-seed2}}`` one record's number. A placeholder naming no column or model of the
-    experiments file, or a record that is not committed, is an error."""
+    ``{{column/model/e60-seed2}}`` one record's number; each reads *not run* without records, as in the tables.
+    A placeholder naming no column or model of the experiments file is an error."""
     exp = report.experiments
 
     def cell(match: re.Match[str]) -> str:
@@ -77,9 +77,7 @@ def fill_notes(text: str, report: Report) -> str:
         if seed is None:
             return cell_text([_value(r, kind) for r in records])
         found = [r for r in records if r.cell.seed == int(seed)]
-        if not found:
-            raise KeyError(f"notes: {match.group(0)} names no committed record")
-        return number_text(_value(found[0], kind))
+        return number_text(_value(found[0], kind)) if found else "not run"
 
     return PLACEHOLDER.sub(cell, text)
 
