@@ -44,6 +44,7 @@ import yaml
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _results import ROOT, Cell, Experiments, Record, RecordError, config_differences, load_records, log_rows
 
+from torchstn.data import get_recipe
 from torchstn.errors import STNError
 from torchstn.models import count_macs
 from torchstn.train.config import parse_overrides
@@ -133,9 +134,11 @@ def estimate(exp: Experiments, cell: Cell, records: dict[Cell, Record], done: in
 
     The per-epoch time is the median over the one-thread records of the same model that are closest to the cell:
     of its own column if it has any, else those whose data and model settings differ from the cell's in the fewest
-    keys, which the source names. Such a record's time is scaled by the ratio of the two models' multiply-adds in
-    a training step (``torchstn.models.count_macs``): another input size, or another pooling of the transformer's
-    output, changes a convolution's cost, while the FCN family's fixed budget keeps its cost about the same."""
+    keys, which the source names. A model that no other column has (the addition column's) borrows the records
+    of the other models of its family in its own column. Such a record's time is scaled by the ratio of the two
+    models' multiply-adds in a training step (``torchstn.models.count_macs``): another input size, or another
+    pooling of the transformer's output, changes a convolution's cost, while the FCN family's fixed budget keeps
+    its cost about the same."""
     want = exp.config(cell)
 
     def differences(rec: Record) -> list[str]:
@@ -146,10 +149,16 @@ def estimate(exp: Experiments, cell: Cell, records: dict[Cell, Record], done: in
         ours, theirs = step_macs(want), step_macs(rec.config)
         return ours / theirs if ours and theirs else 1.0
 
-    like = [r for c, r in records.items() if c.model == cell.model and r.threads == 1 and r.logged_epochs]
+    usable = [r for r in records.values() if r.threads == 1 and r.logged_epochs]
+    like = [r for r in usable if r.cell.model == cell.model]
     own = [r for r in like if r.cell.column == cell.column]
     found, diff = own, []
-    if not own and like:
+    alone = not any(cell.model in spec["paper"] for c, spec in exp.columns.items() if c != cell.column)
+    if not like and alone:  # a model of its column alone (addition's): the column's other models of its family
+        family = exp.models[cell.model]["family"]
+        found = [r for r in usable if r.cell.column == cell.column and exp.models[r.cell.model]["family"] == family]
+        diff = ["model.name"] if found else []
+    elif not own and like:
         diffs = {r.cell: differences(r) for r in like}  # each record's differing keys, once
         fewest = min(len(d) for d in diffs.values())
         found = [r for r in like if len(diffs[r.cell]) == fewest]
@@ -161,6 +170,8 @@ def estimate(exp: Experiments, cell: Cell, records: dict[Cell, Record], done: in
     per_epoch = statistics.median(r.seconds / r.logged_epochs * scales[r.cell] for r in found)
     columns = "/".join(sorted({r.cell.column for r in found}))
     source = f"{len(found)} {columns} record{'s' if len(found) > 1 else ''}"
+    if diff == ["model.name"]:
+        diff = [f"the model ({', '.join(sorted({r.cell.model for r in found}))})"]
     if diff:
         source += f", which differ{'s' if len(found) == 1 else ''} in {', '.join(diff)}"
         factors = sorted({round(f, 2) for f in scales.values()} - {1.0})
@@ -173,12 +184,16 @@ _MACS: dict[str, int | None] = {}
 
 
 def step_macs(config: dict[str, Any]) -> int | None:
-    """Multiply-adds per sample of a training step of the config's model (None: its input shape is not in the
-    config, or the model cannot be built from the config alone). Cached per model section."""
-    key = json.dumps(config.get("model"), sort_keys=True, default=str)
+    """Multiply-adds per sample of a training step of the config's model, on its ``model.kwargs.input_shape`` or
+    else the shape of its data recipe's samples (None: neither is known, or the model cannot be built or run from
+    the config alone). Cached per model and data section."""
+    key = json.dumps([config.get("model"), config.get("data")], sort_keys=True, default=str)
     if key not in _MACS:
         shape = ((config.get("model") or {}).get("kwargs") or {}).get("input_shape")
         try:
+            if shape is None and (config.get("data") or {}).get("recipe"):
+                data = config["data"]
+                shape = get_recipe(data["recipe"], **(data.get("recipe_params") or {})).shape()
             layers = count_macs(build_model(config), torch.zeros(2, *shape)) if shape else None
         except (STNError, RuntimeError, TypeError, ValueError):  # not buildable or not runnable from the config
             layers = None

@@ -680,6 +680,16 @@ def test_reproduce_estimates_a_cell_from_the_records_most_like_it(
     assert seconds == pytest.approx(2400.0, rel=0.1)
     assert reproduce.estimate(exp, _cell("rts", "cnn_baseline", 30), records) is None  # two threads: not used
     assert reproduce.estimate(exp, _cell("rts", "st_cnn_tps", 30), records) is None
+    # A model of its column alone borrows the column's other models of its family, scaled by multiply-adds.
+    record.record_run(_fake_run(tmp_path / "d", exp, _cell("addition", "addition_2xst_fcn_aff", 2), head), results, exp)
+    with_addition = results_lib.load_records(results)
+    assert reproduce.estimate(exp, _cell("addition", "addition_cnn", 30), with_addition) is None  # another family
+    ratio = reproduce.step_macs(exp.config(_cell("addition", "addition_st_fcn_tps", 40))) / reproduce.step_macs(
+        exp.config(_cell("addition", "addition_2xst_fcn_aff", 40))
+    )
+    seconds, source = reproduce.estimate(exp, _cell("addition", "addition_st_fcn_tps", 40), with_addition)
+    assert seconds == pytest.approx(2400.0 * ratio)
+    assert source.startswith("1 addition record, which differs in the model (addition_2xst_fcn_aff)")
     runs = tmp_path / "runs"
     assert (
         reproduce.main(
