@@ -12,8 +12,8 @@ With ``--record RESULTS`` it also writes the measurements of each run into its c
 ``RESULTS/<column>/<model>/e<epochs>-seed<seed>/crops.json``, where ``scripts/make_results.py`` shows them (the
 table of crops). A run is refused, and nothing of it written, unless its record exists, names the same code and
 config, the checkpoint is that of the run's last epoch, and the hit rate measured again from the checkpoint
-is the record's logged one: the measurements are of the model the record scored. The measuring code must be
-committed (a clean tree), and ``crops.json`` names its commit and the checkpoint's SHA-256.
+is the record's logged one: the measurements are of the model the record scored. The measuring code (``src/``
+and ``scripts/``) must be committed, and ``crops.json`` names its commit and the checkpoint's SHA-256.
 """
 
 from __future__ import annotations
@@ -110,6 +110,8 @@ def record_crops(run: Path, into: Path, experiments: Experiments, code: dict[str
     if diff:
         raise RecordError(f"{run}: its config differs from its record's in {', '.join(diff)}")
     path = run / "checkpoints" / "last.pt"
+    if not path.is_file():
+        raise RecordError(f"{run}: no checkpoints/last.pt to measure")
     data = path.read_bytes()
     state = load_checkpoint(path)
     if state.get("epoch") != cell.epochs or state.get("partial"):

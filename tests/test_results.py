@@ -526,6 +526,8 @@ def test_coloc_crops_records_only_measurements_of_the_recorded_model(
             coloc_crops.record_crops(run, results, exp, code)
         assert not (dest / "crops.json").exists()
 
+    ckpt.unlink()
+    refused("no checkpoints/last.pt")
     save_checkpoint(ckpt, {"model": {}, "epoch": 59, "partial": None})
     refused("the checkpoint of epoch 59, not the last \\(60\\)")
     save_checkpoint(ckpt, {"model": {}, "epoch": 60, "partial": None})
