@@ -10,7 +10,8 @@ A run is refused, and nothing of it is written, when:
 * it is not finished (``metrics.json`` missing or its status not ``finished``, or fewer epochs logged than
   ``train.epochs``);
 * its code cannot be checked out again: ``meta.json`` says ``git_dirty`` is true (or unknown), or its
-  ``git_sha`` is not an ancestor of this repository's HEAD (``git merge-base --is-ancestor``);
+  ``git_sha`` is not an ancestor of this repository's HEAD (``git merge-base --is-ancestor``), or it was resumed
+  from other code than it started from (``meta.json``'s ``resumed`` entries);
 * its config is not the cell's: it differs from the column's config file plus the column's overrides in a key
   other than the budget-only ones (``budget_keys`` of the experiments file: threads, evaluation batch, ...);
 * the cell already has a record (pass ``--replace`` to overwrite it).
@@ -62,6 +63,14 @@ def check_code(meta: dict[str, object], repo: Path = ROOT) -> str:
     )
     if known.returncode != 0 or ancestor.returncode != 0:
         raise RecordError(f"code {sha[:10]} is not an ancestor of HEAD: commit (or merge) it before recording")
+    resumed = meta.get("resumed") or []
+    for entry in resumed if isinstance(resumed, list) else []:
+        if (entry.get("git_sha"), entry.get("git_dirty")) != (sha, False):
+            other = "uncommitted changes" if entry.get("git_dirty") else f"code {str(entry.get('git_sha'))[:10]}"
+            raise RecordError(
+                f"resumed at epoch {entry.get('at_epoch')} from {other}, not the {sha[:10]} it started from: a record "
+                "names one commit, so resume a run from the commit it started from (or train it again)"
+            )
     return sha
 
 

@@ -4,7 +4,9 @@ interrupted, start the rest.
 The cells come from ``results/experiments.yaml``: for each seed, column and model (cheapest first), the schedule
 the column chose for the model's family (or the ``--epochs`` given, or with ``--curve`` the learning curve's
 schedule lengths). A cell whose record is committed in ``results/`` is skipped; otherwise its run directory
-``runs/repro/<column>/<model>/e<epochs>-seed<seed>`` is resumed from its last checkpoint if it has one, left alone
+``runs/repro/<column>/<model>/e<epochs>-seed<seed>`` is resumed from its last checkpoint if it has one and started
+from this checkout's commit (from another, it is left alone with the command that resumes it there: a record
+names one commit), left alone
 if it finished (record it with ``scripts/record.py``, or pass ``--record``), else started with ``torchstn train``
 from the column's config and the cell's overrides. ``--set`` may change only the budget-only keys of the
 experiments file (threads, evaluation batch, ...): anything else would train a run that is not the cell.
@@ -15,7 +17,8 @@ epoch of the committed records most like it took (``estimate``), and the total; 
 ends (a 2-core machine: ``--jobs 2 --set train.threads=1``, which is how the records here were trained).
 ``--within MINUTES`` starts a cell only if its estimate fits in the time left, so that what starts in a session
 of limited length also finishes in it (a cell with no estimate is started; one longer than any session never is:
-train it without ``--within`` and resume it session after session, on a machine that keeps its run directory).
+train it without ``--within`` and resume it session after session, on a machine that keeps its run directory,
+from a checkout of the commit it started from, e.g. a ``git worktree``).
 Ctrl-C or SIGTERM stops it: every running cell checkpoints (``torchstn train`` does on SIGTERM), and the same
 command resumes.
 
@@ -49,6 +52,7 @@ from torchstn.errors import STNError
 from torchstn.models import count_macs
 from torchstn.train.config import parse_overrides
 from torchstn.train.factories import build_model
+from torchstn.train.rundir import git_info
 
 __all__ = ["cells", "command", "estimate", "plan"]
 
@@ -103,9 +107,22 @@ def _stale(exp: Experiments, cell: Cell, run: Path) -> list[str]:
     return config_differences(recorded, exp.config(cell), exp.budget_keys)
 
 
-def plan(exp: Experiments, todo: Sequence[Cell], runs: Path, results: Path) -> list[tuple[Cell, str]]:
+def _started_from(run: Path) -> str | None:
+    """The commit a run directory's training started from (its ``meta.json``), None if it does not say."""
+    try:
+        sha = json.loads((run / "meta.json").read_text()).get("git_sha")
+    except (OSError, ValueError):
+        return None
+    return sha if isinstance(sha, str) and sha else None
+
+
+def plan(
+    exp: Experiments, todo: Sequence[Cell], runs: Path, results: Path, code: str | None = None
+) -> list[tuple[Cell, str]]:
     """What to do with each cell: ``recorded``, ``stale`` (its run directory trained another config: left alone),
-    ``finished`` (not yet recorded), ``resume`` or ``start``."""
+    ``finished`` (not yet recorded), ``other_code`` (interrupted, started from another commit than ``code``, this
+    checkout's: resumed here its record could not name one commit, so it is left alone), ``resume`` or
+    ``start``."""
     out = []
     for cell in todo:
         run = runs / cell.path
@@ -116,7 +133,8 @@ def plan(exp: Experiments, todo: Sequence[Cell], runs: Path, results: Path) -> l
         elif _status(run) == "finished":
             out.append((cell, "finished"))
         elif (run / "checkpoints" / "last.pt").exists():
-            out.append((cell, "resume"))
+            started = _started_from(run)
+            out.append((cell, "other_code" if code and started and started != code else "resume"))
         else:
             out.append((cell, "start"))
     return out
@@ -256,7 +274,7 @@ def main(argv: list[str] | None = None) -> int:
     else:
         default = [c for c, spec in exp.columns.items() if not spec.get("tried_for")]
         todo = cells(exp, args.columns or default, args.seeds, args.models, args.epochs)
-    steps = plan(exp, todo, args.runs, args.results)
+    steps = plan(exp, todo, args.runs, args.results, git_info(ROOT)["git_sha"])
     try:
         records = load_records(args.results)
     except RecordError as exc:
@@ -303,6 +321,15 @@ def _train(
                 continue
             if action == "finished":
                 print(f"[skip] {run} finished; record it: scripts/record.py {run} --into {args.results}", flush=True)
+                continue
+            if action == "other_code":
+                sha = _started_from(run) or ""
+                print(
+                    f"[skip] {run} started from code {sha[:10]}, not this checkout's: resume it from that commit "
+                    f"(git worktree add --detach DIR {sha[:10]}; run this command in DIR), so that its record names "
+                    "one commit, or delete it to start again",
+                    flush=True,
+                )
                 continue
             cmd = command(exp, cell, run, args.set)
             guess = guesses.get(cell)

@@ -176,6 +176,24 @@ def test_record_refuses_runs_that_cannot_be_audited(
     assert not (tmp_path / "results").exists()
 
 
+def test_record_refuses_a_run_resumed_from_other_code(tmp_path: Path, exp: Any, head: str) -> None:
+    """A record names one commit: a run resumed from another commit, or from uncommitted changes, is refused; one
+    resumed from the commit it started from is recorded."""
+    run = _fake_run(tmp_path / "run", exp, _cell(), head)
+    meta = json.loads((run / "meta.json").read_text())
+    same = {"at_epoch": 1, "at": "2026-12-02T03:00:00+0000", "git_sha": head, "git_dirty": False}
+    for entry, message in (
+        ({**same, "git_sha": "0" * 40}, "resumed at epoch 1 from code 0000000000, not the"),
+        ({**same, "git_dirty": True}, "resumed at epoch 1 from uncommitted changes"),
+    ):
+        (run / "meta.json").write_text(json.dumps({**meta, "resumed": [same, entry]}))
+        with pytest.raises(RecordError, match=message):
+            record.record_run(run, tmp_path / "results", exp)
+        assert not (tmp_path / "results").exists()
+    (run / "meta.json").write_text(json.dumps({**meta, "resumed": [same]}))
+    assert (record.record_run(run, tmp_path / "results", exp) / "metrics.json").is_file()
+
+
 def test_record_refuses_code_that_is_not_an_ancestor_of_head(tmp_path: Path, exp: Any) -> None:
     repo = tmp_path / "repo"
     repo.mkdir()
@@ -643,6 +661,9 @@ def test_reproduce_skips_recorded_cells_and_resumes_interrupted_runs(tmp_path: P
     assert reproduce.command(exp, todo[2], runs / todo[2].path, [])[-2:] == ["--resume", str(runs / todo[2].path)]
     start = reproduce.command(exp, todo[3], runs / todo[3].path, ["train.threads=1"])
     assert start[start.index("--set") + 1 :] == [*exp.overrides(todo[3]), "train.threads=1"]
+    # an interrupted run started from another commit is left alone: resumed here, it would name two
+    assert [a for _, a in reproduce.plan(exp, todo[2:3], runs, results, head)] == ["resume"]
+    assert [a for _, a in reproduce.plan(exp, todo[2:3], runs, results, "f" * 40)] == ["other_code"]
     _fake_run(runs / todo[3].path, exp, todo[3], head, status="stopped", sets=("train.lr=0.5",))
     assert reproduce.plan(exp, todo[3:], runs, results) == [(todo[3], "stale")]  # left alone, never resumed
     curve = reproduce.curve_cells(exp, [0])

@@ -114,6 +114,10 @@ def test_resume_with_more_epochs_extends_the_run(tiny_mnist: Path, tmp_path: Pat
     assert _rows(run) == _rows(reference)  # a constant schedule continues exactly
     meta = json.loads((run / "meta.json").read_text())
     assert meta["extended"][0]["from_epochs"] == 3 and meta["extended"][0]["to_epochs"] == 5
+    # the resume names the code it continued with (git_info of the working directory, as the start did)
+    (resumed,) = meta["resumed"]
+    assert resumed["at_epoch"] == 3 and {"git_sha", "git_dirty"} <= resumed.keys()
+    assert (resumed["git_sha"], resumed["git_dirty"]) == (meta["git_sha"], meta["git_dirty"])
     metrics = train(_config(tiny_mnist, tmp_path, "train.epochs=4"), whole, quiet=True, resume=True)
     assert [r["epoch"] for r in _rows(whole)] == [1, 2, 3, 4] and metrics["epoch"] == 4  # one-cycle over the new total
     with pytest.raises(ConfigError, match=r"only raise train\.epochs"):

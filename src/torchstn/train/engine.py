@@ -54,6 +54,7 @@ from torchstn.train.rundir import (
     BEST_CHECKPOINT,
     CHECKPOINT,
     clean_stale_temporaries,
+    git_info,
     load_checkpoint,
     lock_run,
     prepare_run_dir,
@@ -504,13 +505,15 @@ def _train(
     if ctx.main and resume:
         write_log(log_path, rows)
         write_csv(run / "metrics.csv", rows)
+        now = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+        meta = json.loads((run / "meta.json").read_text()) if (run / "meta.json").exists() else {}
         if extended_from is not None:
             write_config(run / "config.yaml", config)
-            meta = json.loads((run / "meta.json").read_text()) if (run / "meta.json").exists() else {}
-            meta.setdefault("extended", []).append(
-                {"from_epochs": extended_from, "to_epochs": t["epochs"], "at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
-            )
-            write_json(run / "meta.json", meta)
+            meta.setdefault("extended", []).append({"from_epochs": extended_from, "to_epochs": t["epochs"], "at": now})
+        # Each resume names the code it continues with, so a record can tell a run trained by one commit.
+        at_epoch = int(state["epoch"]) if state is not None else 0
+        meta.setdefault("resumed", []).append({"at_epoch": at_epoch, "at": now, **git_info()})
+        write_json(run / "meta.json", meta)
 
     valid: Source | None = None
     if config["data"]["n_valid"]:
