@@ -47,6 +47,13 @@ class _Option(Generic[_T]):
         obj._replace_options(**{self.name: value})
 
 
+def _remember(st: SpatialTransformer, params: Tensor) -> None:
+    """Keep a forward pass's parameters on the module (``params``, ``last_params``), except while ``torch.export``
+    traces it: an exported program has no module attributes to write, and torch warns about each one."""
+    if not torch.compiler.is_exporting():
+        st.params, st.last_params = params, params.detach()
+
+
 class SpatialTransformer(nn.Module):
     """A spatial transformer: localisation network -> parameters -> grid -> sampled output.
 
@@ -194,7 +201,7 @@ class SpatialTransformer(nn.Module):
         """
         params = self.localisation(x if loc_input is None else loc_input)
         out = self.sample_with(x, params)
-        self.params, self.last_params = params, params.detach()
+        _remember(self, params)
         return (out, params) if return_params else out
 
     def extra_repr(self) -> str:
@@ -320,7 +327,7 @@ class SerialSpatialTransformer(nn.Module):
         for st, family in zip(stages, self._composed, strict=True):
             transform: MatrixTransform = st.transform  # type: ignore[assignment]
             p = st.localisation(cur)
-            st.params, st.last_params = p, p.detach()
+            _remember(st, p)
             params.append(p)
             amp = autocast_dtypes(x)
             if amp is None:
