@@ -22,7 +22,6 @@ import argparse
 import hashlib
 import json
 import math
-import subprocess
 import sys
 from pathlib import Path
 from typing import Any
@@ -31,18 +30,16 @@ import torch
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _results import CROPS_FILE, ROOT, Experiments, RecordError, config_differences, read_record
+from _results import CROPS_FILE, HIT_TOLERANCE, ROOT, Experiments, RecordError, config_differences, read_record
 from record import cell_of_run
 
 from torchstn._io import atomic_write_text
 from torchstn.geometry import attention_boxes
 from torchstn.train.factories import build_model
-from torchstn.train.rundir import load_checkpoint
+from torchstn.train.rundir import git_info, load_checkpoint
 from torchstn.train.tasks import _mnist_sources, box_iou
 
 __all__ = ["crops", "measuring_code", "record_crops"]
-
-HIT_TOLERANCE = 0.051  # percentage points: the logged test error is rounded to 0.1 on a 1000-image test split
 
 
 def crops(run: Path, state: dict[str, Any] | None = None) -> dict[str, float]:
@@ -82,13 +79,7 @@ def crops(run: Path, state: dict[str, Any] | None = None) -> dict[str, float]:
 def measuring_code(repo: Path = ROOT) -> dict[str, Any]:
     """The commit the measurement runs from, and whether the code it runs (``src/``, ``scripts/``) has uncommitted
     changes: the records' own files (an earlier ``crops.json`` not yet committed) do not make it dirty."""
-    try:
-        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True, check=True)
-        status = ["git", "status", "--porcelain", "--", "src", "scripts"]
-        dirty = subprocess.run(status, cwd=repo, capture_output=True, text=True, check=True)
-    except (OSError, subprocess.CalledProcessError):
-        return {"git_sha": None, "git_dirty": None}
-    return {"git_sha": sha.stdout.strip(), "git_dirty": bool(dirty.stdout.strip())}
+    return git_info(repo, ("src", "scripts"))
 
 
 def record_crops(run: Path, into: Path, experiments: Experiments, code: dict[str, Any] | None = None) -> Path:

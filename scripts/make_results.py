@@ -25,6 +25,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _results import (
     CROPS_FILE,
+    HIT_TOLERANCE,
     ROOT,
     Cell,
     Experiments,
@@ -473,7 +474,7 @@ def crops_table(report: Report) -> list[str]:
         path = r.path / CROPS_FILE
         if path.is_file():
             measures = json.loads(path.read_text())["measures"]
-            if abs(measures["hits %"] - hits) > 0.051:
+            if abs(measures["hits %"] - hits) > HIT_TOLERANCE:
                 raise RecordError(f"{path}: {measures['hits %']:.2f}% of boxes, its record {hits:.2f}: stale")
             measured = ["—" if measures[key] is None else fmt.format(measures[key]) for key, _, fmt in CROP_MEASURES]
         epoch = found_at(r)

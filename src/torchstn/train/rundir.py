@@ -34,7 +34,7 @@ import subprocess
 import sys
 import time
 import zipfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -178,14 +178,16 @@ def probe_writable(path: Path, nbytes: int) -> None:
         probe.unlink()
 
 
-def git_info(cwd: str | os.PathLike[str] | None = None) -> dict[str, Any]:
+def git_info(cwd: str | os.PathLike[str] | None = None, paths: Sequence[str] = ()) -> dict[str, Any]:
     """The git sha of the checkout the run is started from (``cwd``, default: the working directory) and whether
     it has uncommitted changes; both ``None`` outside a checkout (an installed torchstn says nothing about the
-    user's code, so its own install location is never asked)."""
+    user's code, so its own install location is never asked). ``paths``: only changes under these count."""
     root = Path.cwd() if cwd is None else Path(cwd)
     try:
         sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, check=True)
-        dirty = subprocess.run(["git", "status", "--porcelain"], cwd=root, capture_output=True, text=True, check=True)
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--", *paths], cwd=root, capture_output=True, text=True, check=True
+        )
         return {"git_sha": sha.stdout.strip(), "git_dirty": bool(dirty.stdout.strip())}
     except (OSError, subprocess.CalledProcessError):
         return {"git_sha": None, "git_dirty": None}
