@@ -2,26 +2,108 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
+from torchstn.errors import OptionError
 from torchstn.models.common import SingleChannelConv2d
 
 
-def test_single_channel_conv_equals_conv2d_values_and_gradients(gen: torch.Generator) -> None:
-    fast = SingleChannelConv2d(5, 9).double()
-    ref = nn.Conv2d(1, 5, 9, padding="same").double()
+def _needs_kernel() -> None:
+    """Skip without the compiled kernel; fail instead under ``TORCHSTN_REQUIRE_EXT=1`` (``make test``)."""
+    from torchstn import ext
+
+    if not ext.available():
+        if os.environ.get("TORCHSTN_REQUIRE_EXT") == "1":
+            pytest.fail("the compiled kernel does not load: build it with `make ext` (python -m torchstn.ext build)")
+        pytest.skip("the compiled kernel is not built (python -m torchstn.ext build)")
+
+
+def _grads(conv: nn.Module, x: torch.Tensor, w: torch.Tensor) -> list[torch.Tensor]:
+    out = conv(x)
+    params = [p for p in (conv.weight, conv.bias) if p is not None]
+    return [out, *torch.autograd.grad((out * w).sum(), (x, *params))]
+
+
+@pytest.mark.parametrize("kernel", ["auto", "native"])
+@pytest.mark.parametrize(
+    ("channels", "k", "size"), [(5, 9, (11, 13)), (33, 9, (21, 21)), (3, 3, (1, 17)), (9, 1, (4, 3))]
+)
+def test_single_channel_conv_equals_conv2d_values_and_gradients(
+    kernel: str, channels: int, k: int, size: tuple[int, int], gen: torch.Generator
+) -> None:
+    """Both CPU paths against nn.Conv2d in float64: output, input, weight and bias gradients (9 output channels
+    cover the kernel's channel blocks of 8 and 1, 33 of 8 and 1, 5 of 4 and 1)."""
+    fast = SingleChannelConv2d(channels, k).double()
+    fast.kernel = kernel
+    ref = nn.Conv2d(1, channels, k, padding="same").double()
     ref.load_state_dict(fast.state_dict())
-    x = torch.rand(3, 1, 11, 13, generator=gen, dtype=torch.float64, requires_grad=True)
-    w = torch.rand(3, 5, 11, 13, generator=gen, dtype=torch.float64)
-    grads = []
-    for conv in (fast, ref):
-        out = conv(x)
-        grads.append((out, *torch.autograd.grad((out * w).sum(), (x, conv.weight, conv.bias))))
-    for a, b in zip(*grads, strict=True):
-        torch.testing.assert_close(a, b)
+    x = torch.rand(3, 1, *size, generator=gen, dtype=torch.float64, requires_grad=True)
+    w = torch.rand(3, channels, *size, generator=gen, dtype=torch.float64)
+    for a, b in zip(_grads(fast, x, w), _grads(ref, x, w), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
     assert torch.autograd.gradcheck(lambda x: fast(x), (x[:1, :, :6, :7].detach().requires_grad_(),))
+
+
+def test_single_channel_conv_runs_the_compiled_kernel_and_agrees_in_float32(gen: torch.Generator) -> None:
+    """At a training shape (RTS: 42x42, 32 channels) in float32, the compiled kernel is the path taken and agrees
+    with oneDNN's convolution to float32 rounding, with and without the input's gradient and a bias."""
+    _needs_kernel()
+    fast = SingleChannelConv2d(32, 9)
+    ref = nn.Conv2d(1, 32, 9, padding="same")
+    ref.load_state_dict(fast.state_dict())
+    x = torch.randn(5, 1, 42, 42, generator=gen)
+    w = torch.randn(5, 32, 42, 42, generator=gen)
+    out = fast(x)
+    assert type(out.grad_fn).__name__ == "_KernelConv2dBackward"
+    torch.testing.assert_close(out, ref(x), rtol=1e-5, atol=1e-5)
+    gw, gb = torch.autograd.grad((out * w).sum(), (fast.weight, fast.bias))
+    rw, rb = torch.autograd.grad((ref(x) * w).sum(), (ref.weight, ref.bias))
+    torch.testing.assert_close(gw, rw, rtol=1e-4, atol=1e-3)
+    torch.testing.assert_close(gb, rb, rtol=1e-4, atol=1e-3)
+    fast.bias = ref.bias = None  # a convolution without bias
+    xg = x.clone().requires_grad_()
+    for a, b in zip(_grads(fast, xg, w), _grads(ref, xg, w), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-3)
+
+
+def test_single_channel_conv_kernel_is_deterministic_and_thread_count_only_rounds(gen: torch.Generator) -> None:
+    """The same call twice gives the same bits; one thread and two agree to rounding (the weight gradient's partial
+    sums are split by thread)."""
+    _needs_kernel()
+    conv = SingleChannelConv2d(8, 9).double()
+    x = torch.rand(6, 1, 15, 19, generator=gen, dtype=torch.float64, requires_grad=True)
+    w = torch.rand(6, 8, 15, 19, generator=gen, dtype=torch.float64)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = _grads(conv, x, w)
+        assert all(torch.equal(a, b) for a, b in zip(one, _grads(conv, x, w), strict=True))
+        torch.set_num_threads(2)
+        two = _grads(conv, x, w)
+    finally:
+        torch.set_num_threads(threads)
+    for a, b in zip(one, two, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-13, atol=1e-13)
+
+
+def test_single_channel_conv_falls_back_where_the_kernel_cannot_run(gen: torch.Generator) -> None:
+    """Non-contiguous input takes the kernel (made contiguous); bfloat16, autocast and ``kernel="native"`` take
+    torch's native kernels; a bad ``kernel`` names the attribute."""
+    conv = SingleChannelConv2d(4, 3)
+    x = torch.randn(2, 1, 9, 16, generator=gen)[..., ::2]  # a strided view
+    torch.testing.assert_close(conv(x), F.conv2d(x, conv.weight, conv.bias, padding=1), rtol=1e-5, atol=1e-5)
+    with torch.autocast("cpu", torch.bfloat16):
+        assert type(conv(x).grad_fn).__name__ == "_NativeConv2dBackward"
+    out = conv.to(torch.bfloat16)(x.to(torch.bfloat16))
+    assert out.dtype == torch.bfloat16 and type(out.grad_fn).__name__ == "_NativeConv2dBackward"
+    conv.kernel = "fast"
+    with pytest.raises(OptionError, match=r"SingleChannelConv2d\.kernel: expected 'auto' or 'native', got 'fast'"):
+        conv(x)
 
 
 def test_generic_pieces_live_in_common_and_stay_importable() -> None:

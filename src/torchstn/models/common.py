@@ -128,14 +128,62 @@ class _NativeConv2d(torch.autograd.Function):
         return gx, gw, gb, None
 
 
+class _KernelConv2d(torch.autograd.Function):
+    """The one-channel "same" convolution of ``csrc/single_channel_conv.cpp`` (:mod:`torchstn.ext`), first-order."""
+
+    @staticmethod
+    def forward(ctx: Any, x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+        x, weight = x.contiguous(), weight.contiguous()
+        ctx.save_for_backward(x, weight)
+        ctx.has_bias = bias is not None
+        b = bias.contiguous() if bias is not None else x.new_empty(0)
+        return torch.ops.torchstn.single_channel_conv(x, weight, b)  # type: ignore[no-any-return]
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
+        x, weight = ctx.saved_tensors
+        gx, gw, gb = torch.ops.torchstn.single_channel_conv_backward(
+            grad.contiguous(), x, weight, bool(ctx.needs_input_grad[0]), ctx.has_bias
+        )
+        return (
+            gx if ctx.needs_input_grad[0] else None,
+            gw if ctx.needs_input_grad[1] else None,
+            gb if ctx.has_bias and ctx.needs_input_grad[2] else None,
+        )
+
+
+def _kernel_refusal(x: Tensor, weight: Tensor) -> str | None:
+    """Why the compiled one-channel convolution cannot run this call (None: it can)."""
+    if x.dtype not in (torch.float32, torch.float64) or weight.dtype != x.dtype:
+        return f"it takes float32 or float64 input and weight, got {x.dtype} and {weight.dtype}"
+    if torch.is_autocast_enabled("cpu"):
+        return "autocast is on"
+    from torchstn import ext  # here, not at the top: `python -m torchstn.ext` must not find it imported already
+
+    if not ext.available():
+        return "the kernel is not built (run `python -m torchstn.ext build`) or TORCHSTN_EXT=0"
+    return None
+
+
 class SingleChannelConv2d(nn.Conv2d):
     """The classifier's first convolution: one input channel, stride 1, odd kernel, "same" padding.
 
-    On CPU it runs through PyTorch's native kernels: oneDNN computes the input gradient of a one-channel
-    convolution several times slower than its forward pass, and that gradient is exactly what a spatial
-    transformer in front of the classifier adds to every step (``benchmarks/bench_train.py`` measures it).
-    Elsewhere (GPU, ``torch.compile``) it is a plain ``nn.Conv2d``. Parameters and ``state_dict`` are the same.
+    A one-channel convolution is memory-bound in both of torch's CPU paths: the native one unfolds each image into
+    ``K * K`` rows, and oneDNN computes the input gradient (which a spatial transformer in front of the classifier
+    adds to every step) several times slower than its forward pass. On the CPU this module therefore runs
+    ``torch.ops.torchstn.single_channel_conv`` (``csrc/single_channel_conv.cpp``), which slides the kernel over each
+    zero-padded image directly, when the compiled kernel of :mod:`torchstn.ext` is built; PyTorch's native kernels
+    (``_slow_conv2d_*``) otherwise, under autocast, or for dtypes the kernel does not take; on other devices, under
+    ``torch.compile`` or export, a plain ``nn.Conv2d``. All agree to rounding (the tests compare them in float64);
+    ``benchmarks/bench_train.py`` times them. The compiled kernel has first-order gradients only.
+
+    Attributes:
+        kernel: ``"auto"`` (the default: the compiled kernel where it can run) or ``"native"`` (torch's native
+            kernels even there); not part of the ``state_dict``. Parameters and ``state_dict`` are ``nn.Conv2d``'s.
     """
+
+    kernel: str = "auto"
 
     def __init__(self, out_channels: int, kernel_size: int) -> None:
         super().__init__(1, out_channels, kernel_size, padding=kernel_size // 2)
@@ -143,6 +191,10 @@ class SingleChannelConv2d(nn.Conv2d):
     def forward(self, x: Tensor) -> Tensor:
         if x.device.type != "cpu" or torch.compiler.is_compiling():
             return super().forward(x)
+        if self.kernel not in ("auto", "native"):
+            raise OptionError(f"SingleChannelConv2d.kernel: expected 'auto' or 'native', got {self.kernel!r}")
+        if self.kernel == "auto" and x.dim() == 4 and _kernel_refusal(x, self.weight) is None:
+            return _KernelConv2d.apply(x, self.weight, self.bias)  # type: ignore[no-any-return, no-untyped-call]
         padding = (int(self.padding[0]), int(self.padding[1]))
         return _NativeConv2d.apply(x, self.weight, self.bias, padding)  # type: ignore[no-any-return, no-untyped-call]
 
