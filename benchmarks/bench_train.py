@@ -44,8 +44,12 @@ Sections:
        ``st_cnn_aff`` on the RTS shape, each against the eager float32 step of the same weights on the same batch:
        bf16 autocast around the forward, the multi-channel convolutions' weights channels-last,
        ``torch.compile`` of the model (its compile time reported beside), and a step on twice the batch (its
-       speed-up per image). The CPU's ISA (torch's capability and the
-       AVX-512 / BF16 / AMX flags) is reported with them: bf16 is only fast where the CPU has bf16 instructions.
+       speed-up per image), and the one-channel first convolution on torch's native kernels
+       (``SingleChannelConv2d.kernel = "native"``, the step before ``csrc/single_channel_conv.cpp``; its
+       "speed-up" below 1 is the compiled kernel's gain), and, with glibc, the step with the allocator settings of
+       ``torchstn.train.allocator`` (the others then run glibc's steady state). The CPU's ISA (torch's capability
+       and the AVX-512 / BF16 / AMX flags) is reported with them: bf16 is only fast where the CPU has bf16
+       instructions.
 
 Outputs ``train.md`` (tables) and ``train.json`` (machine, settings, raw medians and IQRs) in ``--out``;
 ``--candidates`` writes ``train-candidates.md`` and ``train-candidates.json`` instead.
@@ -73,8 +77,10 @@ from torch.nn.grad import conv2d_input
 from _common import interleaved, machine_info
 from torchstn import ext, sample
 from torchstn.models import create_model, supported_kwargs
+from torchstn.models.common import SingleChannelConv2d
 from torchstn.models.mnist import STClassifier, parameter_count
 from torchstn.modules import SpatialTransformer
+from torchstn.train import allocator
 from torchstn.transforms import MatrixTransform
 
 MODELS = (
@@ -525,11 +531,45 @@ def cpu_flags() -> dict[str, bool]:
 
 def channels_last_classifier(model: nn.Module) -> nn.Module:
     """The model with its multi-channel convolution weights in channels-last layout (oneDNN then runs those
-    convolutions, and what follows them, in that layout); one-channel convolutions keep their native kernel."""
+    convolutions, and what follows them, in that layout); one-channel convolutions keep their own kernel."""
     for m in model.modules():
         if isinstance(m, nn.Conv2d) and m.in_channels > 1:
             m.weight.data = m.weight.data.contiguous(memory_format=torch.channels_last)
     return model
+
+
+def native_first_conv(model: nn.Module) -> nn.Module:
+    """The model with its one-channel first convolutions on torch's native kernels instead of the compiled one."""
+    for m in model.modules():
+        if isinstance(m, SingleChannelConv2d):
+            m.kernel = "native"
+    return model
+
+
+GLIBC_MMAP_MAX, GLIBC_MMAP_THRESHOLD_MAX = 65536, 32 << 20  # glibc's defaults on 64-bit systems
+
+
+def glibc_steady_state() -> None:
+    """glibc's allocator as a repetitive program settles with its defaults: blocks up to 32 MiB (the most its
+    adaptive mmap threshold reaches) from the heap, larger ones mapped afresh, the heap trimmed beyond twice that."""
+    allocator.mallopt(allocator.M_MMAP_MAX, GLIBC_MMAP_MAX)
+    allocator.mallopt(allocator.M_MMAP_THRESHOLD, GLIBC_MMAP_THRESHOLD_MAX)
+    allocator.mallopt(allocator.M_TRIM_THRESHOLD, 2 * GLIBC_MMAP_THRESHOLD_MAX)
+
+
+def malloc_keep(step: Step) -> Step:
+    """The same step with every block from the heap and freed memory kept (``torchstn.train.allocator``, what
+    ``torchstn train`` sets on the CPU), glibc's steady state restored after it for the other candidates."""
+
+    def run() -> None:
+        allocator.mallopt(allocator.M_MMAP_MAX, 0)
+        allocator.mallopt(allocator.M_TRIM_THRESHOLD, allocator.KEEP_TRIM_THRESHOLD)
+        try:
+            step()
+        finally:
+            glibc_steady_state()
+
+    return run
 
 
 def bf16_step(model: nn.Module, x: Tensor, y: Tensor) -> Step:
@@ -549,6 +589,9 @@ def bench_candidates(args: argparse.Namespace, gen: torch.Generator) -> dict[str
     x2, y2 = make_batch(2 * args.batch_size, column.input_shape, gen)
     candidates: dict[str, Step] = {}
     compile_s: dict[str, float] = {}
+    glibc = allocator.mallopt(allocator.M_MMAP_MAX, GLIBC_MMAP_MAX)  # the other candidates run glibc's steady state
+    if glibc:
+        glibc_steady_state()
     for name in CANDIDATE_MODELS:
         base = build(name, column).train()
         candidates[f"{name}/eager"] = training_step(partial(base, x), y, base.parameters())
@@ -558,6 +601,11 @@ def bench_candidates(args: argparse.Namespace, gen: torch.Generator) -> dict[str
         candidates[f"{name}/channels_last"] = training_step(partial(cl, x), y, cl.parameters())
         big = copy.deepcopy(base)
         candidates[f"{name}/batch2x"] = training_step(partial(big, x2), y2, big.parameters())
+        nat = native_first_conv(copy.deepcopy(base))
+        candidates[f"{name}/native_conv1"] = training_step(partial(nat, x), y, nat.parameters())
+        if glibc:
+            kept = copy.deepcopy(base)
+            candidates[f"{name}/malloc_keep"] = malloc_keep(training_step(partial(kept, x), y, kept.parameters()))
         plain = copy.deepcopy(base)
         compiled = torch.compile(plain)
         step = training_step(partial(compiled, x), y, plain.parameters())
@@ -589,6 +637,10 @@ CANDIDATE_TEXT = {
     "channels_last": "the multi-channel convolutions' weights in channels-last layout",
     "compile": "`torch.compile(model)` (inductor, default mode; first step's compile time beside)",
     "batch2x": "twice the batch (the speed-up is per image; a schedule matched to it would have to be re-validated)",
+    "malloc_keep": "glibc serving every block from its heap and keeping freed memory (`torchstn.train.allocator`, "
+    "set by `torchstn train` on the CPU); the other rows run glibc's steady state (blocks over 32 MiB mapped afresh)",
+    "native_conv1": "the one-channel first convolution on torch's native kernels (`SingleChannelConv2d.kernel`: "
+    "native), not the compiled one (`csrc/single_channel_conv.cpp`): below 1x by the kernel's gain",
 }
 
 
