@@ -46,13 +46,18 @@ Sections:
        ``torch.compile`` of the model (its compile time reported beside), and a step on twice the batch (its
        speed-up per image), and the one-channel first convolution on torch's native kernels
        (``SingleChannelConv2d.kernel = "native"``, the step before ``csrc/single_channel_conv.cpp``; its
-       "speed-up" below 1 is the compiled kernel's gain), and, with glibc, the step with the allocator settings of
-       ``torchstn.train.allocator`` (the others then run glibc's steady state). The CPU's ISA (torch's capability
-       and the AVX-512 / BF16 / AMX flags) is reported with them: bf16 is only fast where the CPU has bf16
-       instructions.
+       "speed-up" below 1 is the compiled kernel's gain). The CPU's ISA (torch's capability and the AVX-512 /
+       BF16 / AMX flags) is reported with them: bf16 is only fast where the CPU has bf16 instructions.
+    4. With ``--allocator`` (alone): the step with glibc's allocator as it comes against the step with
+       ``torchstn.train.allocator.keep_freed_memory()`` (what ``torchstn train`` sets on the CPU), for the CNN
+       and the ST-CNN Aff on the RTS, TC and R shapes. The setting is the whole process's, so each side runs in a
+       child process of its own, on the same weights and batch; the parent asks them for one step at a time,
+       alternating which goes first, so a drift in machine load hits both alike. Each child also reports its
+       page faults per step, the CPU time it spent in the kernel, and its peak memory.
 
 Outputs ``train.md`` (tables) and ``train.json`` (machine, settings, raw medians and IQRs) in ``--out``;
-``--candidates`` writes ``train-candidates.md`` and ``train-candidates.json`` instead.
+``--candidates`` writes ``train-candidates.md`` and ``train-candidates.json`` instead, ``--allocator``
+``train-allocator.md`` and ``train-allocator.json``.
 """
 
 from __future__ import annotations
@@ -61,6 +66,7 @@ import argparse
 import copy
 import json
 import os
+import statistics
 import sys
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -74,7 +80,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.grad import conv2d_input
 
-from _common import interleaved, machine_info
+from _common import ForeignLoad, Stats, interleaved, machine_info
 from torchstn import ext, sample
 from torchstn.models import create_model, supported_kwargs
 from torchstn.models.common import SingleChannelConv2d
@@ -546,32 +552,6 @@ def native_first_conv(model: nn.Module) -> nn.Module:
     return model
 
 
-GLIBC_MMAP_MAX, GLIBC_MMAP_THRESHOLD_MAX = 65536, 32 << 20  # glibc's defaults on 64-bit systems
-
-
-def glibc_steady_state() -> None:
-    """glibc's allocator as a repetitive program settles with its defaults: blocks up to 32 MiB (the most its
-    adaptive mmap threshold reaches) from the heap, larger ones mapped afresh, the heap trimmed beyond twice that."""
-    allocator.mallopt(allocator.M_MMAP_MAX, GLIBC_MMAP_MAX)
-    allocator.mallopt(allocator.M_MMAP_THRESHOLD, GLIBC_MMAP_THRESHOLD_MAX)
-    allocator.mallopt(allocator.M_TRIM_THRESHOLD, 2 * GLIBC_MMAP_THRESHOLD_MAX)
-
-
-def malloc_keep(step: Step) -> Step:
-    """The same step with every block from the heap and freed memory kept (``torchstn.train.allocator``, what
-    ``torchstn train`` sets on the CPU), glibc's steady state restored after it for the other candidates."""
-
-    def run() -> None:
-        allocator.mallopt(allocator.M_MMAP_MAX, 0)
-        allocator.mallopt(allocator.M_TRIM_THRESHOLD, allocator.KEEP_TRIM_THRESHOLD)
-        try:
-            step()
-        finally:
-            glibc_steady_state()
-
-    return run
-
-
 def bf16_step(model: nn.Module, x: Tensor, y: Tensor) -> Step:
     """The training step with the forward under ``torch.autocast("cpu", torch.bfloat16)``."""
 
@@ -589,9 +569,6 @@ def bench_candidates(args: argparse.Namespace, gen: torch.Generator) -> dict[str
     x2, y2 = make_batch(2 * args.batch_size, column.input_shape, gen)
     candidates: dict[str, Step] = {}
     compile_s: dict[str, float] = {}
-    glibc = allocator.mallopt(allocator.M_MMAP_MAX, GLIBC_MMAP_MAX)  # the other candidates run glibc's steady state
-    if glibc:
-        glibc_steady_state()
     for name in CANDIDATE_MODELS:
         base = build(name, column).train()
         candidates[f"{name}/eager"] = training_step(partial(base, x), y, base.parameters())
@@ -603,9 +580,6 @@ def bench_candidates(args: argparse.Namespace, gen: torch.Generator) -> dict[str
         candidates[f"{name}/batch2x"] = training_step(partial(big, x2), y2, big.parameters())
         nat = native_first_conv(copy.deepcopy(base))
         candidates[f"{name}/native_conv1"] = training_step(partial(nat, x), y, nat.parameters())
-        if glibc:
-            kept = copy.deepcopy(base)
-            candidates[f"{name}/malloc_keep"] = malloc_keep(training_step(partial(kept, x), y, kept.parameters()))
         plain = copy.deepcopy(base)
         compiled = torch.compile(plain)
         step = training_step(partial(compiled, x), y, plain.parameters())
@@ -637,8 +611,6 @@ CANDIDATE_TEXT = {
     "channels_last": "the multi-channel convolutions' weights in channels-last layout",
     "compile": "`torch.compile(model)` (inductor, default mode; first step's compile time beside)",
     "batch2x": "twice the batch (the speed-up is per image; a schedule matched to it would have to be re-validated)",
-    "malloc_keep": "glibc serving every block from its heap and keeping freed memory (`torchstn.train.allocator`, "
-    "set by `torchstn train` on the CPU); the other rows run glibc's steady state (blocks over 32 MiB mapped afresh)",
     "native_conv1": "the one-channel first convolution on torch's native kernels (`SingleChannelConv2d.kernel`: "
     "native), not the compiled one (`csrc/single_channel_conv.cpp`): below 1x by the kernel's gain",
 }
@@ -663,6 +635,129 @@ def candidates_markdown(r: dict[str, Any]) -> str:
         lines.append(
             f"| `{row['model']}` | {what} | {row['step_ms']:.1f} ({row['iqr_ms']:.1f}) | {row['speedup']:.2f}x |"
         )
+    return "\n".join(lines) + "\n"
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# 4. The allocator (--allocator)
+# --------------------------------------------------------------------------------------------------------------------
+
+ALLOCATOR_CASES = (
+    ("cnn_baseline", Column("RTS", (1, 42, 42), 2)),
+    ("st_cnn_aff", Column("RTS", (1, 42, 42), 2)),
+    ("cnn_baseline", Column("TC", (1, 60, 60), 2)),
+    ("st_cnn_aff", Column("TC", (1, 60, 60), 2)),
+    ("cnn_baseline", Column("R", (1, 28, 28), 1)),
+    ("st_cnn_aff", Column("R", (1, 28, 28), 1)),
+)
+
+
+def allocator_child(case: int, keep: bool, args: argparse.Namespace) -> None:
+    """A child of ``--allocator``: build case ``case``'s step, then run one step per ``step`` line on stdin and
+    answer each with a JSON line (milliseconds, minor page faults, kernel CPU seconds), ``peak`` with the peak
+    resident memory (bytes)."""
+    import resource
+
+    applied = allocator.keep_freed_memory() if keep else False
+    name, column = ALLOCATOR_CASES[case]
+    gen = torch.Generator().manual_seed(args.seed)
+    torch.manual_seed(args.seed)
+    model = build(name, column).train()
+    x, y = make_batch(args.batch_size, column.input_shape, gen)
+    step = training_step(partial(model, x), y, model.parameters())
+    print(json.dumps({"ready": True, "applied": applied}), flush=True)
+    for line in sys.stdin:
+        if line.strip() == "peak":
+            print(json.dumps({"peak": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}), flush=True)
+            continue
+        r0, t0 = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
+        step()
+        t1, r1 = time.perf_counter(), resource.getrusage(resource.RUSAGE_SELF)
+        out = {"ms": (t1 - t0) * 1e3, "faults": r1.ru_minflt - r0.ru_minflt, "sys_s": r1.ru_stime - r0.ru_stime}
+        print(json.dumps(out), flush=True)
+
+
+def bench_allocator(args: argparse.Namespace) -> dict[str, Any]:
+    """Each case's step in two child processes, glibc as it comes and with ``keep_freed_memory``, alternating."""
+    import subprocess
+
+    rows = []
+    load = ForeignLoad()
+    for case, (name, column) in enumerate(ALLOCATOR_CASES):
+        children = {}
+        for side in ("glibc", "keep"):
+            argv = [sys.executable, __file__, "--allocator-child", str(case), "--seed", str(args.seed)]
+            argv += ["--batch-size", str(args.batch_size), *(["--keep"] if side == "keep" else [])]
+            if args.threads is not None:
+                argv += ["--threads", str(args.threads)]
+            env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")}  # glibc as it comes
+            children[side] = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
+        try:
+            ready = {side: json.loads(c.stdout.readline()) for side, c in children.items()}  # type: ignore[union-attr]
+
+            def ask(side: str, what: str = "step", children: dict[str, Any] = children) -> dict[str, Any]:
+                child = children[side]
+                child.stdin.write(what + "\n")  # type: ignore[union-attr]
+                child.stdin.flush()  # type: ignore[union-attr]
+                return json.loads(child.stdout.readline())  # type: ignore[union-attr, no-any-return]
+
+            for _ in range(args.warmup):
+                for side in children:
+                    ask(side)
+            samples: dict[str, list[dict[str, Any]]] = {side: [] for side in children}
+            order = list(children)
+            for rep in range(args.repeats):
+                for side in order if rep % 2 == 0 else order[::-1]:
+                    samples[side].append(ask(side))
+            peaks = {side: ask(side, "peak")["peak"] for side in children}
+        finally:
+            for c in children.values():
+                c.stdin.close()  # type: ignore[union-attr]
+                c.wait()
+        row: dict[str, Any] = {"model": name, "column": column.label, "applied": ready["keep"]["applied"]}
+        for side, got in samples.items():
+            t = Stats.of([g["ms"] for g in got])
+            row[side] = {
+                "step_ms": t.median_ms,
+                "iqr_ms": t.iqr_ms,
+                "faults_per_step": statistics.median(g["faults"] for g in got),
+                "sys_share": sum(g["sys_s"] for g in got) / (sum(g["ms"] for g in got) / 1e3),
+                "peak_bytes": peaks[side],
+            }
+        row["speedup"] = row["glibc"]["step_ms"] / row["keep"]["step_ms"]
+        rows.append(row)
+        print(f"  {name} {column.label}: {row['speedup']:.2f}x", flush=True)
+    return {"rows": rows, "foreign_cpu_share": load.share()}
+
+
+def allocator_markdown(r: dict[str, Any]) -> str:
+    lines = [
+        "## 4. The allocator",
+        "",
+        "One training step (batch as above) with glibc's allocator as it comes and with "
+        "`torchstn.train.allocator.keep_freed_memory()` (every block from the heap, freed memory kept: what "
+        "`torchstn train` sets on the CPU), each in a child process of its own on the same weights and batch, "
+        "asked for one step at a time in alternating order. *Faults*: minor page faults per step (median); "
+        "*kernel*: the share of the step's wall time the child spent in the kernel (mostly zeroing fresh pages); "
+        "*peak*: the child's peak resident memory." + loaded_note(r["foreign_cpu_share"]),
+        "",
+        "| model | shape | glibc ms (IQR) | faults | kernel | peak | kept ms (IQR) | faults | kernel | peak "
+        "| speed-up |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for row in r["rows"]:
+        cells = []
+        for side in ("glibc", "keep"):
+            v = row[side]
+            cells += [
+                f"{v['step_ms']:.0f} ({v['iqr_ms']:.0f})",
+                f"{v['faults_per_step']:,.0f}",
+                f"{100 * v['sys_share']:.0f}%",
+                f"{v['peak_bytes'] / 2**30:.2f} GiB",
+            ]
+        lines.append(f"| `{row['model']}` | {row['column']} | {' | '.join(cells)} | {row['speedup']:.2f}x |")
+    if not all(row["applied"] for row in r["rows"]):
+        lines += ["", "The settings could not be applied here (no glibc): both sides ran the same allocator."]
     return "\n".join(lines) + "\n"
 
 
@@ -726,6 +821,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         action="store_true",
         help="only section 3 (bf16, channels-last, torch.compile, twice the batch, against eager): train-candidates.*",
     )
+    p.add_argument(
+        "--allocator",
+        action="store_true",
+        help="only section 4 (glibc's allocator against keep_freed_memory, in child processes): train-allocator.*",
+    )
+    p.add_argument("--allocator-child", type=int, default=None, help=argparse.SUPPRESS)  # a child of --allocator
+    p.add_argument("--keep", action="store_true", help=argparse.SUPPRESS)  # the child applies keep_freed_memory
     args = p.parse_args(argv)
     q = args.quick
     args.threads = args.threads if args.threads is not None else (1 if q else None)
@@ -739,12 +841,22 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = parse_args(argv)
     if args.threads is not None:
         torch.set_num_threads(args.threads)
+    if args.allocator_child is not None:
+        allocator_child(args.allocator_child, args.keep, args)
+        return
     torch.manual_seed(args.seed)
     gen = torch.Generator().manual_seed(args.seed)
     info = machine_info()
     print(f"{info['cpu']}, {info['usable_cores']} cores, torch {info['torch']}, {info['torch_threads']} threads")
     start = time.perf_counter()
     command = ".venv/bin/python benchmarks/bench_train.py " + " ".join(sys.argv[1:] if argv is None else argv)
+    if args.allocator:
+        md = header("Training step: the allocator", command.strip(), info, args)
+        result = bench_allocator(args)
+        write_outputs(
+            args, "train-allocator", md + allocator_markdown(result), info, command.strip(), start, allocator=result
+        )
+        return
     if args.candidates:
         md = header("Training step: candidate speed-ups", command.strip(), info, args)
         result = bench_candidates(args, gen)
