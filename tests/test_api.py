@@ -40,8 +40,8 @@ PUBLIC = {
         "RunError", "STNError", "ShapeError", "TrainingDiverged", "UnsupportedError",
     ],
     "torchstn.models": [
-        "LayerMacs", "PretrainedWeights", "STClassifier", "SingleChannelConv2d", "VolumeProjector", "common",
-        "count_macs", "create_model", "cub", "list_models", "list_pretrained", "make_transform", "mnist",
+        "LayerMacs", "MaxPool2x2", "PretrainedWeights", "STClassifier", "SingleChannelConv2d", "VolumeProjector",
+        "common", "count_macs", "create_model", "cub", "list_models", "list_pretrained", "make_transform", "mnist",
         "model_function", "parameter_count", "pretrained", "register_model", "strips", "supported_kwargs", "svhn",
     ],
     "torchstn.data": [

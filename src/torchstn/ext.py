@@ -12,7 +12,8 @@ else (other devices and dtypes, graphs being compiled or exported) takes the ``F
 (``warp(..., antialias=True)``, :mod:`torchstn._antialias`), forward and backward, and ``csrc/axis_resample.cpp``
 that prefilter and the sample in one pass for axis-aligned warps (``Attention``, ``Translation``).
 ``csrc/single_channel_conv.cpp`` is the one-channel first convolution of the MNIST classifiers
-(:class:`torchstn.models.SingleChannelConv2d`), forward and backward.
+(:class:`torchstn.models.SingleChannelConv2d`), forward and backward, and ``csrc/max_pool2x2.cpp`` their 2x2 max
+pooling (:class:`torchstn.models.MaxPool2x2`).
 
 The kernel is compiled on the machine that runs it (a C++ compiler, ninja and setuptools are needed: the ``ext``
 extra installs ninja, torch brings setuptools), once per torch version, source and CPU, and cached (see
@@ -49,7 +50,13 @@ __all__ = ["ExtensionBuildError", "available", "build", "build_dir", "cache_root
 _NAME = "torchstn_ext"
 _SOURCES = tuple(
     Path(__file__).parent / "csrc" / name
-    for name in ("matrix_warp.cpp", "separable_filter.cpp", "axis_resample.cpp", "single_channel_conv.cpp")
+    for name in (
+        "matrix_warp.cpp",
+        "separable_filter.cpp",
+        "axis_resample.cpp",
+        "single_channel_conv.cpp",
+        "max_pool2x2.cpp",
+    )
 )
 _HEADERS = (Path(__file__).parent / "csrc" / "grid_math.h",)  # included by the sources: part of the build's key
 # -fno-trapping-math lets the compiler vectorise floor(); -march=native is safe because the build is keyed by the

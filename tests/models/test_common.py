@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from torchstn.errors import OptionError
-from torchstn.models.common import SingleChannelConv2d
+from torchstn.models.common import MaxPool2x2, SingleChannelConv2d
 
 
 def _needs_kernel() -> None:
@@ -104,6 +104,48 @@ def test_single_channel_conv_falls_back_where_the_kernel_cannot_run(gen: torch.G
     conv.kernel = "fast"
     with pytest.raises(OptionError, match=r"SingleChannelConv2d\.kernel: expected 'auto' or 'native', got 'fast'"):
         conv(x)
+
+
+def _with_specials(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    """Small integers (many ties in a window) with a tenth each of NaN, -inf and +inf."""
+    x = torch.randint(-2, 3, x.shape, generator=gen).to(x.dtype)
+    flat = x.view(-1)
+    for value in (float("nan"), float("-inf"), float("inf")):
+        flat[torch.randperm(flat.numel(), generator=gen)[: flat.numel() // 10]] = value
+    return x
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["f32", "f64"])
+@pytest.mark.parametrize("shape", [(2, 3, 42, 42), (2, 3, 21, 21), (1, 2, 5, 35), (3, 1, 2, 2), (2, 2, 7, 16)])
+@pytest.mark.parametrize("special", [False, True], ids=["normal", "ties-nan-inf"])
+def test_max_pool2x2_is_atens_max_pool_bit_for_bit(
+    dtype: torch.dtype, shape: tuple[int, ...], special: bool, gen: torch.Generator
+) -> None:
+    """Values and input gradients equal ``F.max_pool2d(x, 2)``'s exactly, odd sizes (floored), ties, NaN and
+    infinities included: the same element wins every window (lane widths of 8 and scalar tails both covered)."""
+    _needs_kernel()
+    x = torch.randn(*shape, generator=gen, dtype=dtype)
+    x = _with_specials(x, gen) if special else x
+    ours_x, ref_x = x.clone().requires_grad_(), x.clone().requires_grad_()
+    ours, ref = MaxPool2x2()(ours_x), F.max_pool2d(ref_x, 2)
+    assert type(ours.grad_fn).__name__ == "_KernelMaxPool2x2Backward"
+    assert torch.equal(ours.isnan(), ref.isnan()) and torch.equal(ours.nan_to_num(0.5), ref.nan_to_num(0.5))
+    g = torch.randn(ref.shape, generator=gen, dtype=dtype)
+    ours.backward(g)
+    ref.backward(g)
+    assert torch.equal(ours_x.grad, ref_x.grad)  # type: ignore[arg-type]
+
+
+def test_max_pool2x2_falls_back_to_nn_max_pool2d(gen: torch.Generator) -> None:
+    """bfloat16, a 3D input and a 1-pixel-high input take nn.MaxPool2d's own path (which raises or pools as it
+    does); the module is an nn.MaxPool2d(2) in every other respect."""
+    pool = MaxPool2x2()
+    assert isinstance(pool, nn.MaxPool2d) and pool.kernel_size == 2 and pool.stride == 2
+    x = torch.randn(2, 1, 6, 6, generator=gen)
+    assert type(pool(x.to(torch.bfloat16).requires_grad_()).grad_fn).__name__ != "_KernelMaxPool2x2Backward"
+    torch.testing.assert_close(pool(x[0]), F.max_pool2d(x[0], 2))
+    with pytest.raises(RuntimeError):
+        pool(x[:, :, :1])  # too small for a 2x2 window, as nn.MaxPool2d says
 
 
 def test_generic_pieces_live_in_common_and_stay_importable() -> None:

@@ -5,6 +5,7 @@ from torchstn.models import common, cub, mnist, pretrained, strips, svhn
 from torchstn.models._registry import create_model, list_models, model_function, register_model, supported_kwargs
 from torchstn.models.common import (
     LayerMacs,
+    MaxPool2x2,
     SingleChannelConv2d,
     STClassifier,
     count_macs,
@@ -16,6 +17,7 @@ from torchstn.models.pretrained import PretrainedWeights, list_pretrained
 
 __all__ = [
     "LayerMacs",
+    "MaxPool2x2",
     "PretrainedWeights",
     "STClassifier",
     "SingleChannelConv2d",

@@ -26,7 +26,7 @@ from torch import Tensor, nn
 
 from torchstn.errors import OptionError
 from torchstn.models._registry import register_model
-from torchstn.models.common import SingleChannelConv2d, STClassifier, make_transform, parameter_count
+from torchstn.models.common import MaxPool2x2, SingleChannelConv2d, STClassifier, make_transform, parameter_count
 from torchstn.modules import (
     Bounds,
     LocalisationNet,
@@ -87,10 +87,10 @@ def cnn(input_shape: Sequence[int], num_classes: int, channels: tuple[int, int] 
     return nn.Sequential(
         first,
         nn.ReLU(inplace=True),
-        nn.MaxPool2d(2),
+        MaxPool2x2(),
         nn.Conv2d(channels[0], channels[1], 7, padding="same"),
         nn.ReLU(inplace=True),
-        nn.MaxPool2d(2),
+        MaxPool2x2(),
         nn.Flatten(),
         nn.Linear(channels[1] * (h // 4) * (w // 4), num_classes),
     )
