@@ -46,7 +46,8 @@ Sections:
        ``torch.compile`` of the model (its compile time reported beside), and a step on twice the batch (its
        speed-up per image), and the one-channel first convolution on torch's native kernels
        (``SingleChannelConv2d.kernel = "native"``, the step before ``csrc/single_channel_conv.cpp``; its
-       "speed-up" below 1 is the compiled kernel's gain). The CPU's ISA (torch's capability and the AVX-512 /
+       "speed-up" below 1 is the compiled kernel's gain), and the 2x2 max pools on ATen's ``nn.MaxPool2d`` instead
+       of ``csrc/max_pool2x2.cpp`` (likewise). The CPU's ISA (torch's capability and the AVX-512 /
        BF16 / AMX flags) is reported with them: bf16 is only fast where the CPU has bf16 instructions.
     4. With ``--allocator`` (alone): the step with glibc's allocator as it comes against the step with
        ``torchstn.train.allocator.keep_freed_memory()`` (what ``torchstn train`` sets on the CPU), for the CNN
@@ -83,7 +84,7 @@ from torch.nn.grad import conv2d_input
 from _common import ForeignLoad, Stats, interleaved, machine_info
 from torchstn import ext, sample
 from torchstn.models import create_model, supported_kwargs
-from torchstn.models.common import SingleChannelConv2d
+from torchstn.models.common import MaxPool2x2, SingleChannelConv2d
 from torchstn.models.mnist import STClassifier, parameter_count
 from torchstn.modules import SpatialTransformer
 from torchstn.train import allocator
@@ -552,6 +553,15 @@ def native_first_conv(model: nn.Module) -> nn.Module:
     return model
 
 
+def aten_pools(model: nn.Module) -> nn.Module:
+    """The model with its 2x2 max pools on ATen's ``nn.MaxPool2d`` instead of the compiled one."""
+    for parent in list(model.modules()):
+        for name, child in list(parent.named_children()):
+            if isinstance(child, MaxPool2x2):
+                setattr(parent, name, nn.MaxPool2d(2))
+    return model
+
+
 def bf16_step(model: nn.Module, x: Tensor, y: Tensor) -> Step:
     """The training step with the forward under ``torch.autocast("cpu", torch.bfloat16)``."""
 
@@ -580,6 +590,8 @@ def bench_candidates(args: argparse.Namespace, gen: torch.Generator) -> dict[str
         candidates[f"{name}/batch2x"] = training_step(partial(big, x2), y2, big.parameters())
         nat = native_first_conv(copy.deepcopy(base))
         candidates[f"{name}/native_conv1"] = training_step(partial(nat, x), y, nat.parameters())
+        pools = aten_pools(copy.deepcopy(base))
+        candidates[f"{name}/aten_pool"] = training_step(partial(pools, x), y, pools.parameters())
         plain = copy.deepcopy(base)
         compiled = torch.compile(plain)
         step = training_step(partial(compiled, x), y, plain.parameters())
@@ -611,6 +623,8 @@ CANDIDATE_TEXT = {
     "channels_last": "the multi-channel convolutions' weights in channels-last layout",
     "compile": "`torch.compile(model)` (inductor, default mode; first step's compile time beside)",
     "batch2x": "twice the batch (the speed-up is per image; a schedule matched to it would have to be re-validated)",
+    "aten_pool": "the classifier's 2x2 max pools on ATen's `nn.MaxPool2d`, not the compiled one "
+    "(`csrc/max_pool2x2.cpp`): below 1x by the kernel's gain",
     "native_conv1": "the one-channel first convolution on torch's native kernels (`SingleChannelConv2d.kernel`: "
     "native), not the compiled one (`csrc/single_channel_conv.cpp`): below 1x by the kernel's gain",
 }
