@@ -81,14 +81,12 @@ def _cmd_data(args: argparse.Namespace) -> int:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    import torch
-
     from torchstn.errors import ConfigError, STNError
     from torchstn.models import model_function
     from torchstn.train import TrainingDiverged, format_config, load_config, train
     from torchstn.train.allocator import keep_freed_memory
     from torchstn.train.config import parse_overrides, set_key
-    from torchstn.train.engine import TrainingInterrupted
+    from torchstn.train.engine import TrainingInterrupted, resolve_device
     from torchstn.train.rundir import new_run_dir
     from torchstn.train.tasks import task_builder
 
@@ -123,8 +121,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         model_function(config["model"]["name"])  # an unknown model or task fails before a directory is made
         task_builder(config["task"])
     run_dir: Any = Path(args.resume) if args.resume else (Path(args.out) if args.out else claim)
-    device = str(config["train"].get("device") or "auto")
-    if device == "cpu" or (device == "auto" and not torch.cuda.is_available()):
+    if resolve_device(str(config["train"].get("device") or "auto")).type == "cpu":
         keep_freed_memory()  # each step's large activations reuse the heap's pages (torchstn.train.allocator)
     try:
         metrics = train(

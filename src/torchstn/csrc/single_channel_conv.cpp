@@ -59,11 +59,11 @@ inline void store(T* p, V<T> v, int64_t n) {  // the first n lanes
   }
 }
 
-// A zero-padded copy of one (H, W) plane: rows of Wp >= W + 2P + (strip tail) values, P zero rows and columns
-// before, zeros after.
+// One (H, W) plane copied into the interior of a padded plane: rows of Wp >= W + 2P + (strip tail) values, the
+// image at row P, column P. The border is never written, so a buffer zeroed once stays a zero-padded plane for
+// every image copied into it.
 template <typename T>
-void pad_plane(const T* src, int64_t H, int64_t W, int64_t P, int64_t Wp, int64_t Hp, T* dst) {
-  std::fill(dst, dst + Hp * Wp, T(0));
+void pad_plane(const T* src, int64_t H, int64_t W, int64_t P, int64_t Wp, T* dst) {
   for (int64_t y = 0; y < H; ++y) std::copy(src + y * W, src + (y + 1) * W, dst + (y + P) * Wp + P);
 }
 
@@ -186,9 +186,9 @@ at::Tensor single_channel_conv(const at::Tensor& input, const at::Tensor& weight
     const scalar_t* bp = has_bias ? bias.const_data_ptr<scalar_t>() : nullptr;
     scalar_t* o = out.mutable_data_ptr<scalar_t>();
     at::parallel_for(0, B, 1, [&](int64_t lo, int64_t hi) {
-      std::vector<scalar_t> pad(static_cast<size_t>(geo.Hp * geo.Wp));
+      std::vector<scalar_t> pad(static_cast<size_t>(geo.Hp * geo.Wp), scalar_t(0));  // border: zero for good
       for (int64_t b = lo; b < hi; ++b) {
-        pad_plane(in + b * H * W, H, W, geo.P, geo.Wp, geo.Hp, pad.data());
+        pad_plane(in + b * H * W, H, W, geo.P, geo.Wp, pad.data());
         forward_image(pad.data(), geo.Wp, w, bp, C, K, H, W, o + b * C * H * W);
       }
     });
@@ -223,7 +223,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> single_channel_conv_backward(cons
     std::vector<scalar_t> partial_b(static_cast<size_t>(chunks * C), scalar_t(0));
     const int64_t per = (B + chunks - 1) / chunks;
     at::parallel_for(0, chunks, 1, [&](int64_t clo, int64_t chi) {
-      std::vector<scalar_t> pad(static_cast<size_t>(geo.Hp * geo.Wp));
+      std::vector<scalar_t> pad(static_cast<size_t>(geo.Hp * geo.Wp), scalar_t(0));  // border: zero for good
       std::vector<scalar_t> grow(static_cast<size_t>(C * H * Wg), scalar_t(0));
       const Geometry gq(H, W, K, 4);  // the gradient's padded planes, for the input gradient
       std::vector<scalar_t> gpad(input_grad ? static_cast<size_t>(C * gq.Hp * gq.Wp) : 0, scalar_t(0));
@@ -232,7 +232,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> single_channel_conv_backward(cons
         scalar_t* accb = partial_b.data() + chunk * C;
         for (int64_t b = chunk * per; b < std::min(B, (chunk + 1) * per); ++b) {
           const scalar_t* g = go + b * C * H * W;
-          pad_plane(in + b * H * W, H, W, geo.P, geo.Wp, geo.Hp, pad.data());
+          pad_plane(in + b * H * W, H, W, geo.P, geo.Wp, pad.data());
           for (int64_t c = 0; c < C; ++c) {
             scalar_t sb = 0;
             for (int64_t y = 0; y < H; ++y) {
@@ -251,7 +251,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> single_channel_conv_backward(cons
                                       acc + c * KK);
           if (input_grad) {
             for (int64_t cc = 0; cc < C; ++cc)
-              pad_plane(g + cc * H * W, H, W, gq.P, gq.Wp, gq.Hp, gpad.data() + cc * gq.Hp * gq.Wp);
+              pad_plane(g + cc * H * W, H, W, gq.P, gq.Wp, gpad.data() + cc * gq.Hp * gq.Wp);
             input_image(gpad.data(), gq.Wp, gq.Hp, w, C, K, H, W, gin.mutable_data_ptr<scalar_t>() + b * H * W);
           }
         }

@@ -167,11 +167,16 @@ def _kernel_refusal(x: Tensor, weight: Tensor) -> str | None:
         return f"it takes float32 or float64 input and weight, got {x.dtype} and {weight.dtype}"
     if torch.is_autocast_enabled("cpu"):
         return "autocast is on"
-    from torchstn import ext  # here, not at the top: `python -m torchstn.ext` must not find it imported already
-
-    if not ext.available():
+    if not _ext_available():
         return "the kernel is not built (run `python -m torchstn.ext build`) or TORCHSTN_EXT=0"
     return None
+
+
+def _ext_available() -> bool:
+    """Whether the compiled kernels of :mod:`torchstn.ext` are loaded (or load from an existing build)."""
+    from torchstn import ext  # here, not at the top: `python -m torchstn.ext` must not find it imported already
+
+    return ext.available()
 
 
 class SingleChannelConv2d(nn.Conv2d):
@@ -247,11 +252,8 @@ class MaxPool2x2(nn.MaxPool2d):
             or x.shape[-2] < 2
             or torch.compiler.is_compiling()
             or torch.jit.is_tracing()  # type: ignore[attr-defined, no-untyped-call]
+            or not _ext_available()
         ):
-            return super().forward(x)  # type: ignore[no-any-return]
-        from torchstn import ext  # here, not at the top: `python -m torchstn.ext` must not find it imported already
-
-        if not ext.available():
             return super().forward(x)  # type: ignore[no-any-return]
         return _KernelMaxPool2x2.apply(x)  # type: ignore[no-any-return, no-untyped-call]
 
