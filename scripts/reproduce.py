@@ -22,6 +22,14 @@ from a checkout of the commit it started from, e.g. a ``git worktree``).
 Ctrl-C or SIGTERM stops it: every running cell checkpoints (``torchstn train`` does on SIGTERM), and the same
 command resumes.
 
+A cell longer than a session, on machines that do not keep ``runs/`` from one session to the next, is carried in
+the repository: ``--park`` copies each cell it stops into ``parked/<cell>`` (``--parked DIR``): its config, meta,
+log and metrics and its last checkpoint, which is checked against its checksum, a few MB, never the other
+checkpoints; ``--park-only`` parks every interrupted cell of the selection without training (refused while a
+process trains it). Commit that folder. Later, on any machine, a cell whose run directory has no checkpoint is
+restored from its parked copy (checked again) and resumed, from the commit it started from like any interrupted
+cell; ``--record`` deletes the parked copy of each cell it records (commit the deletion with the record).
+
 Example (the commands behind RESULTS.md are listed there)::
 
     nohup .venv/bin/python scripts/reproduce.py --columns rts --seeds 0 1 2 --jobs 2 --set train.threads=1 \
@@ -32,6 +40,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import signal
 import statistics
 import subprocess
@@ -48,11 +57,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _results import ROOT, Cell, Experiments, Record, RecordError, config_differences, load_records, log_rows
 
 from torchstn.data import get_recipe
-from torchstn.errors import STNError
+from torchstn.errors import CheckpointError, RunError, STNError
 from torchstn.models import count_macs
 from torchstn.train.config import parse_overrides
 from torchstn.train.factories import build_model
-from torchstn.train.rundir import git_info
+from torchstn.train.rundir import git_info, load_checkpoint, lock_run
 
 __all__ = ["cells", "command", "estimate", "plan"]
 
@@ -117,15 +126,22 @@ def _started_from(run: Path) -> str | None:
 
 
 def plan(
-    exp: Experiments, todo: Sequence[Cell], runs: Path, results: Path, code: str | None = None
+    exp: Experiments,
+    todo: Sequence[Cell],
+    runs: Path,
+    results: Path,
+    code: str | None = None,
+    parked: Path | None = None,
 ) -> list[tuple[Cell, str]]:
-    """What to do with each cell: ``recorded``, ``stale`` (its run directory trained another config: left alone),
-    ``finished`` (not yet recorded), ``other_code`` (interrupted, started from another commit than ``code``, this
-    checkout's: resumed here its record could not name one commit, so it is left alone), ``resume`` or
-    ``start``."""
+    """What to do with each cell: ``recorded``, ``stale`` (its run directory, or its parked copy, trained another
+    config: left alone), ``finished`` (not yet recorded), ``other_code`` (interrupted, started from another commit
+    than ``code``, this checkout's: resumed here its record could not name one commit, so it is left alone),
+    ``resume``, ``unpark`` (its run directory has no checkpoint and ``parked`` holds one: restore it, then resume it
+    or, started from other code, leave it as ``other_code``) or ``start``."""
     out = []
     for cell in todo:
         run = runs / cell.path
+        kept = parked / cell.path if parked is not None else None
         if (results / cell.path / "metrics.json").exists():
             out.append((cell, "recorded"))
         elif _stale(exp, cell, run):
@@ -135,9 +151,57 @@ def plan(
         elif (run / "checkpoints" / "last.pt").exists():
             started = _started_from(run)
             out.append((cell, "other_code" if code and started and started != code else "resume"))
+        elif kept is not None and (kept / "checkpoints" / "last.pt").exists():
+            out.append((cell, "stale" if _stale(exp, cell, kept) else "unpark"))
         else:
             out.append((cell, "start"))
     return out
+
+
+PARK_SKIP = (".",)  # names not parked: the run's lock, half-written temporaries
+
+
+def _copy_checked(source: Path, dest: Path) -> None:
+    """Copy a run directory's small files and its last checkpoint from ``source`` into a new ``dest``, atomically
+    (a sibling temporary renamed into place; an old ``dest`` is replaced), after checking the checkpoint against
+    its checksum (CheckpointError: it does not match, nothing is copied)."""
+    ckpt = source / "checkpoints" / "last.pt"
+    load_checkpoint(ckpt)  # its checksum, before anything is copied
+    tmp = dest.with_name(dest.name + ".copying")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    (tmp / "checkpoints").mkdir(parents=True)
+    for item in source.iterdir():
+        if item.is_file() and not item.name.startswith(PARK_SKIP):
+            shutil.copy2(item, tmp / item.name)
+    shutil.copy2(ckpt, tmp / "checkpoints" / "last.pt")
+    if dest.exists():
+        shutil.rmtree(dest)
+    tmp.rename(dest)
+
+
+def park(run: Path, dest: Path) -> Path:
+    """Copy an interrupted run directory into ``dest`` (its parked copy, to commit): the config, meta, log and
+    metrics files and ``checkpoints/last.pt``, checked against its checksum. Holds the run's lock while it copies
+    (RunError: a process is training it); RunError also when the run has no checkpoint to resume from."""
+    if not (run / "checkpoints" / "last.pt").is_file():
+        raise RunError(f"{run}: no checkpoints/last.pt to park (nothing to resume from)")
+    with lock_run(run):
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        _copy_checked(run, dest)
+    return dest
+
+
+def unpark(kept: Path, run: Path) -> Path:
+    """Restore a parked copy into the run directory ``run`` (which has no checkpoint: at most what a start killed
+    before its first epoch left), checking the checkpoint against its checksum first (CheckpointError)."""
+    if not run.exists():
+        run.parent.mkdir(parents=True, exist_ok=True)
+        _copy_checked(kept, run)
+        return run
+    with lock_run(run):  # a start still in its first epoch holds it (RunError)
+        _copy_checked(kept, run)
+    return run
 
 
 def _logged_epochs(run: Path) -> int:
@@ -240,6 +304,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--results", type=Path, default=ROOT / "results", help="committed records (skipped)")
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="budget-only overrides")
     parser.add_argument("--record", action="store_true", help="record each run that finishes (scripts/record.py)")
+    parser.add_argument(
+        "--parked",
+        type=Path,
+        default=ROOT / "parked",
+        help="where interrupted cells are carried in the repository between machines (default: parked/)",
+    )
+    parser.add_argument("--park", action="store_true", help="when stopped, park each cell it stops (commit them)")
+    parser.add_argument(
+        "--park-only", action="store_true", help="park every interrupted cell of the selection; train nothing"
+    )
     parser.add_argument("--dry-run", action="store_true", help="print what would run")
     parser.add_argument(
         "--jobs",
@@ -259,6 +333,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--within: expected minutes > 0; got {args.within}")
     exp = Experiments(args.experiments)
     args.runs, args.results = args.runs.resolve(), args.results.resolve()  # the runs start from ROOT
+    args.parked = args.parked.resolve()
     for key, _ in parse_overrides(args.set):
         if not any(key == k or key.startswith(k + ".") for k in exp.budget_keys):
             parser.error(
@@ -274,16 +349,24 @@ def main(argv: list[str] | None = None) -> int:
     else:
         default = [c for c, spec in exp.columns.items() if not spec.get("tried_for")]
         todo = cells(exp, args.columns or default, args.seeds, args.models, args.epochs)
-    steps = plan(exp, todo, args.runs, args.results, git_info(ROOT)["git_sha"])
+    args.code = git_info(ROOT)["git_sha"]
+    steps = plan(exp, todo, args.runs, args.results, args.code, args.parked)
+    if args.park_only:
+        return _park_all(steps, args)
     try:
         records = load_records(args.results)
     except RecordError as exc:
         print(f"[no estimates] {exc}", flush=True)
         records = {}
+
+    def logged(cell: Cell, action: str) -> int:
+        where = {"resume": args.runs, "unpark": args.parked}.get(action)
+        return _logged_epochs(where / cell.path) if where is not None else 0
+
     guesses = {
-        cell: estimate(exp, cell, records, _logged_epochs(args.runs / cell.path) if action == "resume" else 0)
+        cell: estimate(exp, cell, records, logged(cell, action))
         for cell, action in steps
-        if action in ("resume", "start")
+        if action in ("resume", "start", "unpark")
     }
     known = [g[0] for g in guesses.values() if g is not None]
     unknown = [c.path.as_posix() for c, g in guesses.items() if g is None]
@@ -312,13 +395,28 @@ def _train(
     try:
         for cell, action in steps:
             run = args.runs / cell.path
+            kept = args.parked / cell.path
             if action == "recorded":
-                print(f"[skip] {cell.path} is recorded", flush=True)
+                extra = f" (its parked copy {kept} is no longer needed)" if kept.exists() else ""
+                print(f"[skip] {cell.path} is recorded{extra}", flush=True)
                 continue
             if action == "stale":
-                diff = ", ".join(_stale(exp, cell, run))
-                print(f"[skip] {run} trained another config (differs in {diff}); move it away to retrain", flush=True)
+                where = run if _stale(exp, cell, run) else kept
+                diff = ", ".join(_stale(exp, cell, where))
+                print(f"[skip] {where} trained another config (differs in {diff}); move it away to retrain", flush=True)
                 continue
+            if action == "unpark":
+                if args.dry_run:
+                    print(f"[unpark] {kept} into {run}, then resumed", flush=True)
+                    continue
+                try:
+                    unpark(kept, run)
+                except (CheckpointError, RunError) as exc:
+                    print(f"[skip] {kept} not restored: {exc}", flush=True)
+                    continue
+                print(f"[unparked] {kept} into {run}", flush=True)
+                started = _started_from(run)
+                action = "other_code" if args.code and started and started != args.code else "resume"
             if action == "finished":
                 print(f"[skip] {run} finished; record it: scripts/record.py {run} --into {args.results}", flush=True)
                 continue
@@ -353,11 +451,35 @@ def _train(
             proc.send_signal(signal.SIGTERM)
         for proc, (run, _) in running.items():
             print(f"[stopped] {run} rc={proc.wait()}: run the same command again to resume it", flush=True)
+            if args.park:
+                _park_one(run, args)
         return 128 + (exc.signum if isinstance(exc, _Stopped) else signal.SIGINT)
     finally:
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
     return 0
+
+
+def _park_one(run: Path, args: argparse.Namespace) -> bool:
+    """Park one run directory into ``args.parked``, saying what happened; False if it could not be parked."""
+    dest = args.parked / run.relative_to(args.runs)
+    try:
+        park(run, dest)
+    except (CheckpointError, RunError, OSError) as exc:
+        print(f"[not parked] {exc}", flush=True)
+        return False
+    size = sum(p.stat().st_size for p in dest.rglob("*") if p.is_file())
+    print(f"[parked] {run} into {dest} ({size / 2**20:.1f} MiB): commit it", flush=True)
+    return True
+
+
+def _park_all(steps: Sequence[tuple[Cell, str]], args: argparse.Namespace) -> int:
+    """``--park-only``: park each interrupted cell of the plan (1 if any could not be)."""
+    interrupted = [args.runs / cell.path for cell, action in steps if action in ("resume", "other_code")]
+    if not interrupted:
+        print("[park] no interrupted cell in the selection", flush=True)
+    ok = [_park_one(run, args) for run in interrupted]
+    return 0 if all(ok) else 1
 
 
 class _Stopped(Exception):
@@ -394,6 +516,13 @@ def _reap(
                 print(f"[recorded] {record_run(run, args.results, exp)}", flush=True)
             except RecordError as exc:
                 print(f"[not recorded] {exc}", flush=True)
+                continue
+            kept = args.parked / run.relative_to(args.runs)
+            if kept.is_dir():
+                shutil.rmtree(kept)
+                print(
+                    f"[unparked] deleted {kept}, the parked copy of the recorded cell (commit its deletion)", flush=True
+                )
 
 
 if __name__ == "__main__":

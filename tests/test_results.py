@@ -19,6 +19,7 @@ from types import ModuleType
 from typing import Any
 
 import pytest
+import torch
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -836,6 +837,107 @@ def test_reproduce_stopped_by_sigterm_stops_its_running_cells_and_says_how_to_re
     out = capsys.readouterr().out
     assert out.count("[stopped]") == 2 and "rc=143: run the same command again to resume it" in out
     assert signal.getsignal(signal.SIGTERM) is not reproduce._stop  # the previous handler is back
+
+
+def _interrupted_run(path: Path, exp: Any, cell: Any, sha: str, logged: int = 1) -> Path:
+    """An interrupted run directory with a real (checksummed) last checkpoint, a lock file and an old checkpoint."""
+    from torchstn.train.rundir import save_checkpoint
+
+    run = _fake_run(path, exp, cell, sha, status=None, logged=logged)
+    save_checkpoint(run / "checkpoints" / "last.pt", {"epoch": logged, "model": {"w": torch.arange(4.0)}})
+    (run / "checkpoints" / "epoch1.pt").write_bytes(b"not carried")
+    (run / ".lock").write_text("1")
+    return run
+
+
+def test_park_and_unpark_carry_an_interrupted_cell_between_machines(tmp_path: Path, exp: Any, head: str) -> None:
+    """Parked: the small files and the last checkpoint, not the lock or other checkpoints; a parked cell with no
+    run directory is planned ``unpark``, restored identical and then resumed; a corrupt parked checkpoint is
+    refused before anything is copied."""
+    from torchstn.errors import CheckpointError
+    from torchstn.train.rundir import load_checkpoint
+
+    cell = _cell("rts", "st_cnn_aff", 3)
+    runs, parked, results = tmp_path / "runs", tmp_path / "parked", tmp_path / "results"
+    run = _interrupted_run(runs / cell.path, exp, cell, head, logged=2)
+    kept = reproduce.park(run, parked / cell.path)
+    assert sorted(p.relative_to(kept).as_posix() for p in kept.rglob("*") if p.is_file()) == [
+        "checkpoints/last.pt",
+        "config.yaml",
+        "log.jsonl",
+        "meta.json",
+    ]
+    assert not list(parked.rglob("*.copying"))
+    shutil.rmtree(runs)  # another machine: no run directory
+    assert reproduce.plan(exp, [cell], runs, results, head, parked) == [(cell, "unpark")]
+    assert reproduce.plan(exp, [cell], runs, results, head) == [(cell, "start")]  # no parked folder given
+    reproduce.unpark(kept, run)
+    assert torch.equal(load_checkpoint(run / "checkpoints" / "last.pt")["model"]["w"], torch.arange(4.0))
+    assert (run / "log.jsonl").read_text() == (kept / "log.jsonl").read_text()
+    assert reproduce.plan(exp, [cell], runs, results, head, parked) == [(cell, "resume")]
+    # a start killed before its first checkpoint (config and meta only) is replaced by the parked copy
+    shutil.rmtree(run / "checkpoints")
+    assert reproduce.plan(exp, [cell], runs, results, head, parked) == [(cell, "unpark")]
+    # a parked copy of another config is left alone, like a run directory of one
+    other = _interrupted_run(tmp_path / "other" / cell.path, exp, cell, head)
+    (other / "config.yaml").write_text(yaml.safe_dump(exp.config(cell, ["train.lr=0.5"]), sort_keys=False))
+    assert reproduce.plan(exp, [cell], tmp_path / "none", results, head, tmp_path / "other") == [(cell, "stale")]
+    # the checksum is checked before anything is restored
+    blob = bytearray((kept / "checkpoints" / "last.pt").read_bytes())
+    blob[-20] ^= 0xFF
+    (kept / "checkpoints" / "last.pt").write_bytes(bytes(blob))
+    with pytest.raises(CheckpointError):
+        reproduce.unpark(kept, tmp_path / "elsewhere")
+    assert not (tmp_path / "elsewhere").exists()
+
+
+def test_park_refuses_a_run_being_trained_and_one_without_a_checkpoint(tmp_path: Path, exp: Any, head: str) -> None:
+    from torchstn.errors import RunError
+    from torchstn.train.rundir import lock_run
+
+    cell = _cell("rts", "st_cnn_aff", 3)
+    run = _interrupted_run(tmp_path / "runs" / cell.path, exp, cell, head)
+    with lock_run(run), pytest.raises(RunError, match="train"):
+        reproduce.park(run, tmp_path / "parked" / cell.path)
+    assert not (tmp_path / "parked" / cell.path).exists()
+    (run / "checkpoints" / "last.pt").unlink()
+    with pytest.raises(RunError, match=r"no checkpoints/last\.pt"):
+        reproduce.park(run, tmp_path / "parked" / cell.path)
+
+
+def test_reproduce_parks_and_resumes_a_parked_cell_and_deletes_it_once_recorded(
+    tmp_path: Path, exp: Any, head: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``--park-only`` parks the interrupted cells of the selection; on a machine without the run directory the
+    same command restores the parked copy, resumes it (``--resume``), records it and deletes the parked copy."""
+    cell = results_lib.Cell("rts", "st_cnn_aff", exp.chosen_epochs("rts", "st_cnn_aff"), 0)
+    runs, parked, results = tmp_path / "runs", tmp_path / "parked", tmp_path / "results"
+    _interrupted_run(runs / cell.path, exp, cell, head)
+    common = ["--columns", "rts", "--models", "st_cnn_aff", "--seeds", "0", "--runs", str(runs)]
+    common += ["--results", str(results), "--parked", str(parked)]
+    assert reproduce.main([*common, "--park-only"]) == 0
+    assert "[parked]" in capsys.readouterr().out and (parked / cell.path / "checkpoints" / "last.pt").is_file()
+    shutil.rmtree(runs)
+    assert reproduce.main([*common, "--dry-run"]) == 0
+    assert f"[unpark] {parked / cell.path} into {runs / cell.path}, then resumed" in capsys.readouterr().out
+    finished = _fake_run(tmp_path / "finished" / cell.path, exp, cell, head)
+    seen, real = [], reproduce.command
+
+    def fake(exp: Any, cell: Any, run: Path, extra: Any) -> list[str]:
+        seen.append(real(exp, cell, run, extra))  # what would have run
+        code = "import shutil, sys; shutil.copytree(sys.argv[1], sys.argv[2], dirs_exist_ok=True)"
+        return [sys.executable, "-c", code, str(finished), str(run)]
+
+    monkeypatch.setattr(reproduce, "command", fake)
+    monkeypatch.setattr(reproduce, "POLL_SECONDS", 0.05)
+    assert reproduce.main([*common, "--record"]) == 0
+    out = capsys.readouterr().out
+    assert seen[0][-2:] == ["--resume", str(runs / cell.path)]
+    assert "[unparked]" in out and "[recorded]" in out and not (parked / cell.path).exists()
+    assert sorted(results_lib.load_records(results)) == [cell]
+    # nothing interrupted left: --park-only says so
+    assert reproduce.main([*common, "--park-only"]) == 0
+    assert "no interrupted cell" in capsys.readouterr().out
 
 
 def test_reproduce_leaves_tried_columns_out_unless_named(
