@@ -12,7 +12,8 @@ from the column's config and the cell's overrides. ``--set`` may change only the
 experiments file (threads, evaluation batch, ...): anything else would train a run that is not the cell.
 
 First it prints the plan: each cell to train with an estimate of its one-thread training time, the median time an
-epoch of the committed records most like it took (``estimate``), and the total; ``--dry-run`` stops there.
+epoch of the committed records most like it took (``estimate``; for an interrupted cell, its own logged epochs), and
+the total; ``--dry-run`` stops there.
 ``--jobs N`` keeps N cells training at once, each its own process, starting the next in the plan's order as one
 ends (a 2-core machine: ``--jobs 2 --set train.threads=1``, which is how the records here were trained).
 ``--within MINUTES`` starts a cell only if its estimate fits in the time left, so that what starts in a session
@@ -210,9 +211,26 @@ def _logged_epochs(run: Path) -> int:
     return len(log_rows(path)) if path.is_file() else 0
 
 
-def estimate(exp: Experiments, cell: Cell, records: dict[Cell, Record], done: int = 0) -> tuple[float, str] | None:
+def _own_epoch_seconds(run: Path) -> list[float]:
+    """The seconds of each epoch an interrupted one-thread run directory has logged (empty: none, or not at one
+    thread, or unreadable)."""
+    try:
+        config = yaml.safe_load((run / "config.yaml").read_text()) or {}
+        rows = log_rows(run / "log.jsonl")
+    except (OSError, ValueError, yaml.YAMLError):
+        return []
+    if (config.get("train") or {}).get("threads") != 1:
+        return []
+    return [float(r["epoch_seconds"]) for r in rows if isinstance(r.get("epoch_seconds"), (int, float))]
+
+
+def estimate(
+    exp: Experiments, cell: Cell, records: dict[Cell, Record], done: int = 0, own: Path | None = None
+) -> tuple[float, str] | None:
     """The one-thread training seconds a cell's remaining ``cell.epochs - done`` epochs should take, as the records
     of the cells most like it ran (same load, same machine), and where that figure comes from; None without one.
+    An interrupted cell's own run directory (``own``), if it logged epochs at one thread, is the cell most like
+    it: its median epoch is used instead (the records may have run older, slower code).
 
     The per-epoch time is the median over the one-thread records of the same model that are closest to the cell:
     of its own column if it has any, else those whose data and model settings differ from the cell's in the fewest
@@ -221,6 +239,10 @@ def estimate(exp: Experiments, cell: Cell, records: dict[Cell, Record], done: in
     models' multiply-adds in a training step (``torchstn.models.count_macs``): another input size, or another
     pooling of the transformer's output, changes a convolution's cost, while the FCN family's fixed budget keeps
     its cost about the same."""
+    mine = _own_epoch_seconds(own) if own is not None else []
+    if mine:
+        plural = "s" if len(mine) > 1 else ""
+        return statistics.median(mine) * max(cell.epochs - done, 0), f"its own {len(mine)} logged epoch{plural}"
     want = exp.config(cell)
 
     def differences(rec: Record) -> list[str]:
@@ -359,15 +381,15 @@ def main(argv: list[str] | None = None) -> int:
         print(f"[no estimates] {exc}", flush=True)
         records = {}
 
-    def logged(cell: Cell, action: str) -> int:
+    def interrupted(cell: Cell, action: str) -> Path | None:
         where = {"resume": args.runs, "unpark": args.parked}.get(action)
-        return _logged_epochs(where / cell.path) if where is not None else 0
+        return where / cell.path if where is not None else None
 
-    guesses = {
-        cell: estimate(exp, cell, records, logged(cell, action))
-        for cell, action in steps
-        if action in ("resume", "start", "unpark")
-    }
+    def guess(cell: Cell, action: str) -> tuple[float, str] | None:
+        own = interrupted(cell, action)
+        return estimate(exp, cell, records, _logged_epochs(own) if own else 0, own)
+
+    guesses = {cell: guess(cell, action) for cell, action in steps if action in ("resume", "start", "unpark")}
     known = [g[0] for g in guesses.values() if g is not None]
     unknown = [c.path.as_posix() for c, g in guesses.items() if g is None]
     print(

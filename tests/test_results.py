@@ -739,6 +739,23 @@ def test_reproduce_estimates_a_cell_from_the_records_most_like_it(
     assert "(about 30 min: 1 rts record)" in out and not runs.exists()
 
 
+def test_an_interrupted_cell_is_estimated_from_its_own_epochs(tmp_path: Path, exp: Any, head: str) -> None:
+    """A run directory that logged epochs at one thread is the cell most like itself: its median epoch (here 20 s,
+    against the record's 60 s), times the epochs left. At two threads its own epochs are not used."""
+    results = tmp_path / "results"
+    record.record_run(_fake_run(tmp_path / "a", exp, _cell("rts", "st_cnn_aff", 2), head), results, exp)
+    records = results_lib.load_records(results)
+    cell = _cell("rts", "st_cnn_aff", 30)
+    own = _fake_run(tmp_path / "own", exp, cell, head, status=None, logged=3)
+    rows = [json.loads(line) for line in (own / "log.jsonl").read_text().splitlines()]
+    for row, seconds in zip(rows, (35.0, 20.0, 19.0), strict=True):
+        row["epoch_seconds"] = seconds
+    (own / "log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert reproduce.estimate(exp, cell, records, 3, own) == (27 * 20.0, "its own 3 logged epochs")
+    two = _fake_run(tmp_path / "two", exp, cell, head, status=None, logged=3, sets=("train.threads=2",))
+    assert reproduce.estimate(exp, cell, records, 3, two) == (27 * 60.0, "1 rts record")
+
+
 def test_reproduce_keeps_jobs_cells_training_at_once_and_records_each(
     tmp_path: Path, exp: Any, head: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
