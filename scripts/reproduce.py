@@ -21,7 +21,8 @@ of limited length also finishes in it (a cell with no estimate is started; one l
 train it without ``--within`` and resume it session after session, on a machine that keeps its run directory,
 from a checkout of the commit it started from, e.g. a ``git worktree``).
 Ctrl-C or SIGTERM stops it: every running cell checkpoints (``torchstn train`` does on SIGTERM), and the same
-command resumes.
+command resumes. ``--stop-after MINUTES`` stops it the same way when that much time has passed (exit status 0), with
+``--park`` parking what it stops: one command for a session of limited length.
 
 A cell longer than a session, on machines that do not keep ``runs/`` from one session to the next, is carried in
 the repository: ``--park`` copies each cell it stops into ``parked/<cell>`` (``--parked DIR``): its config, meta,
@@ -350,9 +351,18 @@ def main(argv: list[str] | None = None) -> int:
         metavar="MINUTES",
         help="start only the cells whose estimate fits in the minutes left (a session's end); the rest wait",
     )
+    parser.add_argument(
+        "--stop-after",
+        type=float,
+        default=None,
+        metavar="MINUTES",
+        help="stop the running cells (they checkpoint; with --park, park them) after this many minutes",
+    )
     args = parser.parse_args(argv)
     if args.within is not None and not args.within > 0:
         parser.error(f"--within: expected minutes > 0; got {args.within}")
+    if args.stop_after is not None and not args.stop_after > 0:
+        parser.error(f"--stop-after: expected minutes > 0; got {args.stop_after}")
     exp = Experiments(args.experiments)
     args.runs, args.results = args.runs.resolve(), args.results.resolve()  # the runs start from ROOT
     args.parked = args.parked.resolve()
@@ -410,6 +420,7 @@ def _train(
     """Skip, resume or start each cell of the plan, ``args.jobs`` at once (with ``--dry-run``, print only)."""
     running: dict[subprocess.Popen[bytes], tuple[Path, float]] = {}  # each cell's process: its run, its start
     began = time.perf_counter()
+    args.deadline = None if args.stop_after is None else began + args.stop_after * 60
     try:
         previous = signal.signal(signal.SIGTERM, _stop)
     except ValueError:  # not the main thread: signals stay the caller's business
@@ -459,6 +470,8 @@ def _train(
                 continue
             while len(running) >= args.jobs:
                 _reap(running, args, exp)
+            if args.deadline is not None and time.perf_counter() >= args.deadline:
+                raise _Stopped(None)
             left = None if args.within is None else max(args.within * 60 - (time.perf_counter() - began), 0.0)
             if guess and left is not None and guess[0] > left:
                 print(f"[later] {cell.path}: about {_hours(guess[0])}, more than the {_hours(left)} left", flush=True)
@@ -475,6 +488,9 @@ def _train(
             print(f"[stopped] {run} rc={proc.wait()}: run the same command again to resume it", flush=True)
             if args.park:
                 _park_one(run, args)
+        if isinstance(exc, _Stopped) and exc.signum is None:
+            print(f"[stop-after] {args.stop_after:g} min passed: stopped", flush=True)
+            return 0
         return 128 + (exc.signum if isinstance(exc, _Stopped) else signal.SIGINT)
     finally:
         if previous is not None:
@@ -505,9 +521,10 @@ def _park_all(steps: Sequence[tuple[Cell, str]], args: argparse.Namespace) -> in
 
 
 class _Stopped(Exception):
-    """SIGTERM reached reproduce.py: the running cells are asked to checkpoint and stop."""
+    """SIGTERM reached reproduce.py (``signum``), or ``--stop-after`` passed (None): the running cells are asked to
+    checkpoint and stop."""
 
-    def __init__(self, signum: int) -> None:
+    def __init__(self, signum: int | None) -> None:
         super().__init__(signum)
         self.signum = signum
 
@@ -527,6 +544,8 @@ def _reap(
         ended = [proc for proc in running if proc.poll() is not None]
         if ended:
             break
+        if getattr(args, "deadline", None) is not None and time.perf_counter() >= args.deadline:
+            raise _Stopped(None)
         time.sleep(POLL_SECONDS)
     for proc in ended:
         run, start = running.pop(proc)

@@ -957,6 +957,40 @@ def test_reproduce_parks_and_resumes_a_parked_cell_and_deletes_it_once_recorded(
     assert "no interrupted cell" in capsys.readouterr().out
 
 
+def test_reproduce_stop_after_stops_and_parks_its_running_cells(
+    tmp_path: Path, exp: Any, head: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--stop-after: when the minutes have passed the running cells get SIGTERM (each stand-in leaves an
+    interrupted run directory and exits as training does on it), ``--park`` parks each, and it exits 0."""
+    todo = reproduce.cells(exp, ["rts"], [0], models=["st_cnn_aff", "st_cnn_tps"])
+    runs, parked = tmp_path / "runs", tmp_path / "parked"
+    ready = {c: _interrupted_run(tmp_path / "ready" / c.path, exp, c, head) for c in todo}
+    for run in ready.values():
+        (run / ".lock").unlink()
+
+    def fake(exp: Any, cell: Any, run: Path, extra: Any) -> list[str]:
+        code = (
+            "import shutil, signal, sys, time\n"
+            "shutil.copytree(sys.argv[1], sys.argv[2])\n"
+            "signal.signal(signal.SIGTERM, lambda n, f: sys.exit(128 + n))\n"
+            "time.sleep(60)\n"
+        )
+        return [sys.executable, "-c", code, str(ready[cell]), str(run)]
+
+    monkeypatch.setattr(reproduce, "command", fake)
+    monkeypatch.setattr(reproduce, "POLL_SECONDS", 0.05)
+    argv = ["--columns", "rts", "--models", "st_cnn_aff", "st_cnn_tps", "--seeds", "0", "--jobs", "2"]
+    argv += ["--runs", str(runs), "--results", str(tmp_path / "results"), "--parked", str(parked)]
+    assert reproduce.main([*argv, "--park", "--stop-after", "0.1"]) == 0
+    out = capsys.readouterr().out
+    assert out.count("[stopped]") == 2 and out.count("[parked]") == 2 and "[stop-after] 0.1 min passed" in out
+    assert sorted(p.relative_to(parked).as_posix() for p in parked.rglob("last.pt")) == sorted(
+        f"{c.path.as_posix()}/checkpoints/last.pt" for c in todo
+    )
+    with pytest.raises(SystemExit):
+        reproduce.main([*argv, "--stop-after", "0"])
+
+
 def test_reproduce_leaves_tried_columns_out_unless_named(
     tmp_path: Path, exp: Any, capsys: pytest.CaptureFixture[str]
 ) -> None:
