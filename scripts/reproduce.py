@@ -194,6 +194,19 @@ def park(run: Path, dest: Path) -> Path:
     return dest
 
 
+PARKED_README = """# Parked cells
+
+Reproduction cells stopped before they finished, carried here between machines by `scripts/reproduce.py --park`
+(or `--park-only`): each folder `<column>/<model>/e<epochs>-seed<seed>` holds the run's config, meta (the commit it
+started from, `git_sha`), log and metrics files and its last checkpoint (checked against its checksum when parked
+and when restored). Not a result: RESULTS.md reads only `results/`.
+
+To resume one, run `scripts/reproduce.py` with the cell's selection from a checkout of the commit it started from
+(e.g. `git worktree add --detach DIR <git_sha>`): it restores the parked copy into `--runs` and resumes it.
+`--record` deletes the parked copy once the cell's record is written; commit the deletion with the record.
+"""
+
+
 def unpark(kept: Path, run: Path) -> Path:
     """Restore a parked copy into the run directory ``run`` (which has no checkpoint: at most what a start killed
     before its first epoch left), checking the checkpoint against its checksum first (CheckpointError)."""
@@ -503,6 +516,8 @@ def _park_one(run: Path, args: argparse.Namespace) -> bool:
     dest = args.parked / run.relative_to(args.runs)
     try:
         park(run, dest)
+        if not (args.parked / "README.md").exists():
+            (args.parked / "README.md").write_text(PARKED_README)
     except (CheckpointError, RunError, OSError) as exc:
         print(f"[not parked] {exc}", flush=True)
         return False

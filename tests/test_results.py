@@ -934,6 +934,7 @@ def test_reproduce_parks_and_resumes_a_parked_cell_and_deletes_it_once_recorded(
     common += ["--results", str(results), "--parked", str(parked)]
     assert reproduce.main([*common, "--park-only"]) == 0
     assert "[parked]" in capsys.readouterr().out and (parked / cell.path / "checkpoints" / "last.pt").is_file()
+    assert "git worktree add" in (parked / "README.md").read_text()  # how to resume, beside the parked cells
     shutil.rmtree(runs)
     assert reproduce.main([*common, "--dry-run"]) == 0
     assert f"[unpark] {parked / cell.path} into {runs / cell.path}, then resumed" in capsys.readouterr().out
