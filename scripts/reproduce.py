@@ -265,7 +265,8 @@ def estimate(
 
     def scale(rec: Record) -> float:
         ours, theirs = step_macs(want), step_macs(rec.config)
-        return ours / theirs if ours and theirs else 1.0
+        per_step = ours / theirs if ours and theirs else 1.0
+        return per_step * _train_images(want, rec.config)
 
     usable = [r for r in records.values() if r.threads == 1 and r.logged_epochs]
     like = [r for r in usable if r.cell.model == cell.model]
@@ -294,8 +295,18 @@ def estimate(
         source += f", which differ{'s' if len(found) == 1 else ''} in {', '.join(diff)}"
         factors = sorted({round(f, 2) for f in scales.values()} - {1.0})
         if factors:
-            source += f" (scaled by their multiply-adds, x{'/'.join(f'{f:g}' for f in factors)})"
+            by = "multiply-adds" if "data.n_train" not in diff else "multiply-adds and training images"
+            source += f" (scaled by their {by}, x{'/'.join(f'{f:g}' for f in factors)})"
     return per_epoch * max(cell.epochs - done, 0), source
+
+
+def _train_images(want: dict[str, Any], theirs: dict[str, Any]) -> float:
+    """The ratio of the training images an epoch of ``want`` sees to those of ``theirs`` (``data.n_train``; 1.0
+    when either does not say)."""
+    a, b = ((c.get("data") or {}).get("n_train") for c in (want, theirs))
+    if type(a) is int and type(b) is int and a > 0 and b > 0:
+        return a / b
+    return 1.0
 
 
 _MACS: dict[str, int | None] = {}

@@ -714,6 +714,14 @@ def test_reproduce_estimates_a_cell_from_the_records_most_like_it(
     seconds, source = reproduce.estimate(exp, _cell("addition", "addition_st_fcn_tps", 40), with_addition)
     assert seconds == pytest.approx(2400.0 * ratio)
     assert source.startswith("1 addition record, which differs in the model (addition_2xst_fcn_aff)")
+    # A record of another number of training images an epoch is scaled by their ratio too (the data.n_train
+    # tried for the cluttered co-localisation: 4x the column's records' images, 4x their epoch).
+    record.record_run(_fake_run(tmp_path / "e", exp, _cell("coloc_clutter", "coloc_attention", 2), head), results, exp)
+    seconds, source = reproduce.estimate(
+        exp, _cell("coloc_clutter_data", "coloc_attention", 30), results_lib.load_records(results)
+    )
+    assert seconds == pytest.approx(30 * 60.0 * 4) and "data.n_train" in source and "training images, x4" in source
+    assert reproduce._train_images({"data": {"n_train": True}}, {"data": {"n_train": 5}}) == 1.0
     runs = tmp_path / "runs"
     assert (
         reproduce.main(
