@@ -43,6 +43,7 @@ Example (the commands behind RESULTS.md are listed there)::
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import shutil
 import signal
@@ -212,11 +213,9 @@ To resume one, run `scripts/reproduce.py` with the cell's selection from a check
 def unpark(kept: Path, run: Path) -> Path:
     """Restore a parked copy into the run directory ``run`` (which has no checkpoint: at most what a start killed
     before its first epoch left), checking the checkpoint against its checksum first (CheckpointError)."""
-    if not run.exists():
-        run.parent.mkdir(parents=True, exist_ok=True)
-        _copy_checked(kept, run)
-        return run
-    with lock_run(run):  # a start still in its first epoch holds it (RunError)
+    run.parent.mkdir(parents=True, exist_ok=True)
+    # a start still in its first epoch holds the lock of an existing run directory (RunError)
+    with lock_run(run) if run.exists() else contextlib.nullcontext():
         _copy_checked(kept, run)
     return run
 
@@ -496,8 +495,7 @@ def _train(
                 continue
             while len(running) >= args.jobs:
                 _reap(running, args, exp)
-            if args.deadline is not None and time.perf_counter() >= args.deadline:
-                raise _Stopped(None)
+            _check_deadline(args)
             left = None if args.within is None else max(args.within * 60 - (time.perf_counter() - began), 0.0)
             if guess and left is not None and guess[0] > left:
                 print(f"[later] {cell.path}: about {_hours(guess[0])}, more than the {_hours(left)} left", flush=True)
@@ -557,6 +555,12 @@ class _Stopped(Exception):
         self.signum = signum
 
 
+def _check_deadline(args: argparse.Namespace) -> None:
+    """Raise _Stopped(None) once ``--stop-after``'s time has passed."""
+    if args.deadline is not None and time.perf_counter() >= args.deadline:
+        raise _Stopped(None)
+
+
 def _stop(signum: int, frame: object) -> None:
     raise _Stopped(signum)
 
@@ -572,8 +576,7 @@ def _reap(
         ended = [proc for proc in running if proc.poll() is not None]
         if ended:
             break
-        if getattr(args, "deadline", None) is not None and time.perf_counter() >= args.deadline:
-            raise _Stopped(None)
+        _check_deadline(args)
         time.sleep(POLL_SECONDS)
     for proc in ended:
         run, start = running.pop(proc)
