@@ -20,6 +20,10 @@ ends (a 2-core machine: ``--jobs 2 --set train.threads=1``, which is how the rec
 of limited length also finishes in it (a cell with no estimate is started; one longer than any session never is:
 train it without ``--within`` and resume it session after session, on a machine that keeps its run directory,
 from a checkout of the commit it started from, e.g. a ``git worktree``).
+``--worktrees DIR`` does that checkout itself: an interrupted cell that started from another commit is resumed in
+a detached ``git worktree`` of that commit under ``DIR`` (made once, reused), that commit's ``torchstn`` imported
+from the worktree's ``src/`` with this checkout's environment (its compiled layers built for that source), so its
+record names one commit; with ``--record`` this checkout records it when it finishes.
 Ctrl-C or SIGTERM stops it: every running cell checkpoints (``torchstn train`` does on SIGTERM), and the same
 command resumes. ``--stop-after MINUTES`` stops it the same way when that much time has passed (exit status 0), with
 ``--park`` parking what it stops: one command for a session of limited length.
@@ -45,6 +49,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import os
 import shutil
 import signal
 import statistics
@@ -197,6 +202,57 @@ def park(run: Path, dest: Path) -> Path:
     return dest
 
 
+def worktree(sha: str, under: Path, repo: Path = ROOT) -> Path:
+    """A detached git worktree of commit ``sha`` of ``repo``: ``under/<sha[:12]>``, added if missing (RunError:
+    the commit is unknown, the folder holds another commit, or git cannot add it)."""
+    tree = under / sha[:12]
+    if tree.exists():
+        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=tree, capture_output=True, text=True, check=False)
+        if head.returncode != 0 or head.stdout.strip() != sha:
+            raise RunError(f"{tree}: expected a git worktree of {sha[:10]}; it holds {head.stdout.strip() or 'none'}")
+        return tree
+    known = subprocess.run(["git", "cat-file", "-e", f"{sha}^{{commit}}"], cwd=repo, capture_output=True, check=False)
+    if known.returncode != 0:
+        raise RunError(f"code {sha[:10]} is not a commit of {repo}: fetch it, or delete the run to start again")
+    under.mkdir(parents=True, exist_ok=True)
+    add = subprocess.run(
+        ["git", "worktree", "add", "--detach", str(tree), sha], cwd=repo, capture_output=True, text=True, check=False
+    )
+    if add.returncode != 0:
+        raise RunError(f"git worktree add {tree} {sha[:10]} failed: {add.stderr.strip()}")
+    return tree
+
+
+def code_env(tree: Path) -> dict[str, str]:
+    """The environment that makes a child process import ``tree``'s own ``torchstn`` (its ``src/`` first on the
+    path) with this interpreter's packages."""
+    path = [str(tree / "src"), *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep))]
+    return {**os.environ, "PYTHONPATH": os.pathsep.join(path)}
+
+
+_PROBE = "import pathlib, torchstn; print(pathlib.Path(torchstn.__file__).resolve())"
+
+
+def prepare_tree(tree: Path) -> str | None:
+    """Check that ``code_env(tree)`` imports the worktree's ``torchstn`` (RunError otherwise: its run would name a
+    commit whose code it did not run) and build its compiled layers; returns why the build failed (None: built),
+    in which case training runs torch's native kernels."""
+    if not (tree / "src" / "torchstn").is_dir():
+        raise RunError(f"{tree}: no src/torchstn to train with")
+    env = code_env(tree)
+    probe = subprocess.run([sys.executable, "-c", _PROBE], cwd=tree, env=env, capture_output=True, text=True)
+    where = Path(probe.stdout.strip()) if probe.returncode == 0 else None
+    if where is None or not where.is_relative_to((tree / "src").resolve()):
+        found = where or probe.stderr.strip().splitlines()[-1:]
+        raise RunError(f"{tree}: its torchstn is not what a child process imports ({found})")
+    build = subprocess.run(
+        [sys.executable, "-m", "torchstn.ext", "build"], cwd=tree, env=env, capture_output=True, text=True
+    )
+    if build.returncode != 0:
+        return (build.stderr.strip().splitlines() or [f"exit status {build.returncode}"])[-1]
+    return None
+
+
 PARKED_README = """# Parked cells
 
 Reproduction cells stopped before they finished, carried here between machines by `scripts/reproduce.py --park`
@@ -204,8 +260,9 @@ Reproduction cells stopped before they finished, carried here between machines b
 started from, `git_sha`), log and metrics files and its last checkpoint (checked against its checksum when parked
 and when restored). Not a result: RESULTS.md reads only `results/`.
 
-To resume one, run `scripts/reproduce.py` with the cell's selection from a checkout of the commit it started from
-(e.g. `git worktree add --detach DIR <git_sha>`): it restores the parked copy into `--runs` and resumes it.
+To resume one, run `scripts/reproduce.py` with the cell's selection and `--worktrees DIR`: it restores the parked
+copy into `--runs` and resumes it in a git worktree of the commit it started from, made under `DIR` (or run the
+command yourself from a checkout of that commit: `git worktree add --detach DIR <git_sha>`).
 `--record` deletes the parked copy once the cell's record is written; commit the deletion with the record.
 """
 
@@ -383,6 +440,14 @@ def main(argv: list[str] | None = None) -> int:
         metavar="MINUTES",
         help="stop the running cells (they checkpoint; with --park, park them) after this many minutes",
     )
+    parser.add_argument(
+        "--worktrees",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="resume each cell started from another commit in a git worktree of that commit under DIR (made if "
+        "missing); default: leave it alone",
+    )
     args = parser.parse_args(argv)
     if args.within is not None and not args.within > 0:
         parser.error(f"--within: expected minutes > 0; got {args.within}")
@@ -391,6 +456,7 @@ def main(argv: list[str] | None = None) -> int:
     exp = Experiments(args.experiments)
     args.runs, args.results = args.runs.resolve(), args.results.resolve()  # the runs start from ROOT
     args.parked = args.parked.resolve()
+    args.worktrees = args.worktrees.resolve() if args.worktrees is not None else None
     for key, _ in parse_overrides(args.set):
         if not any(key == k or key.startswith(k + ".") for k in exp.budget_keys):
             parser.error(
@@ -417,14 +483,15 @@ def main(argv: list[str] | None = None) -> int:
         records = {}
 
     def interrupted(cell: Cell, action: str) -> Path | None:
-        where = {"resume": args.runs, "unpark": args.parked}.get(action)
+        where = {"resume": args.runs, "other_code": args.runs, "unpark": args.parked}.get(action)
         return where / cell.path if where is not None else None
 
     def guess(cell: Cell, action: str) -> tuple[float, str] | None:
         own = interrupted(cell, action)
         return estimate(exp, cell, records, _logged_epochs(own) if own else 0, own)
 
-    guesses = {cell: guess(cell, action) for cell, action in steps if action in ("resume", "start", "unpark")}
+    trains = ("resume", "start", "unpark", *(("other_code",) if args.worktrees is not None else ()))
+    guesses = {cell: guess(cell, action) for cell, action in steps if action in trains}
     known = [g[0] for g in guesses.values() if g is not None]
     unknown = [c.path.as_posix() for c, g in guesses.items() if g is None]
     print(
@@ -478,18 +545,32 @@ def _train(
             if action == "finished":
                 print(f"[skip] {run} finished; record it: scripts/record.py {run} --into {args.results}", flush=True)
                 continue
+            tree = None
             if action == "other_code":
                 sha = _started_from(run) or ""
-                print(
-                    f"[skip] {run} started from code {sha[:10]}, not this checkout's: resume it from that commit "
-                    f"(git worktree add --detach DIR {sha[:10]}; run this command in DIR), so that its record names "
-                    "one commit, or delete it to start again",
-                    flush=True,
-                )
-                continue
+                if args.worktrees is None:
+                    print(
+                        f"[skip] {run} started from code {sha[:10]}, not this checkout's: resume it from that commit "
+                        f"(--worktrees DIR, or git worktree add --detach DIR {sha[:10]} and run this command in DIR), "
+                        "so that its record names one commit, or delete it to start again",
+                        flush=True,
+                    )
+                    continue
+                tree = args.worktrees / sha[:12]
+                if not args.dry_run:
+                    try:
+                        tree = worktree(sha, args.worktrees)
+                        failed = prepare_tree(tree)
+                    except RunError as exc:
+                        print(f"[skip] {run} not resumed from its code: {exc}", flush=True)
+                        continue
+                    if failed:
+                        print(f"[warning] {tree}: compiled layers not built ({failed}); torch's kernels", flush=True)
+                action = "resume"
             cmd = command(exp, cell, run, args.set)
             guess = guesses.get(cell)
-            line = f"[{action}] {' '.join(cmd[1:])}" + (f"  (about {_hours(guess[0])}: {guess[1]})" if guess else "")
+            line = f"[{action}] {' '.join(cmd[1:])}" + (f" in {tree}" if tree else "")
+            line += f"  (about {_hours(guess[0])}: {guess[1]})" if guess else ""
             if args.dry_run:
                 print(line, flush=True)
                 continue
@@ -501,7 +582,9 @@ def _train(
                 print(f"[later] {cell.path}: about {_hours(guess[0])}, more than the {_hours(left)} left", flush=True)
                 continue
             print(line, flush=True)
-            running[subprocess.Popen(cmd, cwd=ROOT)] = (run, time.perf_counter())
+            # the commit a run names is its working directory's (git_info): start it where its code is
+            cwd, env = (ROOT, None) if tree is None else (tree, code_env(tree))
+            running[subprocess.Popen(cmd, cwd=cwd, env=env)] = (run, time.perf_counter())
         while running:
             _reap(running, args, exp)
     except (KeyboardInterrupt, _Stopped) as exc:

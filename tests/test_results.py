@@ -1000,6 +1000,98 @@ def test_reproduce_stop_after_stops_and_parks_its_running_cells(
         reproduce.main([*argv, "--stop-after", "0"])
 
 
+def test_worktree_adds_a_detached_checkout_of_a_commit_once_and_refuses_another(tmp_path: Path) -> None:
+    from torchstn.errors import RunError
+
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    _git(repo, "init", "-q")
+    (repo / "f").write_text("one")
+    _git(repo, "add", "f")
+    _git(repo, "commit", "-q", "-m", "one")
+    first = _git(repo, "rev-parse", "HEAD")
+    (repo / "f").write_text("two")
+    _git(repo, "commit", "-q", "-am", "two")
+    second = _git(repo, "rev-parse", "HEAD")
+    tree = reproduce.worktree(first, tmp_path / "trees", repo)
+    assert tree == tmp_path / "trees" / first[:12] and (tree / "f").read_text() == "one"
+    assert _git(tree, "rev-parse", "HEAD") == first
+    assert reproduce.worktree(first, tmp_path / "trees", repo) == tree  # reused
+    (tmp_path / "trees" / second[:12]).mkdir()  # a folder in the way, not a checkout of the commit
+    with pytest.raises(RunError, match="expected a git worktree"):
+        reproduce.worktree(second, tmp_path / "trees", repo)
+    with pytest.raises(RunError, match="not a commit"):
+        reproduce.worktree("0" * 40, tmp_path / "trees", repo)
+
+
+def _stub_tree(tree: Path) -> Path:
+    """A stand-in checkout whose ``src/torchstn`` is a package without ``ext``: importable, nothing to build."""
+    (tree / "src" / "torchstn").mkdir(parents=True)
+    (tree / "src" / "torchstn" / "__init__.py").write_text("")
+    return tree
+
+
+def test_prepare_tree_makes_a_child_import_the_worktree_s_own_code(tmp_path: Path) -> None:
+    from torchstn.errors import RunError
+
+    tree = _stub_tree(tmp_path / "tree")
+    probe = subprocess.run(
+        [sys.executable, "-c", reproduce._PROBE], cwd=tree, env=reproduce.code_env(tree), capture_output=True, text=True
+    )
+    assert Path(probe.stdout.strip()) == (tree / "src" / "torchstn" / "__init__.py").resolve()
+    assert "torchstn.ext" in (reproduce.prepare_tree(tree) or "")  # not built: said, not fatal
+    with pytest.raises(RunError, match="no src/torchstn"):
+        reproduce.prepare_tree(tmp_path / "no-code")
+    (tmp_path / "shadowed" / "src" / "torchstn").mkdir(parents=True)  # not a package: the installed one wins
+    with pytest.raises(RunError, match="is not what a child process imports"):
+        reproduce.prepare_tree(tmp_path / "shadowed")
+
+
+def test_reproduce_worktrees_resumes_a_cell_from_the_commit_it_started_from(
+    tmp_path: Path, exp: Any, head: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A cell started from another commit than this checkout's: without --worktrees it is left alone; with it, it
+    is resumed with that commit's worktree as the working directory (git_info names its commit) and its src/
+    first on the path, then recorded."""
+    cell = results_lib.Cell("rts", "st_cnn_aff", exp.chosen_epochs("rts", "st_cnn_aff"), 0)
+    runs, results, trees = tmp_path / "runs", tmp_path / "results", tmp_path / "trees"
+    run = _interrupted_run(runs / cell.path, exp, cell, head)
+    (run / ".lock").unlink()
+    finished = _fake_run(tmp_path / "finished" / cell.path, exp, cell, head)
+    made: list[str] = []
+
+    def fake_worktree(sha: str, under: Path, repo: Path = ROOT) -> Path:
+        made.append(sha)
+        tree = under / sha[:12]
+        return tree if tree.exists() else _stub_tree(tree)
+
+    def fake(exp: Any, cell: Any, run: Path, extra: Any) -> list[str]:
+        code = (
+            "import os, shutil, sys\n"
+            "open(sys.argv[3], 'w').write(os.getcwd() + '\\n' + os.environ['PYTHONPATH'].split(os.pathsep)[0])\n"
+            "shutil.copytree(sys.argv[1], sys.argv[2], dirs_exist_ok=True)\n"
+        )
+        return [sys.executable, "-c", code, str(finished), str(run), str(tmp_path / "where")]
+
+    monkeypatch.setattr(reproduce, "git_info", lambda *a, **k: {"git_sha": "f" * 40, "git_dirty": False})
+    monkeypatch.setattr(reproduce, "worktree", fake_worktree)
+    monkeypatch.setattr(reproduce, "command", fake)
+    monkeypatch.setattr(reproduce, "POLL_SECONDS", 0.05)
+    argv = ["--columns", "rts", "--models", "st_cnn_aff", "--seeds", "0", "--runs", str(runs)]
+    argv += ["--results", str(results), "--parked", str(tmp_path / "parked")]
+    assert reproduce.main([*argv, "--record"]) == 0
+    assert f"started from code {head[:10]}, not this checkout's" in capsys.readouterr().out and not made
+    assert reproduce.main([*argv, "--worktrees", str(trees), "--dry-run"]) == 0
+    dry = capsys.readouterr().out
+    assert "[resume] " in dry and f" in {trees / head[:12]}  (about" in dry and not made
+    assert reproduce.main([*argv, "--worktrees", str(trees), "--record"]) == 0
+    out = capsys.readouterr().out
+    tree = (trees / head[:12]).resolve()
+    assert made == [head] and "[warning]" in out and "[recorded]" in out
+    assert (tmp_path / "where").read_text().splitlines() == [str(tree), str(tree / "src")]
+    assert sorted(results_lib.load_records(results)) == [cell]
+
+
 def test_reproduce_leaves_tried_columns_out_unless_named(
     tmp_path: Path, exp: Any, capsys: pytest.CaptureFixture[str]
 ) -> None:
