@@ -81,6 +81,10 @@ class Experiments:
         self.sections: list[dict[str, Any]] = raw["sections"]
         self.curve: dict[str, Any] = raw.get("curve") or {}
         self.budget_keys: list[str] = raw.get("budget_keys") or []
+        self.shipped: dict[str, list[str]] = raw.get("shipped") or {}  # the cells whose best seed ships
+        for column, models in self.shipped.items():
+            if column not in raw["columns"] or not set(models) <= set(raw["columns"][column]["paper"]):
+                raise ValueError(f"{self.path}: shipped {column}: {models}: expected models of that column")
         self.kinds: dict[str, str] = {}  # each column's kind of number: "error" (test error) or "hits" (boxes found)
         for section in self.sections:
             kind = section.get("kind", "error")

@@ -441,6 +441,18 @@ def main(argv: list[str] | None = None) -> int:
         help="stop the running cells (they checkpoint; with --park, park them) after this many minutes",
     )
     parser.add_argument(
+        "--ship",
+        action="store_true",
+        help="with --record, ship each recorded cell that experiments.yaml ships when it beats the shipped seed",
+    )
+    parser.add_argument(
+        "--weights",
+        type=Path,
+        default=ROOT / "src" / "torchstn" / "weights",
+        metavar="DIR",
+        help="the weights folder --ship writes (default: this checkout's src/torchstn/weights)",
+    )
+    parser.add_argument(
         "--worktrees",
         type=Path,
         default=None,
@@ -457,6 +469,9 @@ def main(argv: list[str] | None = None) -> int:
     args.runs, args.results = args.runs.resolve(), args.results.resolve()  # the runs start from ROOT
     args.parked = args.parked.resolve()
     args.worktrees = args.worktrees.resolve() if args.worktrees is not None else None
+    args.weights = args.weights.resolve()
+    if args.ship and not args.record:
+        parser.error("--ship: ships what --record records; add --record")
     for key, _ in parse_overrides(args.set):
         if not any(key == k or key.startswith(k + ".") for k in exp.budget_keys):
             parser.error(
@@ -668,16 +683,42 @@ def _reap(
             from record import record_run
 
             try:
-                print(f"[recorded] {record_run(run, args.results, exp)}", flush=True)
+                dest = record_run(run, args.results, exp)
             except RecordError as exc:
                 print(f"[not recorded] {exc}", flush=True)
                 continue
+            print(f"[recorded] {dest}", flush=True)
+            if args.ship:
+                _ship(run, Cell.from_path(dest), args, exp)
             kept = args.parked / run.relative_to(args.runs)
             if kept.is_dir():
                 shutil.rmtree(kept)
                 print(
                     f"[unparked] deleted {kept}, the parked copy of the recorded cell (commit its deletion)", flush=True
                 )
+
+
+SHIP_CHECK = 2000  # test samples of a shipped model's check slice (scripts/export_weights.py --check)
+
+
+def _ship(run: Path, cell: Cell, args: argparse.Namespace, exp: Experiments) -> None:
+    """``--ship``: export a just-recorded cell's weights into ``args.weights`` if experiments.yaml ships its cell
+    (at the chosen schedule) and it beats the shipped seed, while its checkpoint still exists."""
+    if cell.model not in exp.shipped.get(cell.column, []) or cell.epochs != exp.chosen_epochs(cell.column, cell.model):
+        return
+    from export_weights import export_run
+
+    try:
+        entry = export_run(run, args.results, exp, SHIP_CHECK, weights_dir=args.weights, if_best=True)
+    except (RecordError, CheckpointError, OSError) as exc:
+        print(f"[not shipped] {run}: {exc}", flush=True)
+        return
+    if entry is None:
+        print(f"[kept] the shipped weights of {cell.path} are at least as good as {run}'s", flush=True)
+    else:
+        where = args.weights / entry.file
+        errors = f"{entry.test_error:.2f}%, check slice {entry.check['error']:.2f}%"
+        print(f"[shipped] {where} ({errors}): commit it", flush=True)
 
 
 if __name__ == "__main__":

@@ -125,6 +125,28 @@ def test_committed_results_md_is_what_the_committed_records_generate(tmp_path: P
     assert (ROOT / "docs" / "results" / "learning-curve.png").is_file()
 
 
+def test_every_shipped_cell_with_a_record_ships_its_best_seed(exp: Any) -> None:
+    """Each cell of experiments.yaml's ``shipped`` with a record at its chosen schedule has weights in the package,
+    from its best recorded seed (`scripts/reproduce.py --record --ship` exports them as the records land; by hand:
+    `scripts/export_weights.py RUN --if-best`, while the run's checkpoint exists)."""
+    from torchstn.models import list_pretrained
+
+    records = results_lib.load_records(ROOT / "results")
+    ships = {(w.model, w.tag): w for w in list_pretrained()}
+    for column, models in exp.shipped.items():
+        for model in models:
+            e = exp.chosen_epochs(column, model)
+            errors = {
+                c.seed: r.test_error for c, r in records.items() if (c.column, c.model, c.epochs) == (column, model, e)
+            }
+            if not errors:
+                continue
+            entry = ships.get((model, column))
+            assert entry is not None, f"{column}/{model} has records but no shipped weights"
+            assert entry.record.startswith(f"results/{column}/{model}/e{e}-seed"), entry.record
+            assert entry.test_error == min(errors.values()), (entry.record, errors)
+
+
 def test_committed_records_are_auditable(exp: Any, head: str) -> None:
     """Every committed record is finished, of clean code that HEAD contains, at its cell's config."""
     for cell, rec in results_lib.load_records(ROOT / "results").items():
@@ -1090,6 +1112,78 @@ def test_reproduce_worktrees_resumes_a_cell_from_the_commit_it_started_from(
     assert made == [head] and "[warning]" in out and "[recorded]" in out
     assert (tmp_path / "where").read_text().splitlines() == [str(tree), str(tree / "src")]
     assert sorted(results_lib.load_records(results)) == [cell]
+
+
+def _trained(path: Path, exp: Any, cell: Any, sha: str, test_error: float) -> Path:
+    """A finished run of the cell whose last checkpoint holds a real (untrained) model of its config."""
+    from torchstn.train.factories import build_model
+    from torchstn.train.rundir import save_checkpoint
+
+    run = _fake_run(path, exp, cell, sha, test_error=test_error)
+    torch.manual_seed(cell.seed)
+    model = build_model(yaml.safe_load((run / "config.yaml").read_text()))
+    save_checkpoint(run / "checkpoints" / "last.pt", {"epoch": cell.epochs, "model": model.state_dict()})
+    return run
+
+
+def test_export_if_best_ships_a_cell_s_best_seed_only(tmp_path: Path, exp: Any, head: str) -> None:
+    """--if-best: the first recorded seed ships, a worse one is kept out, a better one replaces it (one entry per
+    cell); a cell that is not shipped, or not at its column's chosen schedule, is refused."""
+    export = _script("export_weights")
+    results, weights = tmp_path / "results", tmp_path / "weights"
+    column, model = "r", exp.shipped["r"][0]
+    e = exp.chosen_epochs(column, model)
+    runs = {
+        seed: _trained(tmp_path / "runs" / f"s{seed}", exp, _cell(column, model, e, seed), head, error)
+        for seed, error in ((0, 1.0), (1, 1.5), (2, 0.5))
+    }
+    for run in runs.values():
+        record.record_run(run, results, exp)
+    first = export.export_run(runs[0], results, exp, 20, weights_dir=weights, if_best=True)
+    assert first is not None and first.record == f"results/{column}/{model}/e{e}-seed0" and first.check["n"] == 20
+    assert export.export_run(runs[1], results, exp, 20, weights_dir=weights, if_best=True) is None
+    best = export.export_run(runs[2], results, exp, 20, weights_dir=weights, if_best=True)
+    assert best is not None and best.test_error == 0.5
+    index = export.read_index(weights)
+    assert [(w.model, w.tag, w.record) for w in index] == [(model, column, f"results/{column}/{model}/e{e}-seed2")]
+    from torchstn.models import create_model
+    from torchstn.models import pretrained as shipped
+
+    state = shipped.read_state_dict(weights / best.file, best.sha256)
+    create_model(model, **best.kwargs).load_state_dict(state, strict=True)
+    short = _trained(tmp_path / "runs" / "short", exp, _cell(column, model, e + 1, 0), head, 0.1)
+    record.record_run(short, results, exp)
+    with pytest.raises(RecordError, match="chosen"):
+        export.export_run(short, results, exp, 20, weights_dir=weights, if_best=True)
+    plain = "fcn_baseline"
+    assert plain not in exp.shipped["r"]
+    fcn = _trained(tmp_path / "runs" / "fcn", exp, _cell(column, plain, exp.chosen_epochs(column, plain), 0), head, 1)
+    record.record_run(fcn, results, exp)
+    with pytest.raises(RecordError, match="not shipped"):
+        export.export_run(fcn, results, exp, 20, weights_dir=weights, if_best=True)
+
+
+def test_reproduce_ship_exports_each_recorded_shipped_cell_that_beats_the_shipped_seed(
+    tmp_path: Path, exp: Any, head: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    column, model = "r", exp.shipped["r"][0]
+    cell = _cell(column, model, exp.chosen_epochs(column, model), 0)
+    done = _trained(tmp_path / "done" / cell.path, exp, cell, head, 1.0)
+
+    def fake(exp: Any, cell: Any, run: Path, extra: Any) -> list[str]:
+        return [sys.executable, "-c", "import shutil, sys; shutil.copytree(*sys.argv[1:])", str(done), str(run)]
+
+    monkeypatch.setattr(reproduce, "command", fake)
+    monkeypatch.setattr(reproduce, "POLL_SECONDS", 0.05)
+    monkeypatch.setattr(reproduce, "SHIP_CHECK", 20)
+    weights = tmp_path / "weights"
+    argv = ["--columns", column, "--models", model, "--seeds", "0", "--runs", str(tmp_path / "runs")]
+    argv += ["--results", str(tmp_path / "results"), "--weights", str(weights)]
+    with pytest.raises(SystemExit):
+        reproduce.main([*argv, "--ship"])  # ships what it records
+    assert reproduce.main([*argv, "--record", "--ship"]) == 0
+    assert "[recorded]" in (out := capsys.readouterr().out) and f"[shipped] {weights / f'{model}-{column}.pt'}" in out
+    assert [(w.model, w.tag) for w in _script("export_weights").read_index(weights)] == [(model, column)]
 
 
 def test_reproduce_leaves_tried_columns_out_unless_named(
