@@ -297,12 +297,20 @@ def _own_epoch_seconds(run: Path) -> list[float]:
 
 
 def estimate(
-    exp: Experiments, cell: Cell, records: dict[Cell, Record], done: int = 0, own: Path | None = None
+    exp: Experiments,
+    cell: Cell,
+    records: dict[Cell, Record],
+    done: int = 0,
+    own: Path | None = None,
+    siblings: Sequence[Path] = (),
 ) -> tuple[float, str] | None:
     """The one-thread training seconds a cell's remaining ``cell.epochs - done`` epochs should take, as the records
     of the cells most like it ran (same load, same machine), and where that figure comes from; None without one.
     An interrupted cell's own run directory (``own``), if it logged epochs at one thread, is the cell most like
-    it: its median epoch is used instead (the records may have run older, slower code).
+    it: its median epoch is used instead (the records may have run older, slower code). Next come the records of
+    its own column and model (other seeds), then the run directories of other seeds or schedules of the same column
+    and model that are training or parked (``siblings``, those of the cell's data and model settings, at one
+    thread), and only then the records of other columns.
 
     The per-epoch time is the median over the one-thread records of the same model that are closest to the cell:
     of its own column if it has any, else those whose data and model settings differ from the cell's in the fewest
@@ -329,6 +337,16 @@ def estimate(
     usable = [r for r in records.values() if r.threads == 1 and r.logged_epochs]
     like = [r for r in usable if r.cell.model == cell.model]
     own = [r for r in like if r.cell.column == cell.column]
+    if not own:
+        keep = ("data", "model")
+        logged = {p: _own_epoch_seconds(p) for p in siblings if _same_settings(p, {k: want.get(k) for k in keep})}
+        same = [p for p, seconds in logged.items() if seconds]
+        theirs = [t for p in same for t in logged[p]]
+        if theirs:
+            return statistics.median(theirs) * max(cell.epochs - done, 0), (
+                f"{len(theirs)} logged epochs of {len(same)} other run{'s' if len(same) > 1 else ''} of the cell's "
+                "column and model"
+            )
     found, diff = own, []
     alone = not any(cell.model in spec["paper"] for c, spec in exp.columns.items() if c != cell.column)
     if not like and alone:  # a model of its column alone (addition's): the column's other models of its family
@@ -356,6 +374,15 @@ def estimate(
             by = "multiply-adds" if "data.n_train" not in diff else "multiply-adds and training images"
             source += f" (scaled by their {by}, x{'/'.join(f'{f:g}' for f in factors)})"
     return per_epoch * max(cell.epochs - done, 0), source
+
+
+def _same_settings(run: Path, want: dict[str, Any]) -> bool:
+    """Whether a run directory's config has the data and model sections ``want`` has (False: unreadable)."""
+    try:
+        config = yaml.safe_load((run / "config.yaml").read_text()) or {}
+    except (OSError, yaml.YAMLError):
+        return False
+    return not config_differences({k: config.get(k) for k in want}, want)
 
 
 def _train_images(want: dict[str, Any], theirs: dict[str, Any]) -> float:
@@ -503,7 +530,12 @@ def main(argv: list[str] | None = None) -> int:
 
     def guess(cell: Cell, action: str) -> tuple[float, str] | None:
         own = interrupted(cell, action)
-        return estimate(exp, cell, records, _logged_epochs(own) if own else 0, own)
+        siblings: dict[str, Path] = {}  # the other runs of the column and model (a run directory over its parked copy)
+        for root in (args.parked, args.runs):
+            for run in (root / cell.column / cell.model).glob("e*-seed*"):
+                if run.name != cell.path.name and run.is_dir():
+                    siblings[run.name] = run
+        return estimate(exp, cell, records, _logged_epochs(own) if own else 0, own, sorted(siblings.values()))
 
     trains = ("resume", "start", "unpark", *(("other_code",) if args.worktrees is not None else ()))
     guesses = {cell: guess(cell, action) for cell, action in steps if action in trains}

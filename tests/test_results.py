@@ -786,6 +786,29 @@ def test_an_interrupted_cell_is_estimated_from_its_own_epochs(tmp_path: Path, ex
     assert reproduce.estimate(exp, cell, records, 3, two) == (27 * 60.0, "1 rts record")
 
 
+def test_a_cell_without_records_of_its_column_is_estimated_from_its_siblings_runs(
+    tmp_path: Path, exp: Any, head: str
+) -> None:
+    """No record of the cell's column and model: the one-thread epochs that other seeds of it are logging (here
+    20 s, the other column's record 60 s) come before records of other columns; a run of other settings, or at
+    two threads, is not used; a record of its own column comes first."""
+    results = tmp_path / "results"
+    record.record_run(_fake_run(tmp_path / "a", exp, _cell("rts", "st_cnn_aff", 2), head), results, exp)
+    cell = _cell("tc", "st_cnn_aff", 30, seed=2)
+    sibling = _fake_run(tmp_path / "s1", exp, _cell("tc", "st_cnn_aff", 30, seed=1), head, status=None, logged=2)
+    rows = [{**json.loads(line), "epoch_seconds": 20.0} for line in (sibling / "log.jsonl").read_text().splitlines()]
+    (sibling / "log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    other = _fake_run(tmp_path / "s0", exp, _cell("tc", "st_cnn_aff", 30), head, status=None, sets=("train.threads=2",))
+    odd = _fake_run(tmp_path / "odd", exp, cell, head, status=None, sets=("train.threads=1", "data.n_train=10"))
+    records = results_lib.load_records(results)
+    got = reproduce.estimate(exp, cell, records, 0, None, [sibling, other, odd])
+    assert got == (30 * 20.0, "2 logged epochs of 1 other run of the cell's column and model")
+    assert reproduce.estimate(exp, cell, records, 0, None, [other, odd])[1].startswith("1 rts record")
+    record.record_run(_fake_run(tmp_path / "b", exp, _cell("tc", "st_cnn_aff", 2), head), results, exp)
+    records = results_lib.load_records(results)
+    assert reproduce.estimate(exp, cell, records, 0, None, [sibling]) == (30 * 60.0, "1 tc record")
+
+
 def test_reproduce_keeps_jobs_cells_training_at_once_and_records_each(
     tmp_path: Path, exp: Any, head: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
