@@ -20,10 +20,12 @@ ends (a 2-core machine: ``--jobs 2 --set train.threads=1``, which is how the rec
 of limited length also finishes in it (a cell with no estimate is started; one longer than any session never is:
 train it without ``--within`` and resume it session after session, on a machine that keeps its run directory,
 from a checkout of the commit it started from, e.g. a ``git worktree``).
-``--worktrees DIR`` does that checkout itself: an interrupted cell that started from another commit is resumed in
-a detached ``git worktree`` of that commit under ``DIR`` (made once, reused), that commit's ``torchstn`` imported
-from the worktree's ``src/`` with this checkout's environment (its compiled layers built for that source), so its
-record names one commit; with ``--record`` this checkout records it when it finishes.
+``--worktrees DIR`` does that checkout itself, for every cell: each trains in a detached ``git worktree`` of its
+commit under ``DIR`` (made once, reused), that commit's ``torchstn`` imported from the worktree's ``src/`` with this
+checkout's environment (its compiled layers built for that source): an interrupted cell that started from another
+commit resumes in one of that commit, so its record names one commit, and every other cell in one of this
+checkout's HEAD, so that the checkout can change while they train (uncommitted changes are not trained: a record
+must name a commit anyway). With ``--record`` this checkout records each when it finishes.
 Ctrl-C or SIGTERM stops it: every running cell checkpoints (``torchstn train`` does on SIGTERM), and the same
 command resumes. ``--stop-after MINUTES`` stops it the same way when that much time has passed (exit status 0), with
 ``--park`` parking what it stops: one command for a session of limited length.
@@ -107,15 +109,16 @@ def _status(run: Path) -> str | None:
     return json.loads(path.read_text()).get("status") if path.exists() else None
 
 
-def command(exp: Experiments, cell: Cell, run: Path, extra: Sequence[str]) -> list[str]:
-    """The ``torchstn train`` arguments that start (or resume) a cell's run directory."""
+def command(exp: Experiments, cell: Cell, run: Path, extra: Sequence[str], root: Path = ROOT) -> list[str]:
+    """The ``torchstn train`` arguments that start (or resume) a cell's run directory, from the column's config file
+    in the checkout ``root``."""
     exe = [sys.executable, "-m", "torchstn.cli", "train", "--quiet"]
     if (run / "checkpoints" / "last.pt").exists():
         return [*exe, "--resume", str(run)]
     config = exp.columns[cell.column]["config"]
     # --overwrite: a cell killed before its first checkpoint starts again (its run directory holds no epoch)
     again = ["--overwrite"] if run.exists() else []
-    return [*exe, "--config", str(ROOT / config), "--out", str(run), *again, "--set", *exp.overrides(cell), *extra]
+    return [*exe, "--config", str(root / config), "--out", str(run), *again, "--set", *exp.overrides(cell), *extra]
 
 
 def _stale(exp: Experiments, cell: Cell, run: Path) -> list[str]:
@@ -221,6 +224,18 @@ def worktree(sha: str, under: Path, repo: Path = ROOT) -> Path:
     if add.returncode != 0:
         raise RunError(f"git worktree add {tree} {sha[:10]} failed: {add.stderr.strip()}")
     return tree
+
+
+def _tree(sha: str, args: argparse.Namespace) -> Path:
+    """The worktree of ``sha`` under ``args.worktrees``, made and prepared once per invocation (RunError)."""
+    ready: dict[str, Path] = args.__dict__.setdefault("trees", {})
+    if sha not in ready:
+        tree = worktree(sha, args.worktrees)
+        failed = prepare_tree(tree)
+        if failed:
+            print(f"[warning] {tree}: compiled layers not built ({failed}); torch's kernels", flush=True)
+        ready[sha] = tree
+    return ready[sha]
 
 
 def code_env(tree: Path) -> dict[str, str]:
@@ -484,8 +499,8 @@ def main(argv: list[str] | None = None) -> int:
         type=Path,
         default=None,
         metavar="DIR",
-        help="resume each cell started from another commit in a git worktree of that commit under DIR (made if "
-        "missing); default: leave it alone",
+        help="train each cell in a git worktree of its commit under DIR (made if missing): the commit an interrupted "
+        "cell started from, else HEAD; default: train here, and leave a cell started from another commit alone",
     )
     args = parser.parse_args(argv)
     if args.within is not None and not args.within > 0:
@@ -515,6 +530,8 @@ def main(argv: list[str] | None = None) -> int:
         default = [c for c, spec in exp.columns.items() if not spec.get("tried_for")]
         todo = cells(exp, args.columns or default, args.seeds, args.models, args.epochs)
     args.code = git_info(ROOT)["git_sha"]
+    if args.worktrees is not None and not args.code:
+        parser.error(f"--worktrees: {ROOT} is not a git checkout; its cells have no commit to check out")
     steps = plan(exp, todo, args.runs, args.results, args.code, args.parked)
     if args.park_only:
         return _park_all(steps, args)
@@ -593,28 +610,26 @@ def _train(
                 print(f"[skip] {run} finished; record it: scripts/record.py {run} --into {args.results}", flush=True)
                 continue
             tree = None
-            if action == "other_code":
+            if action == "other_code" and args.worktrees is None:
                 sha = _started_from(run) or ""
-                if args.worktrees is None:
-                    print(
-                        f"[skip] {run} started from code {sha[:10]}, not this checkout's: resume it from that commit "
-                        f"(--worktrees DIR, or git worktree add --detach DIR {sha[:10]} and run this command in DIR), "
-                        "so that its record names one commit, or delete it to start again",
-                        flush=True,
-                    )
-                    continue
+                print(
+                    f"[skip] {run} started from code {sha[:10]}, not this checkout's: resume it from that commit "
+                    f"(--worktrees DIR, or git worktree add --detach DIR {sha[:10]} and run this command in DIR), "
+                    "so that its record names one commit, or delete it to start again",
+                    flush=True,
+                )
+                continue
+            if args.worktrees is not None:  # every cell in a worktree of its commit: the one it started from, or HEAD
+                sha = (_started_from(run) if action == "other_code" else None) or args.code
                 tree = args.worktrees / sha[:12]
                 if not args.dry_run:
                     try:
-                        tree = worktree(sha, args.worktrees)
-                        failed = prepare_tree(tree)
+                        tree = _tree(sha, args)
                     except RunError as exc:
-                        print(f"[skip] {run} not resumed from its code: {exc}", flush=True)
+                        print(f"[skip] {run} not trained in a worktree of its code: {exc}", flush=True)
                         continue
-                    if failed:
-                        print(f"[warning] {tree}: compiled layers not built ({failed}); torch's kernels", flush=True)
-                action = "resume"
-            cmd = command(exp, cell, run, args.set)
+                action = "resume" if action == "other_code" else action
+            cmd = command(exp, cell, run, args.set, tree or ROOT)
             guess = guesses.get(cell)
             line = f"[{action}] {' '.join(cmd[1:])}" + (f" in {tree}" if tree else "")
             line += f"  (about {_hours(guess[0])}: {guess[1]})" if guess else ""

@@ -819,7 +819,7 @@ def test_reproduce_keeps_jobs_cells_training_at_once_and_records_each(
     runs, results, times = tmp_path / "runs", tmp_path / "results", tmp_path / "times.txt"
     done = {c: _fake_run(tmp_path / "finished" / c.path, exp, c, head) for c in todo}
 
-    def fake(exp: Any, cell: Any, run: Path, extra: Any) -> list[str]:
+    def fake(exp: Any, cell: Any, run: Path, extra: Any, root: Path = ROOT) -> list[str]:
         code = (
             "import shutil, sys, time\n"
             "log = lambda what: open(sys.argv[1], 'a').write(f'{what} {time.monotonic()}\\n')\n"
@@ -850,7 +850,7 @@ def test_reproduce_within_starts_only_the_cells_that_fit_in_the_time_left(
     record.record_run(_fake_run(tmp_path / "a", exp, _cell("rts", "st_cnn_aff", 2), head), results, exp)
     started = tmp_path / "started"
 
-    def fake(exp: Any, cell: Any, run: Path, extra: Any) -> list[str]:
+    def fake(exp: Any, cell: Any, run: Path, extra: Any, root: Path = ROOT) -> list[str]:
         return [sys.executable, "-c", "import sys; open(sys.argv[1], 'a').write(sys.argv[2])", str(started), cell.model]
 
     monkeypatch.setattr(reproduce, "command", fake)
@@ -874,7 +874,7 @@ def test_reproduce_stopped_by_sigterm_stops_its_running_cells_and_says_how_to_re
     got.mkdir()
     ready = threading.Event()
 
-    def fake(exp: Any, cell: Any, run: Path, extra: Any) -> list[str]:
+    def fake(exp: Any, cell: Any, run: Path, extra: Any, root: Path = ROOT) -> list[str]:
         code = (
             "import signal, sys, time, pathlib\n"
             "out = pathlib.Path(sys.argv[1])\n"
@@ -994,7 +994,7 @@ def test_reproduce_parks_and_resumes_a_parked_cell_and_deletes_it_once_recorded(
     finished = _fake_run(tmp_path / "finished" / cell.path, exp, cell, head)
     seen, real = [], reproduce.command
 
-    def fake(exp: Any, cell: Any, run: Path, extra: Any) -> list[str]:
+    def fake(exp: Any, cell: Any, run: Path, extra: Any, root: Path = ROOT) -> list[str]:
         seen.append(real(exp, cell, run, extra))  # what would have run
         code = "import shutil, sys; shutil.copytree(sys.argv[1], sys.argv[2], dirs_exist_ok=True)"
         return [sys.executable, "-c", code, str(finished), str(run)]
@@ -1022,7 +1022,7 @@ def test_reproduce_stop_after_stops_and_parks_its_running_cells(
     for run in ready.values():
         (run / ".lock").unlink()
 
-    def fake(exp: Any, cell: Any, run: Path, extra: Any) -> list[str]:
+    def fake(exp: Any, cell: Any, run: Path, extra: Any, root: Path = ROOT) -> list[str]:
         code = (
             "import shutil, signal, sys, time\n"
             "shutil.copytree(sys.argv[1], sys.argv[2])\n"
@@ -1092,33 +1092,40 @@ def test_prepare_tree_makes_a_child_import_the_worktree_s_own_code(tmp_path: Pat
         reproduce.prepare_tree(tmp_path / "shadowed")
 
 
-def test_reproduce_worktrees_resumes_a_cell_from_the_commit_it_started_from(
+def test_reproduce_worktrees_trains_each_cell_in_a_worktree_of_its_commit(
     tmp_path: Path, exp: Any, head: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """A cell started from another commit than this checkout's: without --worktrees it is left alone; with it, it
     is resumed with that commit's worktree as the working directory (git_info names its commit) and its src/
-    first on the path, then recorded."""
-    cell = results_lib.Cell("rts", "st_cnn_aff", exp.chosen_epochs("rts", "st_cnn_aff"), 0)
+    first on the path, and a new cell starts in a worktree of this checkout's commit, from that worktree's config
+    file; both are recorded."""
+    old = results_lib.Cell("rts", "st_cnn_aff", exp.chosen_epochs("rts", "st_cnn_aff"), 0)
+    new = results_lib.Cell("rts", "st_cnn_tps", exp.chosen_epochs("rts", "st_cnn_tps"), 0)
     runs, results, trees = tmp_path / "runs", tmp_path / "results", tmp_path / "trees"
-    run = _interrupted_run(runs / cell.path, exp, cell, head)
+    run = _interrupted_run(runs / old.path, exp, old, head)
     (run / ".lock").unlink()
-    finished = _fake_run(tmp_path / "finished" / cell.path, exp, cell, head)
+    finished = {c: _fake_run(tmp_path / "finished" / c.path, exp, c, head) for c in (old, new)}
     made: list[str] = []
+    real = reproduce.command
 
     def fake_worktree(sha: str, under: Path, repo: Path = ROOT) -> Path:
         made.append(sha)
         tree = under / sha[:12]
         return tree if tree.exists() else _stub_tree(tree)
 
-    def fake(exp: Any, cell: Any, run: Path, extra: Any) -> list[str]:
+    def fake(exp: Any, cell: Any, run: Path, extra: Any, root: Path = ROOT) -> list[str]:
+        config = real(exp, cell, run, extra, root)
         code = (
             "import os, shutil, sys\n"
-            "open(sys.argv[3], 'w').write(os.getcwd() + '\\n' + os.environ['PYTHONPATH'].split(os.pathsep)[0])\n"
+            "where = [os.getcwd(), os.environ['PYTHONPATH'].split(os.pathsep)[0], sys.argv[4]]\n"
+            "open(sys.argv[3], 'w').write('\\n'.join(where))\n"
             "shutil.copytree(sys.argv[1], sys.argv[2], dirs_exist_ok=True)\n"
         )
-        return [sys.executable, "-c", code, str(finished), str(run), str(tmp_path / "where")]
+        where = tmp_path / f"where-{cell.model}"
+        return [sys.executable, "-c", code, str(finished[cell]), str(run), str(where), config[-1 if cell == old else 6]]
 
-    monkeypatch.setattr(reproduce, "git_info", lambda *a, **k: {"git_sha": "f" * 40, "git_dirty": False})
+    code = "f" * 40  # this checkout's commit, as the plan sees it
+    monkeypatch.setattr(reproduce, "git_info", lambda *a, **k: {"git_sha": code, "git_dirty": False})
     monkeypatch.setattr(reproduce, "worktree", fake_worktree)
     monkeypatch.setattr(reproduce, "command", fake)
     monkeypatch.setattr(reproduce, "POLL_SECONDS", 0.05)
@@ -1126,15 +1133,20 @@ def test_reproduce_worktrees_resumes_a_cell_from_the_commit_it_started_from(
     argv += ["--results", str(results), "--parked", str(tmp_path / "parked")]
     assert reproduce.main([*argv, "--record"]) == 0
     assert f"started from code {head[:10]}, not this checkout's" in capsys.readouterr().out and not made
+    argv[3:4] = ["st_cnn_aff", "st_cnn_tps"]
     assert reproduce.main([*argv, "--worktrees", str(trees), "--dry-run"]) == 0
     dry = capsys.readouterr().out
-    assert "[resume] " in dry and f" in {trees / head[:12]}  (about" in dry and not made
+    assert f" in {trees / head[:12]}  (about" in dry and f" in {trees / code[:12]}" in dry and not made
     assert reproduce.main([*argv, "--worktrees", str(trees), "--record"]) == 0
     out = capsys.readouterr().out
-    tree = (trees / head[:12]).resolve()
-    assert made == [head] and "[warning]" in out and "[recorded]" in out
-    assert (tmp_path / "where").read_text().splitlines() == [str(tree), str(tree / "src")]
-    assert sorted(results_lib.load_records(results)) == [cell]
+    assert sorted(made) == sorted([head, code]) and out.count("[warning]") == 2 and out.count("[recorded]") == 2
+    for cell, sha in ((old, head), (new, code)):
+        tree = (trees / sha[:12]).resolve()
+        cwd, path, arg = (tmp_path / f"where-{cell.model}").read_text().splitlines()
+        assert (cwd, path) == (str(tree), str(tree / "src"))
+        # resumed by its run directory; started from the worktree's copy of the column's config
+        assert arg == (str(runs / cell.path) if cell == old else str(tree / exp.columns["rts"]["config"]))
+    assert sorted(results_lib.load_records(results)) == sorted([old, new])
 
 
 def _trained(path: Path, exp: Any, cell: Any, sha: str, test_error: float) -> Path:
@@ -1193,7 +1205,7 @@ def test_reproduce_ship_exports_each_recorded_shipped_cell_that_beats_the_shippe
     cell = _cell(column, model, exp.chosen_epochs(column, model), 0)
     done = _trained(tmp_path / "done" / cell.path, exp, cell, head, 1.0)
 
-    def fake(exp: Any, cell: Any, run: Path, extra: Any) -> list[str]:
+    def fake(exp: Any, cell: Any, run: Path, extra: Any, root: Path = ROOT) -> list[str]:
         return [sys.executable, "-c", "import shutil, sys; shutil.copytree(*sys.argv[1:])", str(done), str(run)]
 
     monkeypatch.setattr(reproduce, "command", fake)
