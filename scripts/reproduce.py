@@ -38,12 +38,17 @@ MB, so park the long cells only); ``--park-only`` parks every interrupted cell o
 (refused while a process trains it). Commit that folder. Later, on any machine, a cell whose run directory has no
 checkpoint is restored from its parked copy (checked again) and resumed, from the commit it started from like any
 interrupted cell; ``--record`` deletes the parked copy of each cell it records (commit the deletion with the
-record).
+record). ``--ship`` (with ``--record``) exports the weights of each recorded cell that experiments.yaml ships
+(``shipped``) into the package's weights folder (``--weights DIR``) when they beat the shipped seed, while the run's
+checkpoint still exists.
 
-Example (the commands behind RESULTS.md are listed there)::
+Examples (the commands behind RESULTS.md are listed there)::
 
     nohup .venv/bin/python scripts/reproduce.py --columns rts --seeds 0 1 2 --jobs 2 --set train.threads=1 \
         >repro.log 2>&1 &
+    # a session of limited length on a machine that keeps nothing: commit results/, parked/ and the weights after
+    nohup .venv/bin/python scripts/reproduce.py --columns r p_polar e --seeds 0 --jobs 2 --set train.threads=1 \
+        --record --ship --worktrees ../worktrees --park --stop-after 150 >repro.log 2>&1 &
 """
 
 from __future__ import annotations
