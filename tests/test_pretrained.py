@@ -69,12 +69,23 @@ def test_the_check_slice_is_the_start_of_the_test_set_training_scored() -> None:
     assert torch.equal(x, test.images[:64].float() / 255.0) and torch.equal(y, test.labels[:64])
 
 
-def test_pretrained_true_takes_the_models_weights_and_kwargs_may_repeat_them() -> None:
-    w = shipped.pretrained_weights("st_cnn_aff")
-    a = create_model("st_cnn_aff", pretrained=True)
-    b = create_model("st_cnn_aff", pretrained=w.tag, input_shape=(1, 42, 42), downsample=2)
+def test_pretrained_true_takes_the_models_only_weights_and_kwargs_may_repeat_them() -> None:
+    (w,) = list_pretrained("cnn_baseline")
+    a = create_model("cnn_baseline", pretrained=True)
+    b = create_model("cnn_baseline", pretrained=w.tag, input_shape=(1, 42, 42))
     for (ka, va), (kb, vb) in zip(a.state_dict().items(), b.state_dict().items(), strict=True):
         assert ka == kb and torch.equal(va, vb)
+
+
+def test_pretrained_true_is_refused_when_several_weights_ship_for_the_model() -> None:
+    """Weights for another input shipping later must not change what ``pretrained=True`` loads: it names them."""
+    several = [m for m in {w.model for w in WEIGHTS} if len(list_pretrained(m)) > 1]
+    if not several:
+        pytest.skip("every model ships one set of weights")
+    tags = [w.tag for w in list_pretrained(several[0])]
+    with pytest.raises(ConfigError, match=r"pretrained=True: .* has weights tagged .*pass one"):
+        create_model(several[0], pretrained=True)
+    assert all(create_model(several[0], pretrained=t) is not None for t in tags)
 
 
 def test_kwargs_that_change_the_architecture_are_refused() -> None:

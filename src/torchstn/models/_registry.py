@@ -75,9 +75,10 @@ def create_model(name: str, pretrained: bool | str = False, **kwargs: Any) -> nn
 
     Args:
         name: A registered model (:func:`list_models`).
-        pretrained: ``False`` (random initialisation), ``True`` (the model's shipped weights) or the tag of the
-            experiment that trained them (``"rts"``; :func:`~torchstn.models.pretrained.list_pretrained` lists
-            them). The architecture arguments come with the weights; ``kwargs`` may repeat them, not change them.
+        pretrained: ``False`` (random initialisation), ``True`` (the model's shipped weights, when only one set
+            ships) or the tag of the experiment that trained them (``"rts"``, ``"r"``;
+            :func:`~torchstn.models.pretrained.list_pretrained` lists them). The architecture arguments come
+            with the weights; ``kwargs`` may repeat them, not change them.
         **kwargs: The model function's arguments.
 
     Raises:

@@ -1,6 +1,6 @@
 """Weights that ship inside the package: the reproduction's trained models, loadable offline.
 
-``create_model(name, pretrained=True)`` (or ``pretrained="rts"``, the tag of the experiment that trained them)
+``create_model(name, pretrained="rts")`` (the tag of the experiment that trained them; ``True`` when only one ships)
 builds the model with the architecture the weights were trained with and loads them. Each file is a plain
 ``state_dict`` saved with ``torch.save``; ``weights/index.json`` lists, for every file, the model and keyword
 arguments it belongs to, its SHA-256, the committed record it comes from (``results/<column>/<model>/e<E>-seed<S>``,
@@ -99,16 +99,24 @@ def list_pretrained(model: str = "") -> list[PretrainedWeights]:
 
 
 def pretrained_weights(model: str, tag: str | bool = True) -> PretrainedWeights:
-    """The index entry for ``model``'s weights tagged ``tag`` (``True``: its only, or first, entry).
+    """The index entry for ``model``'s weights tagged ``tag`` (``True``: its only entry).
 
     Raises:
         ConfigKeyError: No weights of ``model`` ship (under ``tag``).
+        ConfigError: ``tag`` is True and several weights of ``model`` ship (for several inputs: name one, so that
+            new weights shipping later never change what the call loads).
     """
     rows = list_pretrained(model)
     if not rows:
         shipped = sorted({w.model for w in _read_index()})
         raise ConfigKeyError(f"pretrained: no weights ship for model {model!r}; models with weights: {shipped}")
     if tag is True:
+        if len(rows) > 1:
+            tags = [w.tag for w in rows]
+            raise ConfigError(
+                f"pretrained=True: model {model!r} has weights tagged {tags}, each for its own input; pass one, "
+                f"e.g. pretrained={tags[0]!r}"
+            )
         return rows[0]
     if not isinstance(tag, str):
         raise ConfigError(f"pretrained: expected True or a tag such as {rows[0].tag!r}, got {tag!r}")
