@@ -233,7 +233,7 @@ def worktree(sha: str, under: Path, repo: Path = ROOT) -> Path:
 
 def _tree(sha: str, args: argparse.Namespace) -> Path:
     """The worktree of ``sha`` under ``args.worktrees``, made and prepared once per invocation (RunError)."""
-    ready: dict[str, Path] = args.__dict__.setdefault("trees", {})
+    ready: dict[str, Path] = args.trees
     if sha not in ready:
         tree = worktree(sha, args.worktrees)
         failed = prepare_tree(tree)
@@ -516,6 +516,7 @@ def main(argv: list[str] | None = None) -> int:
     args.runs, args.results = args.runs.resolve(), args.results.resolve()  # the runs start from ROOT
     args.parked = args.parked.resolve()
     args.worktrees = args.worktrees.resolve() if args.worktrees is not None else None
+    args.trees = {}  # each commit's prepared worktree (--worktrees), once per invocation
     args.weights = args.weights.resolve()
     if args.ship and not args.record:
         parser.error("--ship: ships what --record records; add --record")
