@@ -130,6 +130,11 @@ class Experiments:
         own = (spec.get("model_epochs") or {}).get(model)
         return int(own if own is not None else spec["epochs"][self.models[model]["family"]])
 
+    def ships(self, cell: Cell) -> bool:
+        """Whether the cell's weights ship in the package (``shipped``, at the column's chosen schedule)."""
+        listed = cell.model in self.shipped.get(cell.column, [])
+        return listed and cell.epochs == self.chosen_epochs(cell.column, cell.model)
+
     def overrides(self, cell: Cell) -> list[str]:
         """The ``--set`` overrides that define a cell on top of its column's config file."""
         spec = self.columns[cell.column]

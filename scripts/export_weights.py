@@ -56,14 +56,6 @@ def _jsonable(value: Any) -> Any:
     return value
 
 
-def read_index(weights_dir: Path) -> list[shipped.PretrainedWeights]:
-    """The entries of a weights folder's ``index.json`` (none when it has no index)."""
-    path = weights_dir / shipped.INDEX
-    if not path.is_file():
-        return []
-    return [shipped.PretrainedWeights(**row) for row in json.loads(path.read_text())]
-
-
 def export_run(
     run: Path,
     results: Path,
@@ -88,9 +80,9 @@ def export_run(
         if cell.model not in experiments.shipped.get(cell.column, []):
             raise RecordError(f"{run}: {cell.column}/{cell.model} is not shipped (`shipped` in experiments.yaml)")
         chosen = experiments.chosen_epochs(cell.column, cell.model)
-        if cell.epochs != chosen:
+        if not experiments.ships(cell):
             raise RecordError(f"{run}: {cell.epochs} epochs, not its column's chosen {chosen}: not the table's cell")
-        kept = [w for w in read_index(weights_dir) if (w.model, w.tag) == (cell.model, cell.column)]
+        kept = [w for w in shipped.read_index(weights_dir) if (w.model, w.tag) == (cell.model, cell.column)]
         # the shipped seed stays if it is at least as good at the same schedule (another schedule's is replaced)
         same = kept and Cell.from_path(Path(kept[0].record)).epochs == chosen
         if same and kept[0].test_error <= float(metrics["test_error"]):
@@ -130,7 +122,7 @@ def export_run(
     )
     weights_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(weights_dir / file, data)
-    index = [w for w in read_index(weights_dir) if (w.model, w.tag) != (entry.model, entry.tag)] + [entry]
+    index = [w for w in shipped.read_index(weights_dir) if (w.model, w.tag) != (entry.model, entry.tag)] + [entry]
     rows = [vars(w) for w in sorted(index, key=lambda w: (w.model, w.tag))]
     atomic_write_text(weights_dir / shipped.INDEX, json.dumps(rows, indent=1) + "\n")
     return entry

@@ -757,7 +757,7 @@ SHIP_CHECK = 2000  # test samples of a shipped model's check slice (scripts/expo
 def _ship(run: Path, cell: Cell, args: argparse.Namespace, exp: Experiments) -> None:
     """``--ship``: export a just-recorded cell's weights into ``args.weights`` if experiments.yaml ships its cell
     (at the chosen schedule) and it beats the shipped seed, while its checkpoint still exists."""
-    if cell.model not in exp.shipped.get(cell.column, []) or cell.epochs != exp.chosen_epochs(cell.column, cell.model):
+    if not exp.ships(cell):
         return
     from export_weights import export_run
 

@@ -22,6 +22,8 @@ import pytest
 import torch
 import yaml
 
+from torchstn.models import pretrained as shipped_lib
+
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPTS = ROOT / "scripts"
 
@@ -1179,7 +1181,7 @@ def test_export_if_best_ships_a_cell_s_best_seed_only(tmp_path: Path, exp: Any, 
     assert export.export_run(runs[1], results, exp, 20, weights_dir=weights, if_best=True) is None
     best = export.export_run(runs[2], results, exp, 20, weights_dir=weights, if_best=True)
     assert best is not None and best.test_error == 0.5
-    index = export.read_index(weights)
+    index = shipped_lib.read_index(weights)
     assert [(w.model, w.tag, w.record) for w in index] == [(model, column, f"results/{column}/{model}/e{e}-seed2")]
     from torchstn.models import create_model
     from torchstn.models import pretrained as shipped
@@ -1218,7 +1220,7 @@ def test_reproduce_ship_exports_each_recorded_shipped_cell_that_beats_the_shippe
         reproduce.main([*argv, "--ship"])  # ships what it records
     assert reproduce.main([*argv, "--record", "--ship"]) == 0
     assert "[recorded]" in (out := capsys.readouterr().out) and f"[shipped] {weights / f'{model}-{column}.pt'}" in out
-    assert [(w.model, w.tag) for w in _script("export_weights").read_index(weights)] == [(model, column)]
+    assert [(w.model, w.tag) for w in shipped_lib.read_index(weights)] == [(model, column)]
 
 
 def test_reproduce_leaves_tried_columns_out_unless_named(

@@ -81,8 +81,13 @@ class PretrainedWeights:
         return WEIGHTS_DIR / self.file
 
 
-def _read_index() -> list[PretrainedWeights]:
-    path = WEIGHTS_DIR / INDEX
+def read_index(weights_dir: Path | None = None) -> list[PretrainedWeights]:
+    """The entries of a weights folder's ``index.json`` (default :data:`WEIGHTS_DIR`; none without an index).
+
+    Raises:
+        CheckpointError: The index is malformed.
+    """
+    path = (WEIGHTS_DIR if weights_dir is None else weights_dir) / INDEX
     if not path.is_file():
         return []
     try:
@@ -94,7 +99,7 @@ def _read_index() -> list[PretrainedWeights]:
 
 def list_pretrained(model: str = "") -> list[PretrainedWeights]:
     """The shipped weights, of ``model`` only when given, sorted by model then tag."""
-    rows = [w for w in _read_index() if not model or w.model == model]
+    rows = [w for w in read_index() if not model or w.model == model]
     return sorted(rows, key=lambda w: (w.model, w.tag))
 
 
@@ -108,7 +113,7 @@ def pretrained_weights(model: str, tag: str | bool = True) -> PretrainedWeights:
     """
     rows = list_pretrained(model)
     if not rows:
-        shipped = sorted({w.model for w in _read_index()})
+        shipped = sorted({w.model for w in read_index()})
         raise ConfigKeyError(f"pretrained: no weights ship for model {model!r}; models with weights: {shipped}")
     if tag is True:
         if len(rows) > 1:
