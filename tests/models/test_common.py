@@ -71,6 +71,48 @@ def test_single_channel_conv_runs_the_compiled_kernel_and_agrees_in_float32(gen:
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-3)
 
 
+def test_single_channel_conv_under_autocast_runs_the_kernel_in_float32(gen: torch.Generator) -> None:
+    """Under CPU bfloat16 autocast the compiled kernel runs in float32, as autocast's float32 ops do (a bfloat16
+    one-channel convolution has only torch's slow native path): a float32 output equal to the plain float32
+    convolution's, float32 gradients for the weights and for a bfloat16 input (cast back to it); the next layer
+    still autocasts. Without the build, torch's native kernels under autocast."""
+    _needs_kernel()
+    conv = SingleChannelConv2d(4, 3)
+    nxt = nn.Conv2d(4, 2, 3)
+    x = torch.randn(2, 1, 9, 8, generator=gen)
+    w = torch.randn(2, 4, 9, 8, generator=gen)
+    ref = F.conv2d(x, conv.weight, conv.bias, padding=1)
+    rw, rb = torch.autograd.grad((ref * w).sum(), (conv.weight, conv.bias))
+    with torch.autocast("cpu", torch.bfloat16):
+        out = conv(x)
+        assert out.dtype == torch.float32 and type(out.grad_fn).__name__ == "_KernelConv2dBackward"
+        assert nxt(out).dtype == torch.bfloat16
+        xb = x.to(torch.bfloat16).requires_grad_()
+        gx = torch.autograd.grad((conv(xb) * w).sum(), xb)[0]
+    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
+    gw, gb = torch.autograd.grad((out * w).sum(), (conv.weight, conv.bias))
+    torch.testing.assert_close(gw, rw, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(gb, rb, rtol=1e-4, atol=1e-4)
+    assert gx.dtype == torch.bfloat16
+    ref_x = x.clone().requires_grad_()
+    rx = torch.autograd.grad((F.conv2d(ref_x, conv.weight, conv.bias, padding=1) * w).sum(), ref_x)[0]
+    torch.testing.assert_close(gx.float(), rx, rtol=1e-2, atol=1e-2)
+
+
+def test_single_channel_conv_under_autocast_without_the_build_takes_native_kernels(
+    gen: torch.Generator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from torchstn.models import common
+
+    monkeypatch.setattr(common, "_ext_available", lambda: False)
+    conv = SingleChannelConv2d(4, 3)
+    x = torch.randn(2, 1, 9, 8, generator=gen)
+    with torch.autocast("cpu", torch.bfloat16):
+        out = conv(x)
+    assert type(out.grad_fn).__name__ == "_NativeConv2dBackward"
+    torch.testing.assert_close(out.float(), F.conv2d(x, conv.weight, conv.bias, padding=1), rtol=3e-2, atol=3e-2)
+
+
 def test_single_channel_conv_kernel_is_deterministic_and_thread_count_only_rounds(gen: torch.Generator) -> None:
     """The same call twice gives the same bits; one thread and two agree to rounding (the weight gradient's partial
     sums are split by thread)."""
@@ -92,13 +134,11 @@ def test_single_channel_conv_kernel_is_deterministic_and_thread_count_only_round
 
 
 def test_single_channel_conv_falls_back_where_the_kernel_cannot_run(gen: torch.Generator) -> None:
-    """Non-contiguous input takes the kernel (made contiguous); bfloat16, autocast and ``kernel="native"`` take
-    torch's native kernels; a bad ``kernel`` names the attribute."""
+    """Non-contiguous input takes the kernel (made contiguous); bfloat16 and ``kernel="native"`` take torch's
+    native kernels; a bad ``kernel`` names the attribute."""
     conv = SingleChannelConv2d(4, 3)
     x = torch.randn(2, 1, 9, 16, generator=gen)[..., ::2]  # a strided view
     torch.testing.assert_close(conv(x), F.conv2d(x, conv.weight, conv.bias, padding=1), rtol=1e-5, atol=1e-5)
-    with torch.autocast("cpu", torch.bfloat16):
-        assert type(conv(x).grad_fn).__name__ == "_NativeConv2dBackward"
     out = conv.to(torch.bfloat16)(x.to(torch.bfloat16))
     assert out.dtype == torch.bfloat16 and type(out.grad_fn).__name__ == "_NativeConv2dBackward"
     conv.kernel = "fast"

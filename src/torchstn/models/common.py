@@ -186,8 +186,9 @@ class SingleChannelConv2d(nn.Conv2d):
     ``K * K`` rows, and oneDNN computes the input gradient (which a spatial transformer in front of the classifier
     adds to every step) several times slower than its forward pass. On the CPU this module therefore runs
     ``torch.ops.torchstn.single_channel_conv`` (``csrc/single_channel_conv.cpp``), which slides the kernel over each
-    zero-padded image directly, when the compiled kernel of :mod:`torchstn.ext` is built; PyTorch's native kernels
-    (``_slow_conv2d_*``) otherwise, under autocast, or for dtypes the kernel does not take; on other devices, under
+    zero-padded image directly, when the compiled kernel of :mod:`torchstn.ext` is built (under CPU autocast too,
+    in float32, as autocast's float32 ops run: a bfloat16 one-channel convolution has no fast CPU kernel); PyTorch's
+    native kernels (``_slow_conv2d_*``) otherwise, or for dtypes the kernel does not take; on other devices, under
     ``torch.compile`` or export, a plain ``nn.Conv2d``. All agree to rounding (the tests compare them in float64);
     ``benchmarks/bench_train.py`` times them. The compiled kernel has first-order gradients only.
 
@@ -206,7 +207,17 @@ class SingleChannelConv2d(nn.Conv2d):
             return super().forward(x)
         if self.kernel not in ("auto", "native"):
             raise OptionError(f"SingleChannelConv2d.kernel: expected 'auto' or 'native', got {self.kernel!r}")
-        if self.kernel == "auto" and x.dim() == 4 and _kernel_refusal(x, self.weight) is None:
+        if self.kernel == "auto" and x.dim() == 4 and torch.is_autocast_enabled("cpu"):
+            # Under autocast the kernel runs in float32, as autocast's float32 ops do (its input is the image or
+            # the warped image, its output one channel per filter): a bfloat16 one-channel convolution has no fast
+            # kernel on the CPU, only the native path, several times slower than this one in float32.
+            with torch.autocast("cpu", enabled=False):
+                x32 = x.float()
+                w32 = self.weight.float()
+                b32 = self.bias.float() if self.bias is not None else None
+                if _kernel_refusal(x32, w32) is None:
+                    return _KernelConv2d.apply(x32, w32, b32)  # type: ignore[no-any-return, no-untyped-call]
+        elif self.kernel == "auto" and x.dim() == 4 and _kernel_refusal(x, self.weight) is None:
             return _KernelConv2d.apply(x, self.weight, self.bias)  # type: ignore[no-any-return, no-untyped-call]
         padding = (int(self.padding[0]), int(self.padding[1]))
         return _NativeConv2d.apply(x, self.weight, self.bias, padding)  # type: ignore[no-any-return, no-untyped-call]
