@@ -20,6 +20,8 @@ import yaml
 from torchstn.train.config import DEFAULTS, load_config
 
 __all__ = [
+    "ANATOMY_FILE",
+    "ANATOMY_TOLERANCE",
     "CROPS_FILE",
     "HIT_TOLERANCE",
     "MAX_PICTURE_BYTES",
@@ -39,6 +41,8 @@ __all__ = [
 ROOT = Path(__file__).resolve().parents[1]
 RECORD_FILES = ("config.yaml", "meta.json", "log.jsonl", "metrics.json")
 HIT_TOLERANCE = 0.051  # points: a crops.json's hit rate against its record's (logged to 0.1 on 1000 test images)
+ANATOMY_FILE = "anatomy.json"  # a shipped model's errors by distortion (scripts/error_anatomy.py --record)
+ANATOMY_TOLERANCE = 0.021  # points: an anatomy's test error against its record's (two of 10,000 digits flipping)
 CROPS_FILE = "crops.json"  # a co-localisation record's crop measurements (scripts/coloc_crops.py --record)
 MAX_PICTURE_BYTES = 120_000  # transformer pictures larger than this stay out of the repository
 

@@ -24,6 +24,8 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _results import (
+    ANATOMY_FILE,
+    ANATOMY_TOLERANCE,
     CROPS_FILE,
     HIT_TOLERANCE,
     ROOT,
@@ -38,7 +40,16 @@ from _results import (
 
 from torchstn._io import atomic_write_bytes, atomic_write_text
 
-__all__ = ["cell_text", "crops_table", "curve_points", "fill_notes", "generate", "number_text", "read_notes"]
+__all__ = [
+    "anatomy_tables",
+    "cell_text",
+    "crops_table",
+    "curve_points",
+    "fill_notes",
+    "generate",
+    "number_text",
+    "read_notes",
+]
 
 CURVE_NAME = "learning-curve"
 
@@ -483,6 +494,59 @@ def crops_table(report: Report) -> list[str]:
     return lines
 
 
+def anatomy_tables(report: Report) -> list[str]:
+    """One table per column whose records have an ``anatomy.json`` (``scripts/error_anatomy.py --record``): each
+    model's errors on the column's test digits grouped by a factor of their distortion, a row per bin. An
+    anatomy whose test error is not its record's is an error (a stale measurement), as are two anatomies of one
+    column that bin its test set differently."""
+    exp = report.experiments
+    by_column: dict[str, list[tuple[Record, dict[str, Any]]]] = {}
+    columns = list(exp.columns)
+
+    def order(item: tuple[Cell, Record]) -> tuple[int, int, int, int]:
+        cell = item[0]
+        model = list(exp.columns[cell.column]["paper"]).index(cell.model)
+        return columns.index(cell.column), model, cell.epochs, cell.seed
+
+    for cell, r in sorted(report.records.items(), key=order):
+        path = r.path / ANATOMY_FILE
+        if not path.is_file():
+            continue
+        measured = json.loads(path.read_text())
+        if abs(measured["test_error"] - r.test_error) > ANATOMY_TOLERANCE:
+            raise RecordError(f"{path}: {measured['test_error']:.2f}% test error, its record {r.test_error:.2f}: stale")
+        by_column.setdefault(cell.column, []).append((r, measured))
+    if not by_column:
+        return ["No committed anatomies yet (`scripts/error_anatomy.py --record`)."]
+    lines: list[str] = []
+    for column, entries in by_column.items():
+        first = entries[0][1]
+        for r, measured in entries[1:]:
+            if {k: (f["edges"], f["digits"]) for k, f in measured["factors"].items()} != {
+                k: (f["edges"], f["digits"]) for k, f in first["factors"].items()
+            }:
+                raise RecordError(f"{r.path / ANATOMY_FILE}: bins another test set than its column's first anatomy")
+        models = [exp.label(r.cell.model) + f" (seed {r.cell.seed})" for r, _ in entries]
+        lines += [
+            f"{exp.columns[column]['label']}, {first['n']} test digits; each model's error, %, and its count of "
+            "errors in the bin:",
+            "",
+            f"| factor | bin | digits | {' | '.join(models)} |",
+            "|---|---|---:|" + "---:|" * len(entries),
+        ]
+        for name, f in first["factors"].items():
+            for i, (lo, hi) in enumerate(zip(f["edges"], f["edges"][1:], strict=False)):
+                digits = f["digits"][i]
+                cells = []
+                for _, measured in entries:
+                    errors = measured["factors"][name]["errors"][i]
+                    cells.append(f"{100.0 * errors / digits:.2f} ({errors})" if digits else "—")
+                lines.append(f"| {name} | {lo:g}-{hi:g} | {digits} | {' | '.join(cells)} |")
+        total = [f"{measured['test_error']:.2f}" for _, measured in entries]
+        lines += [f"| all | | {first['n']} | {' | '.join(total)} |", ""]
+    return lines[:-1]
+
+
 def _variants(folder: Path, results_link: str) -> list[str]:
     """The co-localisation variants' committed records (``scripts/coloc_variants.py --record``), one row each."""
     records = sorted(folder.glob("*.json")) if folder.is_dir() else []
@@ -537,6 +601,7 @@ def generate(
             if name == "coloc_crops":
                 text += ["", *crops_table(report)]
     text += ["", "## Where a cell misses the paper", "", *_misses_section(report)]
+    text += ["", "## Where the shipped models' errors are", *note("anatomy"), "", *anatomy_tables(report)]
     data = curve_points(report)
     png, sidecar = figures / f"{CURVE_NAME}.png", figures / f"{CURVE_NAME}.json"
     title = exp.columns[exp.curve["column"]]["label"] if exp.curve else ""
