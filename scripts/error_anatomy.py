@@ -9,7 +9,7 @@ few pixels say the data. Each factor is computed from the recipe's own draws (th
   digit warped onto a canvas three times as wide, as ``scripts/p_recipe_ink.py``), in fixed bins;
 * ``digit side (px)`` (P, RTS, E): the side of the 28x28 digit box in output pixels (P: the square root of the
   area of the quadrilateral its corners land on; RTS and E: 28 times the drawn scale), in quintiles;
-* ``|angle| (deg)`` (R, RTS): the drawn rotation's magnitude, in quintiles.
+* ``rotation (deg, either way)`` (R, RTS): the magnitude of the drawn rotation, in quintiles.
 
 It reads the weights that ship in the package (``src/torchstn/weights``, committed), regenerates the test set of
 each one's record from the record's config, and refuses a model whose error measured again differs from its
@@ -80,7 +80,7 @@ def factors(recipe: str, meta: dict[str, torch.Tensor], digits: torch.Tensor) ->
     if recipe in ("rts", "elastic"):
         out["digit side (px)"] = 28.0 * meta["scale"].double()
     if recipe in ("rotated", "rts"):
-        out["|angle| (deg)"] = meta["angle"].double().abs()
+        out["rotation (deg, either way)"] = meta["angle"].double().abs()
     return out
 
 
