@@ -13,25 +13,24 @@ Usage::
 from __future__ import annotations
 
 import argparse
+import sys
+from pathlib import Path
 
 import torch
 
-import torchstn
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from error_anatomy import ink_outside as share_outside
+
 from torchstn.data import generate, get_recipe, load_mnist
-from torchstn.transforms import Projective
 
 
-def ink_outside(corner_std: float, n: int, widen: float = 3.0) -> torch.Tensor:
-    """Per digit, the share of its warped ink outside the recipe's frame."""
+def ink_outside(corner_std: float, n: int) -> torch.Tensor:
+    """Per digit, the share (0-1) of its warped ink outside the recipe's frame (``error_anatomy.ink_outside``)."""
     source = load_mnist().split("test")
     recipe = get_recipe("projective", corner_std=corner_std)
     batch = generate(recipe, source, n, seed=0, split="test")
-    h = batch.meta["matrix"] @ torch.diag(torch.tensor([widen, widen, 1.0], dtype=torch.float64))
-    digits = source.images[recipe.source_index(torch.arange(n), source)][:, None].float() / 255.0
-    side = round(28 * widen)
-    wide = torchstn.warp(digits, (h / h[:, 2:, 2:]).reshape(-1, 9)[:, :8].float(), Projective(), (side, side))
-    lo, hi = (side - 28) // 2, (side - 28) // 2 + 28
-    return 1.0 - wide[..., lo:hi, lo:hi].sum((1, 2, 3)) / wide.sum((1, 2, 3))
+    digits = source.images[recipe.source_index(torch.arange(n), source)]
+    return share_outside(digits, batch.meta["matrix"]) / 100.0
 
 
 def main() -> None:
