@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import subprocess
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -43,6 +42,7 @@ from torchstn._io import atomic_write_text
 from torchstn.data import DistortedMNIST, get_recipe
 from torchstn.models import create_model
 from torchstn.models.pretrained import PretrainedWeights, read_index
+from torchstn.train.rundir import git_info
 from torchstn.transforms import Projective
 
 __all__ = ["anatomy", "bins", "factors", "ink_outside", "measuring_code", "record_anatomy"]
@@ -138,14 +138,12 @@ def anatomy(weights: PretrainedWeights, batch_size: int = 500) -> dict[str, Any]
 
 
 def measuring_code() -> str:
-    """The commit of the measuring code, refused if ``src/`` or ``scripts/`` has uncommitted changes."""
-    status = subprocess.run(
-        ["git", "status", "--porcelain", "--", "src", "scripts"], cwd=ROOT, capture_output=True, text=True, check=True
-    ).stdout
-    if status.strip():
-        raise RecordError(f"commit the measuring code first (src/, scripts/ have changes):\n{status}")
-    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=True)
-    return head.stdout.strip()
+    """The commit of the measuring code (``git_info`` of ``src/`` and ``scripts/``), refused if it has uncommitted
+    changes: the records' own files (an anatomy.json not yet committed) do not count."""
+    info = git_info(ROOT, ("src", "scripts"))
+    if info.get("git_dirty") is not False or not info.get("git_sha"):
+        raise RecordError("the measuring code has uncommitted changes (or no commit): commit src/ and scripts/ first")
+    return str(info["git_sha"])
 
 
 def record_anatomy(weights: PretrainedWeights, measured: dict[str, Any], code: str) -> Path:

@@ -494,6 +494,11 @@ def crops_table(report: Report) -> list[str]:
     return lines
 
 
+def _binning(measured: dict[str, Any]) -> dict[str, tuple[list[float], list[int]]]:
+    """An anatomy's bins and their digit counts, by factor: equal for two anatomies of one test set."""
+    return {name: (f["edges"], f["digits"]) for name, f in measured["factors"].items()}
+
+
 def anatomy_tables(report: Report) -> list[str]:
     """One table per column whose records have an ``anatomy.json`` (``scripts/error_anatomy.py --record``): each
     model's errors on the column's test digits grouped by a factor of their distortion, a row per bin. An
@@ -522,9 +527,7 @@ def anatomy_tables(report: Report) -> list[str]:
     for column, entries in by_column.items():
         first = entries[0][1]
         for r, measured in entries[1:]:
-            if {k: (f["edges"], f["digits"]) for k, f in measured["factors"].items()} != {
-                k: (f["edges"], f["digits"]) for k, f in first["factors"].items()
-            }:
+            if _binning(measured) != _binning(first):
                 raise RecordError(f"{r.path / ANATOMY_FILE}: bins another test set than its column's first anatomy")
         models = [exp.label(r.cell.model) + f" (seed {r.cell.seed})" for r, _ in entries]
         lines += [
