@@ -153,6 +153,14 @@ def record_anatomy(weights: PretrainedWeights, measured: dict[str, Any], code: s
     return path
 
 
+def stale_anatomies(results: Path, shipped: Sequence[PretrainedWeights]) -> list[Path]:
+    """The anatomy.json files under ``results`` whose record no longer holds shipped weights (a better seed of its
+    cell ships now): they describe weights the package does not have."""
+    records = {w.record for w in shipped}
+    found = sorted(results.glob(f"*/*/*/{ANATOMY_FILE}"))
+    return [p for p in found if p.parent.relative_to(results.parent).as_posix() not in records]
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--columns", nargs="+", default=["r", "rts", "p_polar", "e"], help="the shipped columns")
@@ -172,6 +180,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"  {name}: " + ", ".join(cells))
         if args.record:
             print(f"  [recorded] {record_anatomy(weights, measured, code)}")
+    if args.record:
+        for path in stale_anatomies(ROOT / "results", read_index()):
+            path.unlink()
+            print(f"[removed] {path}: its record's weights no longer ship")
     return 0
 
 

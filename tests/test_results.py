@@ -627,6 +627,20 @@ def test_anatomy_refuses_a_model_whose_error_is_not_its_records(tmp_path: Path, 
     assert measured["weights_sha256"] == weights.sha256
 
 
+def test_stale_anatomies_are_those_of_records_whose_weights_no_longer_ship(tmp_path: Path) -> None:
+    """When a better seed of a cell ships, the anatomy.json of the seed it replaced is stale (``--record`` removes
+    it); the shipped records' anatomies and records without one are left."""
+    weights = _shipped("st_cnn_aff", "r")
+    results = tmp_path / "results"
+    shipped_rec = results.parent / weights.record
+    other = results / "r" / "st_cnn_aff" / "e30-seed9"
+    for rec in (shipped_rec, other, results / "r" / "cnn_baseline" / "e30-seed0"):
+        rec.mkdir(parents=True)
+    for rec in (shipped_rec, other):
+        (rec / error_anatomy.ANATOMY_FILE).write_text("{}")
+    assert error_anatomy.stale_anatomies(results, [weights]) == [other / error_anatomy.ANATOMY_FILE]
+
+
 def test_anatomy_tables_refuse_a_stale_anatomy_and_two_test_sets_in_one_column(tmp_path: Path) -> None:
     """An anatomy.json whose test error is not its record's is stale; two of one column binned differently
     measured two test sets. Both are errors of make_results, as a stale crops.json is."""
