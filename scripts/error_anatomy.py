@@ -45,7 +45,7 @@ from torchstn.models.pretrained import PretrainedWeights, read_index
 from torchstn.train.rundir import git_info
 from torchstn.transforms import Projective
 
-__all__ = ["anatomy", "bins", "factors", "ink_outside", "measuring_code", "record_anatomy"]
+__all__ = ["anatomy", "bins", "factors", "ink_outside", "measuring_code", "record_anatomy", "stale_anatomies"]
 
 INK_EDGES = (0.0, 1.0, 5.0, 20.0, 100.0)  # % of the digit's ink outside the frame
 
@@ -168,7 +168,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     code = measuring_code() if args.record else ""
-    shipped = [w for w in read_index() if Path(w.record).parts[1] in args.columns]
+    index = read_index()
+    shipped = [w for w in index if Path(w.record).parts[1] in args.columns]
     if not shipped:
         parser.error(f"--columns: no shipped weights of {args.columns}")
     for weights in shipped:
@@ -181,7 +182,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.record:
             print(f"  [recorded] {record_anatomy(weights, measured, code)}")
     if args.record:
-        for path in stale_anatomies(ROOT / "results", read_index()):
+        for path in stale_anatomies(ROOT / "results", index):
             path.unlink()
             print(f"[removed] {path}: its record's weights no longer ship")
     return 0
