@@ -56,9 +56,21 @@ Sections:
        alternating which goes first, so a drift in machine load hits both alike. Each child also reports its
        page faults per step, the CPU time it spent in the kernel, and its peak memory.
 
+    5. With ``--versus REV`` (alone): each Table 1 model's *training* throughput as ``torchstn train`` reports it
+       (``images_per_second`` of its ``log.jsonl``), this checkout's code against commit ``REV``'s (e.g. the main
+       the reproduction issue was filed against), one after the other in one run. Each side is a short real run of
+       the RTS config (``--versus-epochs`` epochs, the first a warm-up not counted; the training digits redrawn
+       every epoch as the reproduction trains; ``train.threads`` from ``--threads``, default 1), ``REV``'s from a
+       git worktree of it (made under ``--versus-tree``, its compiled layers built, its ``torchstn`` imported from
+       its ``src/`` with this interpreter's packages, its own ``configs/rts.yaml``), the order of the two sides
+       alternating from one repetition to the next. Everything the engine does per step is in it: the data
+       batches, the allocator settings, the compiled kernels, the progress bookkeeping. Each model is the one its
+       config builds at both commits (the default budget: the FCN family's 1.36M of Table 1 is a config override
+       the older code did not have).
+
 Outputs ``train.md`` (tables) and ``train.json`` (machine, settings, raw medians and IQRs) in ``--out``;
 ``--candidates`` writes ``train-candidates.md`` and ``train-candidates.json`` instead, ``--allocator``
-``train-allocator.md`` and ``train-allocator.json``.
+``train-allocator.md`` and ``train-allocator.json``, ``--versus`` ``train-versus.md`` and ``train-versus.json``.
 """
 
 from __future__ import annotations
@@ -68,7 +80,9 @@ import copy
 import json
 import os
 import statistics
+import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -693,8 +707,6 @@ def allocator_child(case: int, keep: bool, args: argparse.Namespace) -> None:
 
 def bench_allocator(args: argparse.Namespace) -> dict[str, Any]:
     """Each case's step in two child processes, glibc as it comes and with ``keep_freed_memory``, alternating."""
-    import subprocess
-
     rows = []
     load = ForeignLoad()
     for case, (name, column) in enumerate(ALLOCATOR_CASES):
@@ -775,6 +787,126 @@ def allocator_markdown(r: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+# --------------------------------------------------------------------------------------------------------------------
+# 5. Training throughput against another commit (--versus)
+# --------------------------------------------------------------------------------------------------------------------
+
+ROOT = Path(__file__).resolve().parents[1]
+VERSUS_CONFIG = "configs/rts.yaml"
+VERSUS_TARGET = 1.5  # the reproduction issue: each Table 1 model's training images/s >= 1.5x the code it was filed on
+# training digits per epoch: an epoch of a few seconds at one thread for each family (the FCN family is ~50x faster)
+VERSUS_N_TRAIN = {"fcn": 30720, "cnn": 4096}
+VERSUS_N_TEST = 512
+
+
+def _reproduce_helpers() -> Any:
+    """``scripts/reproduce.py``, whose git-worktree helpers (``worktree``, ``prepare_tree``, ``code_env``) the
+    reproduction trains old commits with: the same checkout, build and import rules here."""
+    sys.path.insert(0, str(ROOT / "scripts"))
+    import reproduce
+
+    return reproduce
+
+
+def versus_run(tree: Path, env: dict[str, str], model: str, out: Path, args: argparse.Namespace) -> dict[str, Any]:
+    """One short ``torchstn train`` of ``model`` on RTS with ``tree``'s code; its images/s after the warm-up epoch."""
+    family = "fcn" if "fcn" in model else "cnn"
+    sets = [
+        f"model.name={model}",
+        f"train.epochs={args.versus_epochs}",
+        f"data.n_train={VERSUS_N_TRAIN[family]}",
+        f"data.n_test={VERSUS_N_TEST}",
+        f"train.threads={args.threads or 1}",
+        f"train.seed={args.seed}",
+        "visualize.enabled=false",
+    ]
+    argv = [sys.executable, "-m", "torchstn.cli", "train", "--config", VERSUS_CONFIG, "--quiet", "--out", str(out)]
+    t0 = time.perf_counter()
+    done = subprocess.run([*argv, "--set", *sets], cwd=tree, env=env, capture_output=True, text=True)
+    wall = time.perf_counter() - t0
+    if done.returncode != 0:
+        tail = (done.stderr.strip().splitlines() or [f"exit status {done.returncode}"])[-1]
+        raise RuntimeError(f"{tree}: torchstn train {model} failed: {tail}")
+    rows = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines() if line.strip()]
+    timed = rows[1:]  # the first epoch warms up (allocations, the kernels' first calls)
+    images = sum(r["images_per_second"] * r["epoch_seconds"] for r in timed)
+    seconds = sum(r["epoch_seconds"] for r in timed)
+    return {"images_per_second": images / seconds, "wall_s": wall}
+
+
+def bench_versus(args: argparse.Namespace) -> dict[str, Any]:
+    """Every Table 1 model's training images/s with this checkout's code and with ``args.versus``'s, alternating."""
+    rep = _reproduce_helpers()
+    sha = subprocess.run(
+        ["git", "rev-parse", "--verify", f"{args.versus}^{{commit}}"], cwd=ROOT, capture_output=True, text=True
+    )
+    if sha.returncode != 0:
+        raise SystemExit(f"--versus: {args.versus!r} is not a commit of {ROOT}")
+    old_sha = sha.stdout.strip()
+    here = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+    old_tree = rep.worktree(old_sha, args.versus_tree)
+    failed = rep.prepare_tree(old_tree)
+    if failed:
+        raise SystemExit(f"--versus: {old_tree}: its compiled layers did not build ({failed})")
+    sides = {"then": (old_tree, rep.code_env(old_tree)), "now": (ROOT, rep.code_env(ROOT))}
+    rows = []
+    load = ForeignLoad()
+    with tempfile.TemporaryDirectory(prefix="bench-versus-") as tmp:
+        for model in MODELS:
+            got: dict[str, list[dict[str, Any]]] = {side: [] for side in sides}
+            for r in range(args.repeats):
+                for side in list(sides) if r % 2 == 0 else list(sides)[::-1]:
+                    tree, env = sides[side]
+                    got[side].append(versus_run(tree, env, model, Path(tmp) / f"{model}-{side}-{r}", args))
+            row: dict[str, Any] = {"model": model}
+            for side, runs in got.items():
+                ips = [g["images_per_second"] for g in runs]
+                q1, _, q3 = statistics.quantiles(ips, n=4) if len(ips) > 1 else (ips[0], ips[0], ips[0])
+                row[side] = {"images_per_second": statistics.median(ips), "iqr": q3 - q1, "runs": runs}
+            row["speedup"] = row["now"]["images_per_second"] / row["then"]["images_per_second"]
+            rows.append(row)
+            print(
+                f"  {model}: {row['then']['images_per_second']:,.0f} -> {row['now']['images_per_second']:,.0f} "
+                f"images/s ({row['speedup']:.2f}x)",
+                flush=True,
+            )
+    return {
+        "versus": args.versus,
+        "then_sha": old_sha,
+        "now_sha": here,
+        "epochs": args.versus_epochs,
+        "n_train": VERSUS_N_TRAIN,
+        "rows": rows,
+        "foreign_cpu_share": load.share(),
+    }
+
+
+def versus_markdown(r: dict[str, Any]) -> str:
+    lines = [
+        "## 5. Training throughput against the code of another commit",
+        "",
+        f"Each Table 1 model trained by `torchstn train --config {VERSUS_CONFIG}` for {r['epochs']} epochs "
+        f"({r['n_train']['cnn']:,} redrawn training digits an epoch for the CNN family, "
+        f"{r['n_train']['fcn']:,} for the FCN family; {VERSUS_N_TEST} test digits) with the code of "
+        f"`{r['then_sha'][:10]}` (*then*, `--versus {r['versus']}`) and of `{r['now_sha'][:10]}` (*now*), the "
+        "two sides in alternating order; images/s is the engine's own (`log.jsonl`) over the epochs after the "
+        "first, the median over the repetitions (interquartile range in brackets). Both sides build the model "
+        "their config builds (the FCN family at the default budget). Target: "
+        f"{VERSUS_TARGET}x." + loaded_note(r["foreign_cpu_share"]),
+        "",
+        "| model | then images/s (IQR) | now images/s (IQR) | speed-up | target met |",
+        "|---|---:|---:|---:|---|",
+    ]
+    for row in r["rows"]:
+        t, n = row["then"], row["now"]
+        lines.append(
+            f"| `{row['model']}` | {t['images_per_second']:,.0f} ({t['iqr']:,.0f}) | "
+            f"{n['images_per_second']:,.0f} ({n['iqr']:,.0f}) | {row['speedup']:.2f}x | "
+            f"{'yes' if row['speedup'] >= VERSUS_TARGET else 'no'} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
 def loaded_note(share: float | None) -> str:
     if share is None:
         return ""
@@ -840,6 +972,19 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         action="store_true",
         help="only section 4 (glibc's allocator against keep_freed_memory, in child processes): train-allocator.*",
     )
+    p.add_argument(
+        "--versus",
+        default=None,
+        metavar="REV",
+        help="only section 5 (each Table 1 model's training images/s, this code against commit REV's): train-versus.*",
+    )
+    p.add_argument("--versus-epochs", type=int, default=3, help="epochs of each --versus run, the first not timed")
+    p.add_argument(
+        "--versus-tree",
+        type=Path,
+        default=Path("../worktrees"),
+        help="where --versus makes (or finds) the git worktree of REV (default: ../worktrees)",
+    )
     p.add_argument("--allocator-child", type=int, default=None, help=argparse.SUPPRESS)  # a child of --allocator
     p.add_argument("--keep", action="store_true", help=argparse.SUPPRESS)  # the child applies keep_freed_memory
     args = p.parse_args(argv)
@@ -870,6 +1015,14 @@ def main(argv: Sequence[str] | None = None) -> None:
         write_outputs(
             args, "train-allocator", md + allocator_markdown(result), info, command.strip(), start, allocator=result
         )
+        return
+    if args.versus is not None:
+        if args.versus_epochs < 2:
+            raise SystemExit(f"--versus-epochs: expected at least 2 (the first is not timed); got {args.versus_epochs}")
+        args.versus_tree = args.versus_tree.resolve()
+        md = header("Training throughput against another commit", command.strip(), info, args)
+        result = bench_versus(args)
+        write_outputs(args, "train-versus", md + versus_markdown(result), info, command.strip(), start, versus=result)
         return
     if args.candidates:
         md = header("Training step: candidate speed-ups", command.strip(), info, args)
