@@ -821,17 +821,32 @@ def versus_run(tree: Path, env: dict[str, str], model: str, out: Path, args: arg
         "visualize.enabled=false",
     ]
     argv = [sys.executable, "-m", "torchstn.cli", "train", "--config", VERSUS_CONFIG, "--quiet", "--out", str(out)]
+    log = out / "log.jsonl"
     t0 = time.perf_counter()
-    done = subprocess.run([*argv, "--set", *sets], cwd=tree, env=env, capture_output=True, text=True)
+    proc = subprocess.Popen(
+        [*argv, "--set", *sets], cwd=tree, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+    )
+    # When each epoch's log line appears: the wall clock between epoch ends counts everything an epoch costs
+    # (drawing its digits, in the loop or in a background thread, and the test pass), not only the engine's loop.
+    ends: list[float] = []
+    while proc.poll() is None:
+        time.sleep(0.02)
+        if log.exists():
+            lines = log.read_text().count("\n")
+            ends.extend([time.perf_counter()] * (lines - len(ends)))
+    stderr = proc.stderr.read() if proc.stderr is not None else ""
     wall = time.perf_counter() - t0
-    if done.returncode != 0:
-        tail = (done.stderr.strip().splitlines() or [f"exit status {done.returncode}"])[-1]
+    if proc.returncode != 0:
+        tail = (stderr.strip().splitlines() or [f"exit status {proc.returncode}"])[-1]
         raise RuntimeError(f"{tree}: torchstn train {model} failed: {tail}")
-    rows = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines() if line.strip()]
+    rows = [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
+    if len(ends) != len(rows):
+        raise RuntimeError(f"{log}: saw {len(ends)} epochs end, the log has {len(rows)}")
     timed = rows[1:]  # the first epoch warms up (allocations, the kernels' first calls)
     images = sum(r["images_per_second"] * r["epoch_seconds"] for r in timed)
     seconds = sum(r["epoch_seconds"] for r in timed)
-    return {"images_per_second": images / seconds, "wall_s": wall}
+    between = ends[-1] - ends[0]
+    return {"images_per_second": images / seconds, "wall_images_per_second": images / between, "wall_s": wall}
 
 
 def bench_versus(args: argparse.Namespace) -> dict[str, Any]:
@@ -862,12 +877,22 @@ def bench_versus(args: argparse.Namespace) -> dict[str, Any]:
             for side, runs in got.items():
                 ips = [g["images_per_second"] for g in runs]
                 q1, _, q3 = statistics.quantiles(ips, n=4) if len(ips) > 1 else (ips[0], ips[0], ips[0])
-                row[side] = {"images_per_second": statistics.median(ips), "iqr": q3 - q1, "runs": runs}
+                wips = [g["wall_images_per_second"] for g in runs]
+                w1, _, w3 = statistics.quantiles(wips, n=4) if len(wips) > 1 else (wips[0], wips[0], wips[0])
+                row[side] = {
+                    "images_per_second": statistics.median(ips),
+                    "iqr": q3 - q1,
+                    "wall_images_per_second": statistics.median(wips),
+                    "wall_iqr": w3 - w1,
+                    "runs": runs,
+                }
             row["speedup"] = row["now"]["images_per_second"] / row["then"]["images_per_second"]
+            row["wall_speedup"] = row["now"]["wall_images_per_second"] / row["then"]["wall_images_per_second"]
             rows.append(row)
             print(
                 f"  {model}: {row['then']['images_per_second']:,.0f} -> {row['now']['images_per_second']:,.0f} "
-                f"images/s ({row['speedup']:.2f}x)",
+                f"images/s in the loop ({row['speedup']:.2f}x), {row['then']['wall_images_per_second']:,.0f} -> "
+                f"{row['now']['wall_images_per_second']:,.0f} between epoch ends ({row['wall_speedup']:.2f}x)",
                 flush=True,
             )
     return {
@@ -889,20 +914,27 @@ def versus_markdown(r: dict[str, Any]) -> str:
         f"({r['n_train']['cnn']:,} redrawn training digits an epoch for the CNN family, "
         f"{r['n_train']['fcn']:,} for the FCN family; {VERSUS_N_TEST} test digits) with the code of "
         f"`{r['then_sha'][:10]}` (*then*, `--versus {r['versus']}`) and of `{r['now_sha'][:10]}` (*now*), the "
-        "two sides in alternating order; images/s is the engine's own (`log.jsonl`) over the epochs after the "
-        "first, the median over the repetitions (interquartile range in brackets). Both sides build the model "
-        "their config builds (the FCN family at the default budget). Target: "
-        f"{VERSUS_TARGET}x." + loaded_note(r["foreign_cpu_share"]),
+        "two sides in alternating order. *In the loop* is the engine's own images/s (`log.jsonl`: the training "
+        "loop's time, which leaves out drawing the next epoch's digits where the older code does that before the "
+        "loop); *end to end* is the training digits over the wall-clock time between the first epoch's end and the "
+        "last's, as the parent sees each epoch's log line appear: everything an epoch costs, its digits drawn in "
+        "the loop or in a background thread and its test pass. Both over the epochs after the first (a warm-up), "
+        "the median over the repetitions (interquartile range in brackets). Both sides build the model their "
+        f"config builds (the FCN family at the default budget). Target: {VERSUS_TARGET}x end to end."
+        + loaded_note(r["foreign_cpu_share"]),
         "",
-        "| model | then images/s (IQR) | now images/s (IQR) | speed-up | target met |",
-        "|---|---:|---:|---:|---|",
+        "| model | then, in the loop | now, in the loop | speed-up | then, end to end | now, end to end | speed-up "
+        "| target met |",
+        "|---|---:|---:|---:|---:|---:|---:|---|",
     ]
     for row in r["rows"]:
         t, n = row["then"], row["now"]
         lines.append(
             f"| `{row['model']}` | {t['images_per_second']:,.0f} ({t['iqr']:,.0f}) | "
             f"{n['images_per_second']:,.0f} ({n['iqr']:,.0f}) | {row['speedup']:.2f}x | "
-            f"{'yes' if row['speedup'] >= VERSUS_TARGET else 'no'} |"
+            f"{t['wall_images_per_second']:,.0f} ({t['wall_iqr']:,.0f}) | "
+            f"{n['wall_images_per_second']:,.0f} ({n['wall_iqr']:,.0f}) | {row['wall_speedup']:.2f}x | "
+            f"{'yes' if row['wall_speedup'] >= VERSUS_TARGET else 'no'} |"
         )
     return "\n".join(lines) + "\n"
 
