@@ -6,9 +6,9 @@ This script trains the same attention transformer on a small set (3000 training 
 8 epochs, batch 64, Adam 1e-3, one thread) under variations, and prints per epoch the mean loss, the % of test
 boxes with IoU > 0.5 and the mean scale. Before training it prints the encoder's typical squared feature
 distances between two digits' crops and between a digit and a blank crop, the scale the margin is measured
-against. The logs quoted in RESULTS.md are in ``docs/results/coloc-variants/``, one per command::
+against. The runs RESULTS.md tabulates and quotes are records in ``results/coloc-variants/``, one per command::
 
-    python scripts/coloc_variants.py --start whole --bounds > docs/results/coloc-variants/whole-bounded.log
+    python scripts/coloc_variants.py --start whole --bounds --record results/coloc-variants/whole-bounded.json
 
 Variants (the defaults are the literal reading): ``--start`` where the crop begins (``digit``: the centre at the
 digit's scale 28/84, as the model's default; ``half``: scale 0.5; ``whole``: the whole image); ``--bounds`` scale

@@ -18,7 +18,7 @@ import json
 import os
 import re
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +47,7 @@ __all__ = [
     "curve_points",
     "fill_notes",
     "generate",
+    "load_variants",
     "number_text",
     "read_notes",
 ]
@@ -68,15 +69,26 @@ def read_notes(path: Path) -> dict[str, str]:
 
 
 PLACEHOLDER = re.compile(r"\{\{\s*([\w.-]+)/([\w.-]+)(?:/e(\d+)(?:-seed(\d+))?)?\s*\}\}")
+VARIANT = re.compile(r"\{\{\s*variant/([\w.-]+?)(/scale)?\s*\}\}")
 
 
-def fill_notes(text: str, report: Report) -> str:
+def fill_notes(text: str, report: Report, variants: Mapping[str, Mapping[str, Any]] | None = None) -> str:
     """Replace each placeholder in a note with numbers from the records, as the tables show them, so that prose
     quoting a result is generated like the tables: ``{{column/model}}`` is the cell at its chosen schedule (the
     mean, with ± std and n: ``cell_text``), ``{{column/model/e60}}`` the same at 60 epochs, and
     ``{{column/model/e60-seed2}}`` one record's number; each reads *not run* without records, as in the tables.
-    A placeholder naming no column or model of the experiments file is an error."""
+    A placeholder naming no column or model of the experiments file is an error. ``{{variant/NAME}}`` is the %
+    of test boxes found at the end of the co-localisation variant recorded as ``NAME.json`` in ``variants``
+    (``_variants``' table), ``{{variant/NAME/scale}}`` its crops' mean scale; *not run* without that record."""
     exp = report.experiments
+    found_variants = variants or {}
+
+    def variant(match: re.Match[str]) -> str:
+        name, scale = match.groups()
+        if name not in found_variants:
+            return "not run"
+        last = found_variants[name]["epochs"][-1]
+        return f"{last['scale']:.3f}" if scale else f"{last['hit']:.1f}"
 
     def cell(match: re.Match[str]) -> str:
         column, model, epochs, seed = match.groups()
@@ -91,7 +103,7 @@ def fill_notes(text: str, report: Report) -> str:
         found = [r for r in records if r.cell.seed == int(seed)]
         return number_text(_value(found[0], kind)) if found else "not run"
 
-    return PLACEHOLDER.sub(cell, text)
+    return PLACEHOLDER.sub(cell, VARIANT.sub(variant, text))
 
 
 def _value(record: Record, kind: str) -> float:
@@ -550,24 +562,29 @@ def anatomy_tables(report: Report) -> list[str]:
     return lines[:-1]
 
 
-def _variants(folder: Path, results_link: str) -> list[str]:
-    """The co-localisation variants' committed records (``scripts/coloc_variants.py --record``), one row each."""
-    records = sorted(folder.glob("*.json")) if folder.is_dir() else []
-    if not records:
+def load_variants(folder: Path) -> dict[str, dict[str, Any]]:
+    """The co-localisation variants' committed records (``scripts/coloc_variants.py --record``), by file stem,
+    in name order."""
+    paths = sorted(folder.glob("*.json")) if folder.is_dir() else []
+    return {path.stem: json.loads(path.read_text()) for path in paths}
+
+
+def _variants(variants: Mapping[str, Mapping[str, Any]], link: str) -> list[str]:
+    """The co-localisation variants' table, one row per record (``load_variants``); ``link``: their folder."""
+    if not variants:
         return ["No committed records of `scripts/coloc_variants.py` yet."]
     lines = [
         "| variant (`scripts/coloc_variants.py` flags) | epochs | % IoU > 0.5 at the end | mean scale "
         "| d(3,3') | d(3,blank) | code | record |",
         "|---|---:|---:|---:|---:|---:|---|---|",
     ]
-    for path in records:
-        rec = json.loads(path.read_text())
+    for name, rec in variants.items():
         last, dist = rec["epochs"][-1], rec.get("distances", {})
-        link = f"{results_link}/{folder.name}/{path.name}"
         lines.append(
             f"| `{rec['flags'] or '(the literal reading)'}` | {len(rec['epochs'])} | {last['hit']:.1f} | "
             f"{last['scale']:.3f} | {dist.get('digit_digit', float('nan')):.0f} | "
-            f"{dist.get('digit_blank', float('nan')):.0f} | `{rec['meta']['git_sha'][:10]}` | [`{path.name}`]({link}) |"
+            f"{dist.get('digit_blank', float('nan')):.0f} | `{rec['meta']['git_sha'][:10]}` "
+            f"| [`{name}.json`]({link}/{name}.json) |"
         )
     return lines
 
@@ -579,13 +596,14 @@ def generate(
     exp = Experiments(experiments or results / "experiments.yaml")
     text_notes = read_notes(notes or results / "NOTES.md")
     report = Report(exp, load_records(results))
+    variants = load_variants(results / "coloc-variants")
     root_out = out.resolve().parent
     results_link = Path(os.path.relpath(results.resolve(), root_out)).as_posix()
 
     def note(name: str) -> list[str]:
         if name not in text_notes:
             raise KeyError(f"notes: no section '## {name}'")
-        return ["", fill_notes(text_notes[name], report)]
+        return ["", fill_notes(text_notes[name], report, variants)]
 
     text = [
         "# Reproduction of the paper's results",
@@ -600,7 +618,7 @@ def generate(
         for name in spec.get("notes", []):
             text += note(name)
             if name == "coloc_variants":
-                text += ["", *_variants(results / "coloc-variants", results_link)]
+                text += ["", *_variants(variants, f"{results_link}/coloc-variants")]
             if name == "coloc_crops":
                 text += ["", *crops_table(report)]
     text += ["", "## Where a cell misses the paper", "", *_misses_section(report)]

@@ -497,9 +497,13 @@ def test_coloc_variant_records_are_tabulated(tmp_path: Path, exp: Any, head: str
         "epochs": [{"epoch": 0, "hit": 12.34, "scale": 0.5}, {"epoch": 1, "hit": 56.78, "scale": 0.3456}],
     }
     (results / "coloc-variants" / "dn-detach.json").write_text(json.dumps(variant))
+    notes = (results / "NOTES.md").read_text()
+    quote = "Quoted: {{variant/dn-detach}}% at scale {{ variant/dn-detach/scale }}; {{variant/dn-other}}.\n"
+    (results / "NOTES.md").write_text(notes.replace("## coloc_variants\n", "## coloc_variants\n\n" + quote))
     text = make_results.generate(results, tmp_path / "RESULTS.md", tmp_path / "docs" / "results")
     row = f"| `--negatives digit --positive detach` | 2 | 56.8 | 0.346 | 425 | 2285 | `{head[:10]}` | [`dn-detach"
     assert row in text
+    assert "Quoted: 56.8% at scale 0.346; not run." in text  # the table's numbers; a missing record: not run
 
 
 def _coloc_record(tmp_path: Path, exp: Any, head: str, hits: list[float]) -> tuple[Path, Path, Any]:
