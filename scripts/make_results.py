@@ -574,15 +574,17 @@ def _variants(variants: Mapping[str, Mapping[str, Any]], link: str) -> list[str]
     if not variants:
         return ["No committed records of `scripts/coloc_variants.py` yet."]
     lines = [
-        "| variant (`scripts/coloc_variants.py` flags) | epochs | % IoU > 0.5 at the end | mean scale "
-        "| d(3,3') | d(3,blank) | code | record |",
-        "|---|---:|---:|---:|---:|---:|---|---|",
+        "| variant (`scripts/coloc_variants.py` flags) | epochs | % IoU > 0.5 at the end | half found at epoch "
+        "| mean scale | loss, last epoch | d(3,3') | d(3,blank) | code | record |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---|---|",
     ]
     for name, rec in variants.items():
         last, dist = rec["epochs"][-1], rec.get("distances", {})
+        half = next((str(e["epoch"]) for e in rec["epochs"] if e["hit"] >= 50), "—")
+        loss = f"{last['loss']:.1f}" if "loss" in last else "—"
         lines.append(
-            f"| `{rec['flags'] or '(the literal reading)'}` | {len(rec['epochs'])} | {last['hit']:.1f} | "
-            f"{last['scale']:.3f} | {dist.get('digit_digit', float('nan')):.0f} | "
+            f"| `{rec['flags'] or '(the literal reading)'}` | {len(rec['epochs'])} | {last['hit']:.1f} | {half} | "
+            f"{last['scale']:.3f} | {loss} | {dist.get('digit_digit', float('nan')):.0f} | "
             f"{dist.get('digit_blank', float('nan')):.0f} | `{rec['meta']['git_sha'][:10]}` "
             f"| [`{name}.json`]({link}/{name}.json) |"
         )

@@ -494,14 +494,17 @@ def test_coloc_variant_records_are_tabulated(tmp_path: Path, exp: Any, head: str
         "flags": "--negatives digit --positive detach",
         "meta": {"git_sha": head, "git_dirty": False},
         "distances": {"digit_digit": 424.99, "digit_blank": 2284.9},
-        "epochs": [{"epoch": 0, "hit": 12.34, "scale": 0.5}, {"epoch": 1, "hit": 56.78, "scale": 0.3456}],
+        "epochs": [
+            {"epoch": 0, "loss": 90.0, "hit": 12.34, "scale": 0.5},
+            {"epoch": 1, "loss": 12.345, "hit": 56.78, "scale": 0.3456},
+        ],
     }
     (results / "coloc-variants" / "dn-detach.json").write_text(json.dumps(variant))
     notes = (results / "NOTES.md").read_text()
     quote = "Quoted: {{variant/dn-detach}}% at scale {{ variant/dn-detach/scale }}; {{variant/dn-other}}.\n"
     (results / "NOTES.md").write_text(notes.replace("## coloc_variants\n", "## coloc_variants\n\n" + quote))
     text = make_results.generate(results, tmp_path / "RESULTS.md", tmp_path / "docs" / "results")
-    row = f"| `--negatives digit --positive detach` | 2 | 56.8 | 0.346 | 425 | 2285 | `{head[:10]}` | [`dn-detach"
+    row = f"| `--negatives digit --positive detach` | 2 | 56.8 | 1 | 0.346 | 12.3 | 425 | 2285 | `{head[:10]}` | [`dn-detach"
     assert row in text
     assert "Quoted: 56.8% at scale 0.346; not run." in text  # the table's numbers; a missing record: not run
 
