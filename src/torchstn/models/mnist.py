@@ -322,9 +322,10 @@ def coloc_attention(
     (``s = 28 / 84``; ``start_scale`` chooses another, as a share of the image's side) rather than the whole
     image, so its first crops already look like digits. With ``bounded``
     the scale stays in (0.2, 1.05) and the centre within 0.8 of the middle (:class:`~torchstn.modules.Bounds`):
-    unbounded, the crop first wanders out to the whole image and beyond before it settles
-    (docs/results/coloc-variants/). ``antialias`` averages each crop pixel's footprint (``warp(...,
-    antialias=True)``): the start crop is read 1:1, a crop of the whole image shrinks it 3x."""
+    unbounded, the crop grew past the whole image in the variants tried, and came back to the digit only where
+    the loss's random crops were digit-sized (RESULTS.md, co-localisation; records in results/coloc-variants/).
+    ``antialias`` averages each crop pixel's footprint (``warp(..., antialias=True)``): the start crop is read
+    1:1, a crop of the whole image shrinks it 3x."""
     t = Attention()
     if start_scale is not None and (isinstance(start_scale, bool) or not isinstance(start_scale, int | float)):
         raise OptionError(f"start_scale: expected a number, got {type(start_scale).__name__}")
