@@ -500,13 +500,17 @@ def test_coloc_variant_records_are_tabulated(tmp_path: Path, exp: Any, head: str
         ],
     }
     (results / "coloc-variants" / "dn-detach.json").write_text(json.dumps(variant))
+    never = {**variant, "flags": "", "epochs": [{"epoch": 0, "hit": 49.96, "scale": 1.5}]}  # an older record: no loss
+    (results / "coloc-variants" / "literal.json").write_text(json.dumps(never))
     notes = (results / "NOTES.md").read_text()
     quote = "Quoted: {{variant/dn-detach}}% at scale {{ variant/dn-detach/scale }}; {{variant/dn-other}}.\n"
     (results / "NOTES.md").write_text(notes.replace("## coloc_variants\n", "## coloc_variants\n\n" + quote))
     text = make_results.generate(results, tmp_path / "RESULTS.md", tmp_path / "docs" / "results")
-    row = f"| `--negatives digit --positive detach` | 2 | 56.8 | 1 | 0.346 | 12.3 | 425 | 2285 | `{head[:10]}` | [`dn-detach"
+    row = "| `--negatives digit --positive detach` | 2 | 56.8 | 1 | 0.346 | 12.3 | 425 | 2285 "
+    row += f"| `{head[:10]}` | [`dn-detach"
     assert row in text
     assert "Quoted: 56.8% at scale 0.346; not run." in text  # the table's numbers; a missing record: not run
+    assert "| `(the literal reading)` | 1 | 50.0 | — | 1.500 | — | 425 |" in text  # never found half the boxes
 
 
 def _coloc_record(tmp_path: Path, exp: Any, head: str, hits: list[float]) -> tuple[Path, Path, Any]:
