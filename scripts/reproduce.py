@@ -767,7 +767,7 @@ def _ship(run: Path, cell: Cell, args: argparse.Namespace, exp: Experiments) -> 
         print(f"[not shipped] {run}: {exc}", flush=True)
         return
     if entry is None:
-        print(f"[kept] the shipped weights of {cell.path} are at least as good as {run}'s", flush=True)
+        print(f"[kept] the shipped {cell.model} weights for {cell.column} are at least as good as {run}'s", flush=True)
     else:
         where = args.weights / entry.file
         errors = f"{entry.test_error:.2f}%, check slice {entry.check['error']:.2f}%"
