@@ -830,10 +830,12 @@ def versus_run(tree: Path, env: dict[str, str], model: str, out: Path, args: arg
     # When each epoch's log line appears: the wall clock between epoch ends counts everything an epoch costs
     # (drawing its digits, in the loop or in a background thread, and the test pass), not only the engine's loop.
     ends: list[float] = []
+    size = 0
     while proc.poll() is None:
         time.sleep(0.02)
-        if log.exists():
-            lines = log.read_text().count("\n")
+        now = log.stat().st_size if log.exists() else 0
+        if now != size:  # read the log only when it grew, not every poll, beside the run being timed
+            size, lines = now, log.read_text().count("\n")
             ends.extend([time.perf_counter()] * (lines - len(ends)))
     stderr = proc.stderr.read() if proc.stderr is not None else ""
     wall = time.perf_counter() - t0
